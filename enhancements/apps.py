@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class EnhancementsConfig(AppConfig):
+    """The enhancement pipeline."""
+
+    name = "enhancements"
+    verbose_name = "Enhancements"

@@ -1,0 +1,59 @@
+"""Run the web server and a qcluster worker together; Ctrl-C stops both."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Start gunicorn (web) and qcluster (worker) in the foreground; Ctrl-C stops both cleanly."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--bind", default="0.0.0.0:8000")  # noqa: S104 - a local run on every interface
+        parser.add_argument("--web-workers", type=int, default=2)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        python = sys.executable
+        base = str(settings.BASE_DIR)
+        web = [
+            python, "-m", "gunicorn", "project.wsgi:application",
+            "--bind", options["bind"], "--workers", str(options["web_workers"]), "--threads", "4",
+            "--access-logfile", "-", "--graceful-timeout", "10",
+        ]  # fmt: skip
+        worker = [python, "manage.py", "qcluster"]
+        procs = [subprocess.Popen(cmd, cwd=base) for cmd in (web, worker)]
+        stopping = False
+
+        def stop(signum: int, frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            while not stopping and all(p.poll() is None for p in procs):
+                time.sleep(0.5)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    # Ctrl-C in a terminal reaches the children too; SIGTERM covers `kill`.
+                    p.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            for p in procs:
+                try:
+                    p.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        failed = [p.args[2] if p.args[1] == "-m" else p.args[1] for p in procs if p.returncode not in (0, -2, -15)]
+        if failed and not stopping:
+            self.stderr.write(f"stopped because a process exited: {failed}")
+            os._exit(1)
+        self.stdout.write("web and worker stopped.")

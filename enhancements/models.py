@@ -1,0 +1,108 @@
+"""The pipeline's records: one Enhancement per attempt to enhance a ticket, and feedback on it."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from tickets.models import Tenant, Ticket
+
+
+class Enhancement(models.Model):
+    """One enhancement of one ticket; every step of its life is recorded here."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        AWAITING_REVIEW = "awaiting_review", "Awaiting review"
+        POSTED = "posted", "Posted"
+        COMPLETED = "completed", "Completed (dry run)"
+        FAILED = "failed", "Failed"
+        REJECTED = "rejected", "Rejected"
+
+    class Trigger(models.TextChoices):
+        WEBHOOK = "webhook", "Webhook"
+        RERUN = "rerun", "Re-run"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
+    FINAL_STATUSES = (Status.POSTED, Status.COMPLETED, Status.FAILED, Status.REJECTED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="enhancements")
+    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="enhancements")
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.WEBHOOK)
+    # NULL (not "") so the unique constraint ignores deliveries without an id.
+    delivery_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    request_id = models.CharField(max_length=64, blank=True, help_text="Request id of the webhook call.")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    context = models.JSONField(default=dict, blank=True)
+    provider = models.CharField(max_length=32, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output = models.JSONField(default=dict, blank=True)
+    note_html = models.TextField(blank=True)
+    post_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set before the note is sent: an unclear outcome is checked first."
+    )
+    sdp_note_id = models.CharField(max_length=64, blank=True)
+    posted_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    timings = models.JSONField(default=dict, blank=True, help_text="Milliseconds per stage.")
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One webhook-triggered enhancement per ticket: SDP retries and duplicate events are
+            # answered "duplicate". Re-runs are separate rows.
+            models.UniqueConstraint(
+                fields=["ticket"], condition=Q(trigger="webhook"), name="enhancement_one_webhook_per_ticket"
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "delivery_id"],
+                condition=Q(delivery_id__isnull=False),
+                name="enhancement_unique_delivery",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="enhancement_status_next"),
+            models.Index(fields=["tenant", "-created_at"], name="enhancement_tenant_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Enhancement {self.id} of #{self.ticket.sdp_id if self.ticket_id else '?'}"
+
+
+class Feedback(models.Model):
+    """A reviewer's or technician's rating of one enhancement."""
+
+    class Rating(models.TextChoices):
+        HELPFUL = "helpful", "Helpful"
+        NOT_HELPFUL = "not_helpful", "Not helpful"
+
+    enhancement = models.ForeignKey(Enhancement, on_delete=models.CASCADE, related_name="feedback")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    technician_email = models.EmailField(blank=True)
+    rating = models.CharField(max_length=16, choices=Rating.choices)
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "feedback"
+
+    def __str__(self) -> str:
+        return f"{self.get_rating_display()} on {self.enhancement_id}"

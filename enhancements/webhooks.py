@@ -1,0 +1,255 @@
+"""The ServiceDesk Plus webhook: verify, look up the tenant once, store in one transaction, answer."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import DatabaseError
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import serializers
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from enhancements import services
+from project.errors import DB_RETRY_AFTER_SECONDS, error_response
+from tickets.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+TOKEN_HEADER = "HTTP_X_SERVICEDESK_TOKEN"  # noqa: S105 - a header name
+_JSON_TYPES = ("application/json",)
+
+
+# --- payload schema: only what we use is validated; unknown keys are ignored ----------------------
+class _Named(serializers.Serializer):
+    name = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=500)
+
+
+class _Requester(_Named):
+    email_id = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=254)
+
+
+class _Time(serializers.Serializer):
+    value = serializers.RegexField(r"^\d{1,15}$", required=False, allow_blank=True, allow_null=True)
+
+
+class _Resolution(serializers.Serializer):
+    content = serializers.CharField(required=False, allow_blank=True, allow_null=True, trim_whitespace=False)
+
+
+class RequestSerializer(serializers.Serializer):
+    """The parts of an SDP v3 request object the product reads."""
+
+    id = serializers.RegexField(
+        r"^[A-Za-z0-9_-]{1,32}$",
+        error_messages={"invalid": "Must be the SDP request id: 1-32 letters, digits, '-' or '_'."},
+    )
+    subject = serializers.CharField(required=False, allow_blank=True, allow_null=True, trim_whitespace=False)
+    description = serializers.CharField(required=False, allow_blank=True, allow_null=True, trim_whitespace=False)
+    priority = _Named(required=False, allow_null=True)
+    status = _Named(required=False, allow_null=True)
+    category = _Named(required=False, allow_null=True)
+    technician = _Named(required=False, allow_null=True)
+    requester = _Requester(required=False, allow_null=True)
+    created_time = _Time(required=False, allow_null=True)
+    resolved_time = _Time(required=False, allow_null=True)
+    completed_time = _Time(required=False, allow_null=True)
+    resolution = _Resolution(required=False, allow_null=True)
+
+    def to_internal_value(self, data: Any) -> Any:
+        """Coerce a numeric id to a string, as SDP sends either."""
+        if isinstance(data, dict) and isinstance(data.get("id"), int) and not isinstance(data.get("id"), bool):
+            data = {**data, "id": str(data["id"])}
+        return super().to_internal_value(data)
+
+
+class WebhookSerializer(serializers.Serializer):
+    """The webhook body."""
+
+    event = serializers.CharField(required=False, default="request_created", max_length=64)
+    delivery_id = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=200)
+    request = RequestSerializer()
+
+
+# --- authentication ---------------------------------------------------------------------------
+def _verify(tenant: Tenant, request: HttpRequest, body: bytes) -> str | None:
+    """Return the delivery id when the call is authentic, else None."""
+    secret = tenant.webhook_secret
+    if not secret:
+        return None
+    if tenant.webhook_auth == Tenant.WebhookAuth.TOKEN:
+        supplied = request.META.get(TOKEN_HEADER, "")
+        return "" if supplied and hmac.compare_digest(supplied.encode(), secret.encode()) else None
+    headers = {
+        "webhook-id": request.headers.get("webhook-id", ""),
+        "webhook-timestamp": request.headers.get("webhook-timestamp", ""),
+        "webhook-signature": request.headers.get("webhook-signature", ""),
+    }
+    try:
+        # The package checks the 5-minute window and compares signatures in constant time, over
+        # the raw body bytes exactly as received.
+        Webhook(secret).verify(body, headers, json_parse=False)
+    except (WebhookVerificationError, ValueError, TypeError, UnicodeDecodeError):
+        return None
+    except Exception:  # a malformed signature header can raise binascii.Error and friends
+        return None
+    return headers["webhook-id"]
+
+
+def _rate_limited(tenant: Tenant) -> int | None:
+    """Return seconds to wait when the tenant is over its per-minute limit, else None."""
+    limit = tenant.rate_limit_per_minute
+    if not limit:
+        return None
+    window = int(time.time() // 60)
+    key = f"webhook-rate:{tenant.pk}:{window}"
+    try:
+        cache.add(key, 0, timeout=120)
+        count = cache.incr(key)
+    except Exception:
+        # Rate limiting is protection, not the truth: without the cache the webhook still works.
+        logger.warning("rate-limit cache unavailable; request allowed", exc_info=True)
+        return None
+    if count > limit:
+        return 60 - int(time.time() % 60)
+    return None
+
+
+# --- events -----------------------------------------------------------------------------------
+def _request_created(tenant: Tenant, data: dict[str, Any], delivery_id: str, request: HttpRequest) -> JsonResponse:
+    outcome = services.enhancement_create_from_webhook(
+        tenant=tenant,
+        request=data["request"],
+        delivery_id=delivery_id or None,
+        request_id=getattr(request, "request_id", ""),
+    )
+    if outcome.duplicate:
+        return JsonResponse({"status": "duplicate", "enhancement_id": outcome.enhancement_id}, status=200)
+    logger.info("webhook queued enhancement %s for request %s", outcome.enhancement_id, data["request"]["id"])
+    return JsonResponse({"status": "queued", "enhancement_id": outcome.enhancement_id}, status=202)
+
+
+def _request_resolved(tenant: Tenant, data: dict[str, Any], delivery_id: str, request: HttpRequest) -> JsonResponse:
+    ticket = services.ticket_store_resolved(tenant=tenant, request=data["request"])
+    return JsonResponse({"status": "stored", "ticket": ticket.sdp_id}, status=200)
+
+
+EVENT_HANDLERS: dict[str, Callable[[Tenant, dict[str, Any], str, HttpRequest], JsonResponse]] = {
+    "request_created": _request_created,
+    "request_resolved": _request_resolved,
+    "request_closed": _request_resolved,
+}
+
+
+MAX_DEPTH = 32
+
+
+def _raw_payload(body: bytes) -> Any:
+    return json.loads(body.decode("utf-8"))
+
+
+def _clean(value: Any, depth: int = 0) -> Any:
+    """Return value without NUL characters (PostgreSQL cannot store them); raise ValueError if too deep."""
+    if depth > MAX_DEPTH:
+        raise ValueError("nested too deeply")
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {str(k).replace("\x00", ""): _clean(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v, depth + 1) for v in value]
+    return value
+
+
+@csrf_exempt
+def servicedesk_webhook(request: HttpRequest, tenant_slug: str) -> JsonResponse:
+    """Answer one SDP webhook call per DESIGN.md's HTTP contract."""
+    if request.method != "POST":
+        response = error_response("method_not_allowed", "Use POST.", status=405)
+        response["Allow"] = "POST"
+        return response
+    max_bytes = settings.WEBHOOK_MAX_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > max_bytes:
+        return error_response("payload_too_large", f"The body is larger than {max_bytes} bytes.", status=413)
+    content_type = (request.content_type or "").lower()
+    if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
+        return error_response(
+            "unsupported_media_type", "Send the body as JSON with Content-Type: application/json.", status=415
+        )
+    body = request.body
+    if len(body) > max_bytes:
+        return error_response("payload_too_large", f"The body is larger than {max_bytes} bytes.", status=413)
+
+    try:
+        tenant = Tenant.objects.filter(slug=tenant_slug).first()
+        if tenant is None or (delivery_id := _verify(tenant, request, body)) is None:
+            # The same answer for an unknown tenant and a bad signature: no tenant enumeration.
+            return error_response(
+                "invalid_signature", "The webhook signature or token is missing, stale or wrong.", status=401
+            )
+        if not tenant.enabled:
+            return error_response("tenant_disabled", "This tenant is disabled.", status=403)
+        wait = _rate_limited(tenant)
+        if wait is not None:
+            return error_response(
+                "rate_limited",
+                f"More than {tenant.rate_limit_per_minute} webhooks this minute; retry later.",
+                status=429,
+                headers={"Retry-After": str(wait)},
+            )
+        try:
+            payload = _raw_payload(body)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return error_response("invalid_json", "The body is not valid UTF-8 JSON.", status=400)
+        if not isinstance(payload, dict):
+            return error_response(
+                "invalid_payload",
+                "The body must be a JSON object.",
+                status=400,
+                fields={"non_field_errors": ["Expected a JSON object."]},
+            )
+        try:
+            payload = _clean(payload)
+        except ValueError:
+            return error_response(
+                "invalid_payload",
+                f"The body is nested more than {MAX_DEPTH} levels deep.",
+                status=400,
+                fields={"non_field_errors": ["Nested too deeply."]},
+            )
+        serializer = WebhookSerializer(data=payload)
+        if not serializer.is_valid():
+            return error_response(
+                "invalid_payload",
+                "The webhook body is missing or has invalid fields.",
+                status=400,
+                fields=serializer.errors,
+            )
+        data = dict(serializer.validated_data)
+        # Keep the raw request object (unknown keys included) for the record.
+        data["request"] = {**payload["request"], "id": data["request"]["id"]}
+        handler = EVENT_HANDLERS.get(data["event"])
+        if handler is None:
+            return JsonResponse({"status": "ignored"}, status=200)
+        if not delivery_id and data.get("delivery_id"):
+            delivery_id = str(data["delivery_id"])
+        return handler(tenant, data, delivery_id, request)
+    except DatabaseError:
+        logger.exception("database unavailable while handling a webhook")
+        return error_response(
+            "unavailable",
+            "The service cannot store the webhook right now; retry later.",
+            status=503,
+            headers={"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
+        )

@@ -1,0 +1,31 @@
+"""URL routes: the webhook, health, readiness, metrics, the read API and the admin."""
+
+from django.contrib import admin
+from django.http import HttpRequest, JsonResponse
+from django.urls import path
+
+from enhancements import webhooks
+from project import health
+
+admin.site.site_header = "Ticket Enhancer"
+admin.site.site_title = "Ticket Enhancer"
+admin.site.index_title = "Review and operations"
+
+urlpatterns = [
+    path("webhook/servicedesk/<slug:tenant_slug>/", webhooks.servicedesk_webhook, name="servicedesk-webhook"),
+    path("health", health.health, name="health"),
+    path("api/v1/ready", health.ready, name="ready"),
+    path("admin/", admin.site.urls),
+]
+
+
+def _not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse({"error": "not_found", "detail": "No such page."}, status=404)
+
+
+def _server_error(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"error": "server_error", "detail": "Something went wrong; the error was logged."}, status=500)
+
+
+handler404 = _not_found
+handler500 = _server_error

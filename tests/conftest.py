@@ -1,0 +1,119 @@
+"""Shared fixtures: tenants, signed webhooks, and the SDP / OpenAI fakes on loopback."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import Client
+from standardwebhooks.webhooks import Webhook
+
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.sdp import FakeServiceDesk
+from tickets.services import TenantResult, tenant_create_or_update
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load_fixture(name: str) -> dict[str, Any]:
+    """Return a JSON fixture from tests/fixtures/servicedesk by its stem."""
+    return json.loads((FIXTURES / "servicedesk" / f"{name}.json").read_text())
+
+
+def signed_headers(secret: str, body: bytes, *, msg_id: str | None = None, timestamp: float | None = None) -> dict:
+    """Return Standard Webhooks headers for body, as Django test-client keyword arguments."""
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    ts = time.time() if timestamp is None else timestamp
+    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(ts, tz=UTC), body.decode("utf-8", "replace"))
+    return {
+        "HTTP_WEBHOOK_ID": msg_id,
+        "HTTP_WEBHOOK_TIMESTAMP": str(int(ts)),
+        "HTTP_WEBHOOK_SIGNATURE": signature,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _test_settings(settings: Any) -> None:
+    settings.SDP_ALLOW_INSECURE_URLS = True
+    settings.ENHANCEMENT_RETRY_BASE = 0.01
+    settings.ENHANCEMENT_RETRY_MAX = 0.05
+    settings.LLM_PROVIDER = "offline"
+
+
+@pytest.fixture
+def make_tenant(db: None) -> Callable[..., TenantResult]:
+    """Return a factory of tenants (hmac auth unless told otherwise)."""
+
+    def make(slug: str = "acme", **fields: Any) -> TenantResult:
+        fields.setdefault("name", slug.title())
+        return tenant_create_or_update(slug=slug, **fields)
+
+    return make
+
+
+@pytest.fixture
+def tenant(make_tenant: Callable[..., TenantResult]) -> TenantResult:
+    """Return a dry-run tenant (no SDP credentials) with hmac auth."""
+    return make_tenant("acme")
+
+
+@pytest.fixture
+def post_webhook(client: Client) -> Callable[..., Any]:
+    """Return a function that POSTs a body to a tenant's webhook, signed unless told otherwise."""
+
+    def post(
+        slug: str,
+        payload: Any,
+        *,
+        secret: str | None = None,
+        token: str | None = None,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+        msg_id: str | None = None,
+        timestamp: float | None = None,
+    ) -> Any:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        extra: dict[str, str] = {}
+        if secret:
+            extra.update(signed_headers(secret, body, msg_id=msg_id, timestamp=timestamp))
+        if token:
+            extra["HTTP_X_SERVICEDESK_TOKEN"] = token
+        extra.update(headers or {})
+        return client.generic("POST", f"/webhook/servicedesk/{slug}/", body, content_type=content_type, **extra)
+
+    return post
+
+
+@pytest.fixture
+def sdp() -> Iterator[FakeServiceDesk]:
+    """Return a running on-premises SDP fake."""
+    with FakeServiceDesk(auth="authtoken", api_key="sdp-test-key") as fake:
+        yield fake
+
+
+@pytest.fixture
+def openai_fake(settings: Any) -> Iterator[FakeOpenAI]:
+    """Return a running OpenAI-compatible fake and point the openai provider at it."""
+    with FakeOpenAI() as fake:
+        settings.LLM_PROVIDER = "openai"
+        settings.OPENAI_API_KEY = fake.api_key
+        settings.OPENAI_BASE_URL = fake.url
+        settings.OPENAI_MODEL = "fake-model"
+        settings.LLM_TIMEOUT = 2.0
+        yield fake
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_redis() -> None:
+    """Start the Redis run from an empty test database (no stale broker tasks)."""
+    if settings.REDIS_URL:
+        import redis
+
+        redis.Redis.from_url(settings.REDIS_URL).flushdb()

@@ -1,0 +1,237 @@
+"""The webhook's HTTP contract: every answer of DESIGN.md's table, and what is stored for each."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from django.db import connection
+
+from enhancements.models import Enhancement
+from tests.conftest import load_fixture, signed_headers
+from tickets.models import Tenant, Ticket
+
+pytestmark = pytest.mark.django_db
+
+CREATED = load_fixture("webhook__request_created")
+
+
+def _error(response, code: str, status: int) -> dict:
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["error"] == code
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert "Traceback" not in response.content.decode()
+    return body
+
+
+def test_request_created_is_stored_and_queued(tenant, post_webhook):
+    response = post_webhook("acme", CREATED, secret=tenant.secret)
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "queued"
+    enhancement = Enhancement.objects.get(pk=body["enhancement_id"])
+    assert enhancement.status == Enhancement.Status.QUEUED
+    assert enhancement.delivery_id.startswith("msg_")
+    ticket = enhancement.ticket
+    assert (ticket.sdp_id, ticket.subject) == ("104321", CREATED["request"]["subject"])
+    # HTML is stripped from the description; unknown keys are kept in the raw record.
+    assert "<br>" not in ticket.description and "LT-0457" in ticket.description
+    assert ticket.requester_email == "dana.whitfield@example.com"
+    assert ticket.priority == "High" and ticket.category == "Email"
+    assert ticket.raw["site"] == {"name": "Head Office"}
+    assert response["X-Request-ID"] == enhancement.request_id
+
+
+def test_minimal_payload_is_accepted(tenant, post_webhook):
+    response = post_webhook("acme", load_fixture("webhook__request_created_minimal"), secret=tenant.secret)
+    assert response.status_code == 202
+    ticket = Ticket.objects.get(sdp_id="104322")
+    assert ticket.subject == "" and ticket.tenant.slug == "acme"
+
+
+def test_numeric_request_id_is_accepted(tenant, post_webhook):
+    response = post_webhook("acme", {"request": {"id": 555}}, secret=tenant.secret)
+    assert response.status_code == 202
+    assert Ticket.objects.filter(sdp_id="555").exists()
+
+
+def test_same_request_again_is_a_duplicate(tenant, post_webhook):
+    first = post_webhook("acme", CREATED, secret=tenant.secret).json()
+    second = post_webhook("acme", CREATED, secret=tenant.secret)
+    assert second.status_code == 200
+    assert second.json() == {"status": "duplicate", "enhancement_id": first["enhancement_id"]}
+    assert Enhancement.objects.count() == 1
+
+
+def test_reused_webhook_id_is_a_duplicate_even_for_another_request(tenant, post_webhook):
+    first = post_webhook("acme", CREATED, secret=tenant.secret, msg_id="msg_same").json()
+    other = {**CREATED, "request": {**CREATED["request"], "id": "999"}}
+    second = post_webhook("acme", other, secret=tenant.secret, msg_id="msg_same")
+    assert second.status_code == 200
+    assert second.json() == {"status": "duplicate", "enhancement_id": first["enhancement_id"]}
+    assert not Ticket.objects.filter(sdp_id="999").exists()
+
+
+def test_token_mode(make_tenant, post_webhook):
+    result = make_tenant("tok", webhook_auth=Tenant.WebhookAuth.TOKEN)
+    response = post_webhook("tok", CREATED, token=result.secret)
+    assert response.status_code == 202
+    # token mode takes the delivery id from the body
+    assert Enhancement.objects.get().delivery_id == CREATED["delivery_id"]
+    _error(post_webhook("tok", CREATED, token="wrong"), "invalid_signature", 401)
+    _error(post_webhook("tok", CREATED), "invalid_signature", 401)
+
+
+def test_resolved_event_stores_history(tenant, post_webhook):
+    response = post_webhook("acme", load_fixture("webhook__request_resolved"), secret=tenant.secret)
+    assert response.status_code == 200
+    assert response.json() == {"status": "stored", "ticket": "98765"}
+    ticket = Ticket.objects.get(sdp_id="98765")
+    assert ticket.is_resolved and ticket.status == "Resolved"
+    assert ticket.resolution.startswith("Removed stale credentials") and "<p>" not in ticket.resolution
+    assert ticket.resolved_at is not None
+    assert not Enhancement.objects.exists()
+
+
+def test_closed_event_stores_history(tenant, post_webhook):
+    payload = {
+        "event": "request_closed",
+        "request": {"id": "77", "subject": "Printer jam", "status": {"name": "Closed"}},
+    }
+    assert post_webhook("acme", payload, secret=tenant.secret).json() == {"status": "stored", "ticket": "77"}
+    assert Ticket.objects.get(sdp_id="77").is_resolved
+
+
+def test_unknown_event_is_ignored(tenant, post_webhook):
+    response = post_webhook("acme", load_fixture("webhook__request_updated"), secret=tenant.secret)
+    assert response.status_code == 200 and response.json() == {"status": "ignored"}
+    assert not Ticket.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"secret": None}, id="missing-signature"),
+        pytest.param({"timestamp": time.time() - 400}, id="stale-timestamp"),
+        pytest.param({"timestamp": time.time() + 400}, id="future-timestamp"),
+        pytest.param({"secret": "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="}, id="wrong-secret"),
+    ],
+)
+def test_bad_signatures_are_401(tenant, post_webhook, change):
+    kwargs = {"secret": tenant.secret, **change}
+    _error(post_webhook("acme", CREATED, **kwargs), "invalid_signature", 401)
+    assert not Enhancement.objects.exists()
+
+
+def test_signature_over_another_body_is_401(tenant, post_webhook):
+    body = json.dumps(CREATED).encode()
+    headers = signed_headers(tenant.secret, body + b" ")
+    _error(post_webhook("acme", body, headers=headers), "invalid_signature", 401)
+
+
+def test_garbage_signature_header_is_401(tenant, post_webhook):
+    headers = {"HTTP_WEBHOOK_ID": "x", "HTTP_WEBHOOK_TIMESTAMP": str(int(time.time())), "HTTP_WEBHOOK_SIGNATURE": "v1"}
+    _error(post_webhook("acme", CREATED, headers=headers), "invalid_signature", 401)
+    headers["HTTP_WEBHOOK_SIGNATURE"] = "v1,%%%notbase64"
+    _error(post_webhook("acme", CREATED, headers=headers), "invalid_signature", 401)
+
+
+def test_unknown_tenant_answers_like_a_bad_signature(tenant, post_webhook):
+    unknown = _error(post_webhook("nobody", CREATED, secret=tenant.secret), "invalid_signature", 401)
+    wrong = _error(post_webhook("acme", CREATED, secret=None), "invalid_signature", 401)
+    assert unknown == wrong
+
+
+def test_another_tenants_signature_is_401(make_tenant, post_webhook):
+    make_tenant("acme")
+    other = make_tenant("globex")
+    _error(post_webhook("acme", CREATED, secret=other.secret), "invalid_signature", 401)
+
+
+def test_disabled_tenant_is_403(make_tenant, post_webhook):
+    result = make_tenant("acme", enabled=False)
+    _error(post_webhook("acme", CREATED, secret=result.secret), "tenant_disabled", 403)
+    assert not Ticket.objects.exists()
+
+
+def test_invalid_json_is_400(tenant, post_webhook):
+    _error(post_webhook("acme", b'{"request": ', secret=tenant.secret), "invalid_json", 400)
+    empty = post_webhook("acme", b"", secret=tenant.secret, headers={"CONTENT_TYPE": "application/json"})
+    _error(empty, "invalid_json", 400)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"event": "request_created"}, "request"),
+        ({"request": {}}, "request"),
+        ({"request": {"id": {"nested": 1}}}, "request"),
+        ({"request": {"id": "1", "subject": ["list"]}}, "request"),
+        ({"request": {"id": "../../etc"}}, "request"),
+        ({"request": "12345"}, "request"),
+    ],
+)
+def test_invalid_payload_is_400_with_fields(tenant, post_webhook, payload, field):
+    body = _error(post_webhook("acme", payload, secret=tenant.secret), "invalid_payload", 400)
+    assert field in body["fields"]
+    assert not Ticket.objects.exists()
+
+
+def test_non_object_body_is_400(tenant, post_webhook):
+    body = _error(post_webhook("acme", [1, 2], secret=tenant.secret), "invalid_payload", 400)
+    assert body["fields"]
+
+
+def test_oversize_body_is_413(tenant, post_webhook, settings):
+    settings.WEBHOOK_MAX_BYTES = 1000
+    payload = {"request": {"id": "1", "description": "x" * 2000}}
+    _error(post_webhook("acme", payload, secret=tenant.secret), "payload_too_large", 413)
+    assert not Ticket.objects.exists()
+
+
+def test_wrong_content_type_is_415(tenant, post_webhook):
+    _error(
+        post_webhook("acme", CREATED, secret=tenant.secret, content_type="text/plain"), "unsupported_media_type", 415
+    )
+    _error(
+        post_webhook("acme", b"input_data=x", secret=tenant.secret, content_type="application/x-www-form-urlencoded"),
+        "unsupported_media_type",
+        415,
+    )
+
+
+def test_get_is_405_in_the_error_shape(client, tenant):
+    _error(client.get("/webhook/servicedesk/acme/"), "method_not_allowed", 405)
+
+
+def test_rate_limit_answers_429_with_retry_after(make_tenant, post_webhook):
+    result = make_tenant("acme")
+    Tenant.objects.filter(slug="acme").update(rate_limit_per_minute=2)
+    for request_id in ("1", "2"):
+        assert post_webhook("acme", {"request": {"id": request_id}}, secret=result.secret).status_code == 202
+    response = post_webhook("acme", {"request": {"id": "3"}}, secret=result.secret)
+    _error(response, "rate_limited", 429)
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert not Ticket.objects.filter(sdp_id="3").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_down_is_503_with_retry_after(make_tenant, post_webhook):
+    result = make_tenant("acme")
+    original = dict(connection.settings_dict)
+    connection.close()
+    # Point the connection at a place where no database answers, as during an outage.
+    if connection.vendor == "sqlite":
+        connection.settings_dict["NAME"] = "/nonexistent-dir/db.sqlite3"
+    else:
+        connection.settings_dict["PORT"] = "1"
+    try:
+        response = post_webhook("acme", CREATED, secret=result.secret)
+    finally:
+        connection.close()
+        connection.settings_dict.clear()
+        connection.settings_dict.update(original)
+    _error(response, "unavailable", 503)
+    assert int(response["Retry-After"]) > 0

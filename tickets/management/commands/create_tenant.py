@@ -1,0 +1,65 @@
+"""Create or update a tenant and print its webhook URL and secret (once)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from tickets.models import Tenant
+from tickets.servicedesk import ServiceDeskError
+from tickets.services import tenant_create_or_update, webhook_secret_key, webhook_url
+
+
+class Command(BaseCommand):
+    help = "Create a tenant (or update the given fields of an existing one) and print its webhook URL and secret."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("slug", help="Short name used in the webhook URL, e.g. acme")
+        parser.add_argument("--name", help="Display name")
+        parser.add_argument("--sdp-url", help="SDP base URL, e.g. https://sdp.acme.com or https://.../app/itdesk")
+        parser.add_argument("--sdp-api-key", help="SDP technician API key (on-prem) or OAuth access token (cloud)")
+        parser.add_argument("--sdp-auth-type", choices=[c.value for c in Tenant.AuthType], help="default authtoken")
+        parser.add_argument("--webhook-auth", choices=[c.value for c in Tenant.WebhookAuth], help="default hmac")
+        parser.add_argument("--webhook-secret", help="Use this secret instead of generating one")
+        parser.add_argument("--rotate-secret", action="store_true", help="Generate a new webhook secret")
+        review = parser.add_mutually_exclusive_group()
+        review.add_argument("--review-required", action="store_true", default=None)
+        review.add_argument("--no-review-required", dest="review_required", action="store_false")
+        enabled = parser.add_mutually_exclusive_group()
+        enabled.add_argument("--enable", dest="enabled", action="store_true", default=None)
+        enabled.add_argument("--disable", dest="enabled", action="store_false")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            result = tenant_create_or_update(
+                slug=options["slug"],
+                name=options["name"],
+                sdp_base_url=options["sdp_url"],
+                sdp_api_key=options["sdp_api_key"],
+                sdp_auth_type=options["sdp_auth_type"],
+                webhook_auth=options["webhook_auth"],
+                webhook_secret=options["webhook_secret"],
+                review_required=options["review_required"],
+                enabled=options["enabled"],
+                rotate_secret=options["rotate_secret"],
+            )
+        except ValidationError as exc:
+            raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
+        except ServiceDeskError as exc:
+            raise CommandError(str(exc)) from exc
+        tenant = result.tenant
+        self.stdout.write(f"Tenant {tenant.slug} {'created' if result.created else 'updated'}.")
+        self.stdout.write(f"Webhook URL:  {webhook_url(tenant)}")
+        self.stdout.write(f"Webhook auth: {tenant.webhook_auth}")
+        if result.secret:
+            self.stdout.write(f"Webhook secret (shown once, store it now): {result.secret}")
+            if tenant.webhook_auth == Tenant.WebhookAuth.HMAC:
+                self.stdout.write(f"Signing key for an SDP Deluge function: {webhook_secret_key(result.secret)}")
+            else:
+                self.stdout.write("Send it in the X-ServiceDesk-Token header of the SDP webhook.")
+        else:
+            self.stdout.write("Webhook secret unchanged (use --rotate-secret to issue a new one).")
+        if not tenant.has_sdp_credentials:
+            self.stdout.write("No SDP credentials: enhancements are kept here (dry run), not posted.")

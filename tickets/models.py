@@ -1,0 +1,137 @@
+"""The ServiceDesk side: tenants, ticket history, inventory and knowledge articles."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+from tickets.fields import EncryptedTextField
+
+
+class Tenant(models.Model):
+    """An MSP customer whose ServiceDesk Plus instance calls our webhook."""
+
+    class AuthType(models.TextChoices):
+        AUTHTOKEN = "authtoken", "On-premises (authtoken)"
+        ZOHO_OAUTH = "zoho_oauth", "Cloud (Zoho OAuth token)"
+
+    class WebhookAuth(models.TextChoices):
+        HMAC = "hmac", "HMAC signature (Standard Webhooks)"
+        TOKEN = "token", "Shared token header (X-ServiceDesk-Token)"
+
+    slug = models.SlugField(max_length=64, unique=True, help_text="Used in the webhook URL.")
+    name = models.CharField(max_length=200)
+    sdp_base_url = models.URLField(
+        "SDP base URL",
+        blank=True,
+        help_text="e.g. https://sdp.example.com or https://sdpondemand.manageengine.com/app/itdesk",
+    )
+    sdp_auth_type = models.CharField(max_length=16, choices=AuthType.choices, default=AuthType.AUTHTOKEN)
+    sdp_api_key = EncryptedTextField("SDP API key", blank=True, default="")
+    webhook_auth = models.CharField(max_length=8, choices=WebhookAuth.choices, default=WebhookAuth.HMAC)
+    webhook_secret = EncryptedTextField(blank=True, default="")
+    review_required = models.BooleanField(
+        default=False, help_text="Hold every enhancement for a support lead's approval before posting."
+    )
+    enabled = models.BooleanField(default=True)
+    llm_model = models.CharField("LLM model override", max_length=100, blank=True)
+    rate_limit_per_minute = models.PositiveIntegerField(default=600, help_text="0 disables the limit.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.slug})"
+
+    @property
+    def has_sdp_credentials(self) -> bool:
+        """Return whether we can call this tenant's SDP."""
+        return bool(self.sdp_base_url and self.sdp_api_key)
+
+
+class Ticket(models.Model):
+    """A ServiceDesk Plus request: new ones we enhance, resolved ones form the history we search."""
+
+    class Source(models.TextChoices):
+        WEBHOOK = "webhook", "Webhook"
+        IMPORT = "import", "Import"
+        API = "api", "SDP API"
+
+    RESOLVED_STATUSES = ("Resolved", "Closed")
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="tickets")
+    sdp_id = models.CharField("SDP id", max_length=32)
+    subject = models.CharField(max_length=500, blank=True)
+    description = models.TextField(blank=True, help_text="Plain text; HTML stripped.")
+    status = models.CharField(max_length=64, blank=True)
+    priority = models.CharField(max_length=64, blank=True)
+    category = models.CharField(max_length=200, blank=True)
+    requester_name = models.CharField(max_length=200, blank=True)
+    requester_email = models.CharField(max_length=254, blank=True)
+    technician = models.CharField(max_length=200, blank=True)
+    resolution = models.TextField(blank=True, help_text="Plain text; HTML stripped.")
+    sdp_created_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.WEBHOOK)
+    is_resolved = models.BooleanField(default=False, help_text="Resolved or closed: part of the searchable history.")
+    raw = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "sdp_id"], name="ticket_unique_per_tenant")]
+        indexes = [models.Index(fields=["tenant", "is_resolved"], name="ticket_tenant_resolved")]
+        ordering = ["-sdp_created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"#{self.sdp_id} {self.subject}".strip()
+
+    @property
+    def is_complete(self) -> bool:
+        """Return whether the ticket has the text an enhancement needs."""
+        return bool(self.subject or self.description)
+
+
+class Asset(models.Model):
+    """An inventory record the enhancer can match by IP or hostname."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="assets")
+    ip = models.GenericIPAddressField("IP", null=True, blank=True)
+    hostname = models.CharField(max_length=253, blank=True, help_text="Stored lower-case.")
+    role = models.CharField(max_length=200, blank=True)
+    location = models.CharField(max_length=200, blank=True)
+    owner = models.CharField(max_length=200, blank=True)
+    notes = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "hostname"], condition=~Q(hostname=""), name="asset_unique_hostname"
+            ),
+            models.UniqueConstraint(fields=["tenant", "ip"], condition=Q(ip__isnull=False), name="asset_unique_ip"),
+            models.CheckConstraint(condition=~Q(hostname="") | Q(ip__isnull=False), name="asset_has_ip_or_hostname"),
+        ]
+        ordering = ["hostname", "ip"]
+
+    def __str__(self) -> str:
+        return self.hostname or str(self.ip)
+
+
+class KnowledgeArticle(models.Model):
+    """A knowledge-base article that can be suggested alongside an enhancement."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="articles")
+    title = models.CharField(max_length=300)
+    url = models.URLField(blank=True, max_length=500)
+    body = models.TextField(blank=True)
+    tags = models.CharField(max_length=500, blank=True, help_text="Comma-separated.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "title"], name="article_unique_title")]
+        ordering = ["title"]
+
+    def __str__(self) -> str:
+        return self.title

@@ -1,0 +1,342 @@
+"""The one client for ManageEngine ServiceDesk Plus API v3 (facts: docs/servicedesk-api.md)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import random
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+ACCEPT = "application/vnd.manageengine.sdp.v3+json"
+SUCCESS = 2000
+THROTTLED = 4015
+MAX_ROW_COUNT = 100
+# Never sleep longer than this inside one call for a Retry-After; longer waits go back to the queue.
+MAX_INLINE_WAIT = 10.0
+
+
+class ServiceDeskError(Exception):
+    """A failed SDP call; `permanent` says whether retrying can help."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+        unclear: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.status = status
+        self.retry_after = retry_after
+        # The request may have reached SDP (e.g. a timeout after sending a note).
+        self.unclear = unclear
+
+
+def check_base_url(url: str, *, allow_insecure: bool | None = None) -> None:
+    """Raise ServiceDeskError(permanent) unless url is an https URL on a public address."""
+    allow = settings.SDP_ALLOW_INSECURE_URLS if allow_insecure is None else allow_insecure
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ServiceDeskError(f"The SDP URL {url!r} is not a valid http(s) URL.", permanent=True)
+    if allow:
+        return
+    if parts.scheme != "https":
+        raise ServiceDeskError(
+            "The SDP URL must use https (set SDP_ALLOW_INSECURE_URLS=1 only for local testing).",
+            permanent=True,
+        )
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise ServiceDeskError(f"The SDP host {parts.hostname} cannot be resolved: {exc}", permanent=False) from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise ServiceDeskError(
+                f"The SDP host {parts.hostname} resolves to a private or local address ({address}); "
+                "refused (set SDP_ALLOW_INSECURE_URLS=1 only for local testing).",
+                permanent=True,
+            )
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list call."""
+
+    rows: list[dict[str, Any]]
+    has_more_rows: bool
+    start_index: int
+    row_count: int
+    total_count: int | None
+
+
+def _status_list(body: Any) -> list[dict[str, Any]]:
+    status = body.get("response_status") if isinstance(body, dict) else None
+    if isinstance(status, dict):
+        return [status]
+    if isinstance(status, list):
+        return [s for s in status if isinstance(s, dict)]
+    return []
+
+
+def _messages(body: Any) -> list[dict[str, Any]]:
+    return [m for s in _status_list(body) for m in s.get("messages") or [] if isinstance(m, dict)]
+
+
+def _describe(body: Any) -> str:
+    texts = []
+    for m in _messages(body):
+        text = str(m.get("message") or m.get("status_code") or "").strip()
+        if m.get("field"):
+            text = f"{m['field']}: {text}"
+        if text:
+            texts.append(text)
+    return "; ".join(texts) or "no message"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float) -> float:
+    """Return an exponential backoff delay with full jitter for the given 1-based attempt."""
+    return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
+
+
+class ServiceDeskClient:
+    """Calls one tenant's SDP; every call has a timeout and bounded retries."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        auth_type: str = "authtoken",
+        timeout: float | None = None,
+        max_retries: int = 2,
+        backoff_base: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not base_url or not api_key:
+            raise ServiceDeskError("The tenant has no SDP URL or API key configured.", permanent=True)
+        check_base_url(base_url)
+        auth_header = (
+            {"Authorization": f"Zoho-oauthtoken {api_key}"} if auth_type == "zoho_oauth" else {"authtoken": api_key}
+        )
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/") + "/api/v3",
+            headers={"Accept": ACCEPT, "User-Agent": "ticket-enhancer/1.0", **auth_header},
+            timeout=timeout or settings.SDP_TIMEOUT,
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    def __enter__(self) -> ServiceDeskClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    # --- calls ------------------------------------------------------------------------------
+    def get_request(self, request_id: str) -> dict[str, Any]:
+        """Return the v3 request object for request_id."""
+        body = self._call("GET", f"/requests/{request_id}", idempotent=True)
+        request = body.get("request")
+        if not isinstance(request, dict):
+            raise ServiceDeskError("SDP answered without a request object.", permanent=False)
+        return request
+
+    def list_requests(
+        self,
+        *,
+        start_index: int = 1,
+        row_count: int = MAX_ROW_COUNT,
+        search_criteria: list[dict[str, Any]] | None = None,
+        sort_field: str = "created_time",
+        sort_order: str = "asc",
+    ) -> Page:
+        """Return one page of requests matching search_criteria."""
+        list_info: dict[str, Any] = {
+            "row_count": min(row_count, MAX_ROW_COUNT),
+            "start_index": start_index,
+            "sort_field": sort_field,
+            "sort_order": sort_order,
+            "get_total_count": True,
+        }
+        if search_criteria:
+            list_info["search_criteria"] = search_criteria
+        body = self._call("GET", "/requests", input_data={"list_info": list_info}, idempotent=True)
+        return self._page(body, "requests")
+
+    def list_notes(self, request_id: str) -> list[dict[str, Any]]:
+        """Return every note of a request (all pages)."""
+        notes: list[dict[str, Any]] = []
+        start = 1
+        for _ in range(100):
+            body = self._call(
+                "GET",
+                f"/requests/{request_id}/notes",
+                input_data={"list_info": {"row_count": MAX_ROW_COUNT, "start_index": start}},
+                idempotent=True,
+            )
+            page = self._page(body, "request_notes", fallback_key="notes")
+            notes.extend(page.rows)
+            if not page.has_more_rows or not page.rows:
+                break
+            start = page.start_index + page.row_count
+        return notes
+
+    def add_note(self, request_id: str, description_html: str) -> dict[str, Any]:
+        """Post a technician-only note and return SDP's note object."""
+        note = {
+            "description": description_html,
+            "show_to_requester": False,
+            "notify_technician": False,
+            "mark_first_response": False,
+            "add_to_linked_requests": False,
+        }
+        try:
+            body = self._call("POST", f"/requests/{request_id}/notes", input_data={"request_note": note})
+        except ServiceDeskError as exc:
+            # Some on-premises builds want the key `note` and reject `request_note` as an extra key
+            # (docs/servicedesk-api.md, "add a note"): retry once with the other key.
+            if exc.status == 400 and ("request_note" in str(exc) or "EXTRA_KEY" in str(exc)):
+                body = self._call("POST", f"/requests/{request_id}/notes", input_data={"note": note})
+            else:
+                raise
+        created = body.get("request_note") or body.get("note")
+        if not isinstance(created, dict):
+            raise ServiceDeskError("SDP accepted the note but returned no note object.", permanent=False, unclear=True)
+        return created
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _page(self, body: dict[str, Any], key: str, fallback_key: str | None = None) -> Page:
+        rows = body.get(key)
+        if rows is None and fallback_key:
+            rows = body.get(fallback_key)
+        info = body.get("list_info") or {}
+        return Page(
+            rows=[r for r in rows or [] if isinstance(r, dict)],
+            has_more_rows=bool(info.get("has_more_rows")),
+            start_index=int(info.get("start_index") or 1),
+            row_count=int(info.get("row_count") or len(rows or [])),
+            total_count=int(info["total_count"]) if str(info.get("total_count", "")).isdigit() else None,
+        )
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        input_data: dict[str, Any] | None = None,
+        idempotent: bool = False,
+    ) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._once(method, path, input_data)
+            except ServiceDeskError as exc:
+                # A POST is retried only when SDP certainly did not act on it (429 / throttled /
+                # connection refused); anything unclear goes back to the caller, who checks first.
+                retryable = not exc.permanent and (idempotent or not exc.unclear)
+                if not retryable or attempt > self.max_retries:
+                    raise
+                delay = (
+                    exc.retry_after
+                    if exc.retry_after is not None
+                    else backoff_delay(attempt, base=self.backoff_base, cap=MAX_INLINE_WAIT)
+                )
+                if delay > MAX_INLINE_WAIT:
+                    raise
+                logger.info("SDP %s %s failed (%s); retry %d in %.1fs", method, path, exc, attempt, delay)
+                time.sleep(delay)
+
+    def _once(self, method: str, path: str, input_data: dict[str, Any] | None) -> dict[str, Any]:
+        encoded = json.dumps(input_data) if input_data is not None else None
+        try:
+            if method == "GET":
+                params = {"input_data": encoded} if encoded else None
+                response = self._client.request(method, path, params=params)
+            else:
+                # SDP takes input as a form field named input_data holding a JSON string.
+                response = self._client.request(method, path, data={"input_data": encoded or "{}"})
+        except httpx.ConnectError as exc:
+            raise ServiceDeskError(f"Could not connect to SDP: {exc}", permanent=False) from exc
+        except httpx.TimeoutException as exc:
+            raise ServiceDeskError(
+                f"SDP did not answer within {self._client.timeout.read}s.", permanent=False, unclear=True
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ServiceDeskError(f"SDP call failed: {exc}", permanent=False, unclear=True) from exc
+        return self._parse(response)
+
+    def _parse(self, response: httpx.Response) -> dict[str, Any]:
+        code = response.status_code
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if 300 <= code < 400:
+            raise ServiceDeskError(
+                f"SDP answered with a redirect ({code}) to {response.headers.get('Location', '?')}; "
+                "check the tenant's SDP URL (redirects are not followed).",
+                permanent=True,
+                status=code,
+            )
+        if code == 429 or any(m.get("status_code") == THROTTLED for m in _messages(body)):
+            raise ServiceDeskError(
+                "SDP is throttling our calls (too many requests).",
+                permanent=False,
+                status=code,
+                retry_after=_retry_after(response),
+            )
+        if code >= 500:
+            raise ServiceDeskError(f"SDP had a server error (HTTP {code}).", permanent=False, status=code, unclear=True)
+        if code in (401, 403):
+            raise ServiceDeskError(
+                f"SDP refused our credentials (HTTP {code}: {_describe(body)}); check the tenant's API key and "
+                "its permissions.",
+                permanent=True,
+                status=code,
+            )
+        if code == 404:
+            raise ServiceDeskError(
+                f"SDP has no such request or endpoint (HTTP 404: {_describe(body)}).", permanent=True, status=code
+            )
+        if not isinstance(body, dict):
+            raise ServiceDeskError(
+                f"SDP answered HTTP {code} with a body that is not JSON.", permanent=False, status=code
+            )
+        statuses = _status_list(body)
+        ok = code < 400 and statuses and all(s.get("status_code") == SUCCESS for s in statuses)
+        if not ok:
+            raise ServiceDeskError(
+                f"SDP rejected the call (HTTP {code}): {_describe(body)}", permanent=True, status=code
+            )
+        return body

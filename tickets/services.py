@@ -1,0 +1,219 @@
+"""Business logic of the ServiceDesk side: tenants and tickets."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import string
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
+from tickets.servicedesk import ServiceDeskClient, check_base_url
+from tickets.text import html_to_text
+
+_TICKET_LIMITS = {f.name: f.max_length for f in Ticket._meta.get_fields() if getattr(f, "max_length", None)}
+
+
+# --- tenants ----------------------------------------------------------------------------------
+def webhook_secret_generate(*, auth: str) -> str:
+    """Return a new webhook secret for the given auth mode."""
+    if auth == Tenant.WebhookAuth.HMAC:
+        # The decoded key is printable ASCII so an SDP Deluge function can use it as a string key.
+        alphabet = string.ascii_letters + string.digits
+        key = "".join(secrets.choice(alphabet) for _ in range(32))
+        return "whsec_" + base64.b64encode(key.encode()).decode()
+    return secrets.token_urlsafe(32)
+
+
+def webhook_secret_key(secret: str) -> str:
+    """Return the printable signing key inside a `whsec_` secret (what a Deluge function needs)."""
+    return base64.b64decode(secret.removeprefix("whsec_") + "==").decode("ascii", errors="replace")
+
+
+@dataclass(frozen=True)
+class TenantResult:
+    """The outcome of tenant_create_or_update: the tenant and the secret when it was (re)set."""
+
+    tenant: Tenant
+    created: bool
+    secret: str | None
+
+
+def tenant_create_or_update(
+    *,
+    slug: str,
+    name: str | None = None,
+    sdp_base_url: str | None = None,
+    sdp_api_key: str | None = None,
+    sdp_auth_type: str | None = None,
+    webhook_auth: str | None = None,
+    webhook_secret: str | None = None,
+    review_required: bool | None = None,
+    enabled: bool | None = None,
+    rotate_secret: bool = False,
+) -> TenantResult:
+    """Create the tenant, or update only the given fields of an existing one."""
+    if sdp_base_url:
+        check_base_url(sdp_base_url)
+    tenant = Tenant.objects.filter(slug=slug).first()
+    created = tenant is None
+    if tenant is None:
+        tenant = Tenant(slug=slug, name=name or slug)
+    updates = {
+        "name": name,
+        "sdp_base_url": sdp_base_url,
+        "sdp_api_key": sdp_api_key,
+        "sdp_auth_type": sdp_auth_type,
+        "webhook_auth": webhook_auth,
+        "review_required": review_required,
+        "enabled": enabled,
+    }
+    for field, value in updates.items():
+        if value is not None:
+            setattr(tenant, field, value)
+    new_secret = None
+    if webhook_secret:
+        new_secret = webhook_secret
+    elif created or rotate_secret or (webhook_auth and webhook_auth != _stored_auth(tenant)):
+        new_secret = webhook_secret_generate(auth=tenant.webhook_auth)
+    if new_secret:
+        tenant.webhook_secret = new_secret
+    tenant.full_clean()
+    tenant.save()
+    return TenantResult(tenant=tenant, created=created, secret=new_secret)
+
+
+def _stored_auth(tenant: Tenant) -> str | None:
+    if tenant.pk is None:
+        return None
+    return Tenant.objects.filter(pk=tenant.pk).values_list("webhook_auth", flat=True).first()
+
+
+def webhook_url(tenant: Tenant) -> str:
+    """Return the URL to configure in the tenant's SDP."""
+    return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/webhook/servicedesk/{tenant.slug}/"
+
+
+def servicedesk_client(tenant: Tenant) -> ServiceDeskClient:
+    """Return an SDP client for the tenant (raises ServiceDeskError when not configured)."""
+    return ServiceDeskClient(base_url=tenant.sdp_base_url, api_key=tenant.sdp_api_key, auth_type=tenant.sdp_auth_type)
+
+
+# --- tickets ----------------------------------------------------------------------------------
+def _name(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("name") or "")
+    return str(value) if isinstance(value, str) else ""
+
+
+def _time(value: Any) -> datetime | None:
+    raw = value.get("value") if isinstance(value, dict) else value
+    try:
+        return datetime.fromtimestamp(int(str(raw)) / 1000, tz=UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _clip(field: str, value: str) -> str:
+    limit = _TICKET_LIMITS.get(field)
+    return value[:limit] if limit else value
+
+
+def ticket_fields_from_sdp(request: dict[str, Any]) -> dict[str, Any]:
+    """Return Ticket field values for the keys present in an SDP v3 request object."""
+    fields: dict[str, Any] = {}
+    if "subject" in request:
+        fields["subject"] = html_to_text(str(request.get("subject") or ""))
+    if "description" in request:
+        fields["description"] = html_to_text(str(request.get("description") or ""))
+    for key, field in (("status", "status"), ("priority", "priority"), ("category", "category")):
+        if key in request:
+            fields[field] = _name(request.get(key))
+    if "technician" in request:
+        fields["technician"] = _name(request.get("technician"))
+    if "requester" in request:
+        requester = request.get("requester") or {}
+        fields["requester_name"] = _name(requester)
+        fields["requester_email"] = str(requester.get("email_id") or "") if isinstance(requester, dict) else ""
+    if "resolution" in request:
+        resolution = request.get("resolution")
+        content = resolution.get("content") if isinstance(resolution, dict) else resolution
+        fields["resolution"] = html_to_text(str(content or ""))
+    if "created_time" in request:
+        fields["sdp_created_at"] = _time(request.get("created_time"))
+    resolved = request.get("resolved_time") or request.get("completed_time")
+    if resolved:
+        fields["resolved_at"] = _time(resolved)
+    if "status" in fields:
+        fields["is_resolved"] = fields["status"] in Ticket.RESOLVED_STATUSES
+    return {k: _clip(k, v) if isinstance(v, str) else v for k, v in fields.items()}
+
+
+def ticket_upsert(
+    *, tenant: Tenant, sdp_id: str, fields: dict[str, Any], source: str, raw: dict[str, Any] | None = None
+) -> tuple[Ticket, bool]:
+    """Create or update the tenant's ticket sdp_id with the given fields; return (ticket, created)."""
+    defaults = dict(fields, source=source)
+    if raw is not None:
+        defaults["raw"] = raw
+    with transaction.atomic():
+        ticket, created = Ticket.objects.select_for_update().get_or_create(
+            tenant=tenant, sdp_id=sdp_id, defaults=defaults
+        )
+        if not created:
+            changed = [k for k, v in defaults.items() if getattr(ticket, k) != v]
+            for key in changed:
+                setattr(ticket, key, defaults[key])
+            if changed:
+                ticket.save(update_fields=[*changed, "updated_at"])
+    return ticket, created
+
+
+def ticket_refresh_from_sdp(*, ticket: Ticket) -> Ticket:
+    """Fetch the ticket from the tenant's SDP and store what it says; return the ticket."""
+    with servicedesk_client(ticket.tenant) as client:
+        request = client.get_request(ticket.sdp_id)
+    ticket, _ = ticket_upsert(
+        tenant=ticket.tenant,
+        sdp_id=ticket.sdp_id,
+        fields=ticket_fields_from_sdp(request),
+        source=ticket.source,
+        raw=request,
+    )
+    return ticket
+
+
+# --- inventory and knowledge ------------------------------------------------------------------
+def asset_upsert(
+    *,
+    tenant: Tenant,
+    ip: str | None,
+    hostname: str,
+    role: str = "",
+    location: str = "",
+    owner: str = "",
+    notes: str = "",
+) -> tuple[Asset, bool]:
+    """Create or update the tenant's asset identified by hostname (else IP); return (asset, created)."""
+    hostname = hostname.strip().lower().rstrip(".")
+    ip = ip or None
+    lookup = {"hostname": hostname} if hostname else {"ip": ip}
+    return Asset.objects.update_or_create(
+        tenant=tenant,
+        **lookup,
+        defaults={"ip": ip, "hostname": hostname, "role": role, "location": location, "owner": owner, "notes": notes},
+    )
+
+
+def article_upsert(
+    *, tenant: Tenant, title: str, url: str = "", body: str = "", tags: str = ""
+) -> tuple[KnowledgeArticle, bool]:
+    """Create or update the tenant's article with this title; return (article, created)."""
+    return KnowledgeArticle.objects.update_or_create(
+        tenant=tenant, title=title.strip(), defaults={"url": url, "body": body, "tags": tags}
+    )
