@@ -19,6 +19,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from enhancements import services
 from project.errors import DB_RETRY_AFTER_SECONDS, error_response
+from project.metrics import count_webhook_answers
 from tickets.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ def _clean(value: Any, depth: int = 0) -> Any:
 
 
 @csrf_exempt
+@count_webhook_answers
 def servicedesk_webhook(request: HttpRequest, tenant_slug: str) -> JsonResponse:
     """Answer one SDP webhook call per DESIGN.md's HTTP contract."""
     if request.method != "POST":
@@ -193,6 +195,8 @@ def servicedesk_webhook(request: HttpRequest, tenant_slug: str) -> JsonResponse:
 
     try:
         tenant = Tenant.objects.filter(slug=tenant_slug).first()
+        if tenant is not None:
+            request.metrics_tenant = tenant.slug  # type: ignore[attr-defined] # the metrics label
         if tenant is None or (delivery_id := _verify(tenant, request, body)) is None:
             # The same answer for an unknown tenant and a bad signature: no tenant enumeration.
             return error_response(

@@ -86,6 +86,8 @@ _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     if _db["NAME"] != ":memory:":
         Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # A file, not memory, so the end-to-end tests' server and worker processes share it.
+    _db["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-db.sqlite3")}
     # WAL lets the web server read while the worker writes; busy timeout absorbs short locks.
     _db.setdefault("OPTIONS", {}).update(
         {
@@ -220,8 +222,16 @@ ENHANCEMENT_STUCK_AFTER = env.int("ENHANCEMENT_STUCK_AFTER", default=Q_TIMEOUT +
 ENHANCEMENT_RETRY_BASE = env.float("ENHANCEMENT_RETRY_BASE", default=30.0)
 ENHANCEMENT_RETRY_MAX = env.float("ENHANCEMENT_RETRY_MAX", default=1800.0)
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
+# /metrics reports time to note over notes posted in this many recent seconds (bounds the rows read).
+METRICS_WINDOW_SECONDS = env.int("METRICS_WINDOW_SECONDS", default=3600)
 
-for _name in ("WEBHOOK_MAX_BYTES", "ENHANCEMENT_MAX_ATTEMPTS", "ENHANCEMENT_STUCK_AFTER", "Q_TIMEOUT"):
+for _name in (
+    "WEBHOOK_MAX_BYTES",
+    "ENHANCEMENT_MAX_ATTEMPTS",
+    "ENHANCEMENT_STUCK_AFTER",
+    "Q_TIMEOUT",
+    "METRICS_WINDOW_SECONDS",
+):
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name} must be a positive number")
 if LLM_TIMEOUT <= 0 or SDP_TIMEOUT <= 0:

@@ -5,7 +5,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
 from enhancements import webhooks
-from project import health
+from project import health, metrics
 
 admin.site.site_header = "Ticket Enhancer"
 admin.site.site_title = "Ticket Enhancer"
@@ -15,6 +15,7 @@ urlpatterns = [
     path("webhook/servicedesk/<slug:tenant_slug>/", webhooks.servicedesk_webhook, name="servicedesk-webhook"),
     path("health", health.health, name="health"),
     path("api/v1/ready", health.ready, name="ready"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]
 

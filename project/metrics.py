@@ -1,0 +1,202 @@
+"""Prometheus metrics: webhook answers counted in-process, pipeline state read from the database per scrape.
+
+Under gunicorn each worker is a separate process. Counters incremented in a worker are shared through
+prometheus_client's multiprocess mode when `PROMETHEUS_MULTIPROC_DIR` is set (the directory must exist and be
+emptied when the server starts; deploy/gunicorn.conf.py does both and calls `mark_process_dead` on child exit).
+Everything about enhancements is read from the database at scrape time, so it is the same whichever worker
+serves the scrape and it includes the work done by `qcluster`, which is another process altogether.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
+from functools import wraps
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.db import DatabaseError
+from django.db.models import Count, F, Min, Q, Sum
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "ticket_enhancer"
+# Upper bounds (seconds) of the time-to-note buckets: a note normally lands within seconds to a minute;
+# the long tail is retries with backoff and notes held for review.
+TIME_TO_NOTE_BUCKETS: tuple[float, ...] = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
+
+WEBHOOK_ANSWERS = Counter(
+    f"{PREFIX}_webhook_responses",
+    "Webhook answers by tenant and outcome (queued, duplicate, stored, ignored or the error code).",
+    ["tenant", "outcome"],
+)
+
+# An unknown slug is an attacker's free choice; it must not become a label value (unbounded series).
+UNKNOWN_TENANT = "unknown"
+
+
+def _outcome(response: HttpResponse) -> str:
+    """Return the answer's `status` or `error` field, or the HTTP status when the body is not ours."""
+    try:
+        body = json.loads(response.content)
+    except (ValueError, TypeError):
+        return str(response.status_code)
+    if isinstance(body, dict):
+        return str(body.get("status") or body.get("error") or response.status_code)
+    return str(response.status_code)
+
+
+def count_webhook_answers(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Return the view wrapped so every answer is counted by tenant and outcome."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        try:
+            # The view names the tenant only once it has found it in the database.
+            tenant = getattr(request, "metrics_tenant", "") or UNKNOWN_TENANT
+            WEBHOOK_ANSWERS.labels(tenant=tenant, outcome=_outcome(response)).inc()
+        except Exception:
+            # Metrics are never a reason to lose a webhook answer.
+            logger.warning("could not count a webhook answer", exc_info=True)
+        return response
+
+    return wrapper
+
+
+class DatabaseCollector(Collector):
+    """Collect the pipeline's state from the database: identical in every process."""
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the database-backed metrics, or only `..._metrics_database_up 0` when the database fails."""
+        up = GaugeMetricFamily(f"{PREFIX}_metrics_database_up", "Whether the database answered this scrape.")
+        try:
+            families = list(self._families())
+        except DatabaseError:
+            logger.warning("metrics: the database did not answer the scrape", exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self) -> Iterable[Metric]:
+        # Looked up by name: `project` is below the apps and does not import them.
+        enhancement = apps.get_model("enhancements", "Enhancement")
+        now = timezone.now()
+        rows = enhancement.objects.all()
+
+        by_status = GaugeMetricFamily(
+            f"{PREFIX}_enhancements", "Enhancements by tenant and current status.", labels=["tenant", "status"]
+        )
+        statuses = [value for value, _ in enhancement.Status.choices]
+        seen: dict[str, dict[str, int]] = {}
+        for row in rows.order_by().values("tenant__slug", "status").annotate(n=Count("pk")):
+            seen.setdefault(row["tenant__slug"], {})[row["status"]] = row["n"]
+        for tenant, counts in sorted(seen.items()):
+            # Every status is present (0 included) so a rate or an alert never sees a series vanish.
+            for status in statuses:
+                by_status.add_metric([tenant, status], counts.get(status, 0))
+        yield by_status
+
+        queued = rows.filter(status=enhancement.Status.QUEUED).aggregate(n=Count("pk"), oldest=Min("created_at"))
+        depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Enhancements waiting in the queue (status queued).")
+        depth.add_metric([], queued["n"])
+        yield depth
+        oldest = GaugeMetricFamily(
+            f"{PREFIX}_queue_oldest_age_seconds", "Age of the oldest queued enhancement (0 when the queue is empty)."
+        )
+        oldest.add_metric([], (now - queued["oldest"]).total_seconds() if queued["oldest"] else 0.0)
+        yield oldest
+
+        tokens = CounterMetricFamily(
+            f"{PREFIX}_llm_tokens",
+            "LLM tokens used by all enhancements, by tenant and kind (prompt or completion).",
+            labels=["tenant", "kind"],
+        )
+        token_rows = (
+            rows.order_by()
+            .values("tenant__slug")
+            .annotate(prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
+        )
+        for row in sorted(token_rows, key=lambda r: r["tenant__slug"]):
+            tokens.add_metric([row["tenant__slug"], "prompt"], row["prompt"] or 0)
+            tokens.add_metric([row["tenant__slug"], "completion"], row["completion"] or 0)
+        yield tokens
+
+        yield self._time_to_note(enhancement, now)
+
+    def _time_to_note(self, enhancement: Any, now: Any) -> Metric:
+        window = settings.METRICS_WINDOW_SECONDS
+        histogram = HistogramMetricFamily(
+            f"{PREFIX}_time_to_note_seconds",
+            f"Seconds from webhook to posted note, over notes posted in the last {window} seconds "
+            "(a sliding window: use histogram_quantile on the buckets, not rate()).",
+        )
+        recent = enhancement.objects.filter(
+            status=enhancement.Status.POSTED, posted_at__isnull=False, posted_at__gte=now - timedelta(seconds=window)
+        )
+        # One aggregate query: a conditional count per bucket bound, already cumulative.
+        buckets = {
+            f"le_{i}": Count("pk", filter=Q(posted_at__lte=F("created_at") + timedelta(seconds=bound)))
+            for i, bound in enumerate(TIME_TO_NOTE_BUCKETS)
+        }
+        result = recent.aggregate(total=Count("pk"), first_created=Min("created_at"), **buckets)
+        total = result["total"]
+        # Sum in Python over the window's rows: a duration SUM differs between SQLite and PostgreSQL, and
+        # the window bounds the rows read.
+        seconds = sum(
+            (posted - created).total_seconds() for created, posted in recent.values_list("created_at", "posted_at")
+        )
+        histogram.add_metric(
+            [],
+            [*((str(float(b)), result[f"le_{i}"]) for i, b in enumerate(TIME_TO_NOTE_BUCKETS)), ("+Inf", total)],
+            seconds,
+        )
+        return histogram
+
+
+class _Delegate(Collector):
+    """Expose another registry's metrics through a per-scrape registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the delegated registry's metrics."""
+        return self._registry.collect()
+
+
+def scrape_registry() -> CollectorRegistry:
+    """Return a registry with the in-process (or all-process) counters plus the database collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        # Sums the counters every worker wrote into the shared directory.
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(_Delegate(REGISTRY))
+    registry.register(DatabaseCollector())
+    return registry
+
+
+@never_cache
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Return the metrics in the Prometheus text format."""
+    # The classic text format (0.0.4) that every Prometheus version reads; names use only legacy characters.
+    return HttpResponse(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_PLAIN_0_0_4)
