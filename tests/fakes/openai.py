@@ -1,0 +1,427 @@
+"""A fake OpenAI-compatible Chat Completions API served over real HTTP on loopback.
+
+Usage in a test::
+
+    with FakeOpenAI() as llm:
+        client = openai.OpenAI(base_url=llm.url, api_key=llm.api_key, max_retries=0)
+        ...
+        assert llm.requests_log[-1].json["model"] == "gpt-4o-mini"
+
+By default the answer's message content is JSON built from the `json_schema` the caller sent: every property
+filled, strings mention the ticket subject found in the user message, arrays of strings get two items, enums
+their first value, and arrays named like `related_tickets` get ids found in a context block of the prompt.
+
+Injected failures (`fail_next(status=...)`): an HTTP status as an int (401, 429, 500, ... with OpenAI's error
+body; `Retry-After` when `retry_after` is given); "timeout" (answer normally after `delay` seconds);
+"invalid_json" (content that is not JSON); "schema_violation" (JSON without the required fields);
+"disconnect" (close the connection without an answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from tests.fakes._http import Failure, FakeServer, RecordedRequest, Reply
+
+_STRING_FAILURES = {"timeout", "disconnect", "invalid_json", "schema_violation"}
+_ERRORS: dict[int, tuple[str, str | None, str]] = {
+    400: ("invalid_request_error", None, "Bad request."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    403: ("invalid_request_error", "unsupported_country_region_territory", "Forbidden."),
+    404: ("invalid_request_error", "model_not_found", "The model does not exist or you do not have access to it."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests. Please try again later."),
+    500: ("server_error", None, "The server had an error while processing your request."),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+}
+# Tags and headings under which a prompt typically lists similar tickets; their ids may be cited.
+_CONTEXT_TAG = re.compile(
+    r"<(?P<tag>[\w-]*(?:context|similar|related|history|tickets)[\w-]*)\b[^>]*>(?P<body>.*?)</(?P=tag)\s*>",
+    re.IGNORECASE | re.DOTALL,
+)
+_CONTEXT_HEADING = re.compile(
+    r"^[#=*\s-]*(?:similar|related|context|past|resolved|history)\b[^\n]*$", re.IGNORECASE | re.MULTILINE
+)
+_TICKET_ID = re.compile(
+    r"(?:#|\b(?:\w+_)?id\b[\"']?\s*[:=]\s*[\"']?|\b(?:ticket|request)\s+(?:id\s*)?[#:]?\s*)(?P<id>\d{2,})",
+    re.IGNORECASE,
+)
+_SUBJECT = re.compile(r"^\W*(?:subject|title)\W*[:=]\s*[\"']?(?P<subject>[^\n\"']+)", re.IGNORECASE | re.MULTILINE)
+_JSON_SUBJECT = re.compile(r"\"subject\"\s*:\s*\"(?P<subject>[^\"]+)\"")
+
+
+class FakeOpenAI(FakeServer):
+    """Answer `POST /v1/chat/completions` like OpenAI does, with content that fits the requested schema."""
+
+    def __init__(
+        self, api_key: str = "test-openai-key", *, latency: float = 0.0, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        super().__init__(host=host, port=port, latency=latency)
+        self.api_key = api_key
+        self.forced_content: str | None = None
+        self._ids = itertools.count(1)
+
+    @property
+    def url(self) -> str:
+        """Return the base URL to give the `openai` client (`http://127.0.0.1:PORT/v1`)."""
+        return f"{self.origin}/v1"
+
+    def set_response(self, content: str | Mapping[str, Any] | None) -> None:
+        """Answer every following completion with this content (a mapping is sent as JSON); None restores default."""
+        self.forced_content = json.dumps(content) if isinstance(content, Mapping) else content
+
+    def fail_next(
+        self,
+        count: int = 1,
+        status: int | str = 500,
+        *,
+        path_contains: str | None = None,
+        retry_after: float | None = None,
+        body: Any = None,
+        delay: float = 10.0,
+    ) -> None:
+        """Make the next `count` matching requests fail as the module docstring lists."""
+        if isinstance(status, str) and status not in _STRING_FAILURES:
+            raise ValueError(f"unknown failure {status!r}; use an HTTP status or one of {sorted(_STRING_FAILURES)}")
+        self._queue_failure(
+            Failure(
+                remaining=count,
+                status=status,
+                path_contains=path_contains,
+                retry_after=retry_after,
+                body=body,
+                delay=delay if status == "timeout" else 0.0,
+            )
+        )
+
+    def reset(self) -> None:
+        """Forget the log, pending failures and a forced response."""
+        with self._lock:
+            super().reset()
+            self.forced_content = None
+
+    # -- HTTP --------------------------------------------------------------------------------------------------
+
+    def failure_reply(self, failure: Failure, request: RecordedRequest) -> Reply:
+        """Return the answer for an injected failure."""
+        headers = failure.retry_after_header()
+        if failure.status in ("invalid_json", "schema_violation"):
+            rejected = self._check(request)
+            if rejected is not None:
+                return rejected
+            if failure.status == "invalid_json":
+                content = "Sure! Here is what I think about this ticket: it is probably a network issue."
+            else:
+                content = json.dumps(_without_required(_schema_of(request.json), self._example(request.json)))
+            return Reply.json(200, self._completion(request.json, content), headers)
+        assert isinstance(failure.status, int)
+        if failure.body is not None:
+            return Reply.raw(failure.status, failure.body, headers)
+        return _error(failure.status, headers=headers)
+
+    def handle(self, request: RecordedRequest) -> Reply:
+        """Return OpenAI's answer to a request."""
+        path = request.path.rstrip("/")
+        if path == "/v1/models" and request.method == "GET":
+            if not self._authorised(request):
+                return _error(401)
+            model = {"id": "fake-model", "object": "model", "created": 0, "owned_by": "tests"}
+            return Reply.json(200, {"object": "list", "data": [model]})
+        if path != "/v1/chat/completions" or request.method != "POST":
+            return _error(404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url")
+        rejected = self._check(request)
+        if rejected is not None:
+            return rejected
+        body = request.json
+        content = self.forced_content
+        if content is None:
+            content = json.dumps(self._example(body))
+        return Reply.json(200, self._completion(body, content), {"x-request-id": f"req_{uuid.uuid4().hex}"})
+
+    def _authorised(self, request: RecordedRequest) -> bool:
+        return request.headers.get("authorization") == f"Bearer {self.api_key}"
+
+    def _check(self, request: RecordedRequest) -> Reply | None:
+        if not self._authorised(request):
+            return _error(401)
+        body = request.json
+        if not isinstance(body, dict):
+            return _error(400, "We could not parse the JSON body of your request.")
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            return _error(400, "you must provide a model parameter", param="model")
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return _error(400, "'messages' must be a non-empty array", param="messages")
+        if body.get("stream"):
+            return _error(400, "The fake does not stream; call without stream=True.", param="stream")
+        return None
+
+    def _example(self, body: Mapping[str, Any]) -> Any:
+        messages = body.get("messages", [])
+        schema = _schema_of(body)
+        builder = _ExampleBuilder(
+            subject=_find_subject(messages), context_ids=_find_context_ids(messages), root=schema or {}
+        )
+        if schema is not None:
+            return builder.build(schema, name="")
+        response_format = body.get("response_format") or {}
+        if response_format.get("type") == "json_object":
+            return {"summary": builder.sentence("summary")}
+        return builder.sentence("answer")
+
+    def _completion(self, body: Mapping[str, Any], content: str) -> dict[str, Any]:
+        prompt = " ".join(_texts(body.get("messages", [])))
+        # Roughly four characters per token, the rule of thumb OpenAI documents for English text.
+        prompt_tokens = max(1, len(prompt) // 4)
+        completion_tokens = max(1, len(content) // 4)
+        return {
+            "id": f"chatcmpl-fake{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake-model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "service_tier": "default",
+            "system_fingerprint": "fp_fake",
+        }
+
+
+def _error(
+    status: int,
+    message: str | None = None,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    kind, default_code, default_message = _ERRORS.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", None, f"Injected HTTP {status}.")
+    )
+    error = {"message": message or default_message, "type": kind, "param": param, "code": code or default_code}
+    return Reply.json(status, {"error": error}, headers)
+
+
+def _schema_of(body: Any) -> dict[str, Any] | None:
+    if not isinstance(body, Mapping):
+        return None
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") != "json_schema":
+        return None
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    return schema if isinstance(schema, dict) else None
+
+
+def _without_required(schema: dict[str, Any] | None, example: Any) -> Any:
+    if not isinstance(example, dict):
+        return {"unexpected": example}
+    required = set((schema or {}).get("required") or example)
+    trimmed = {key: value for key, value in example.items() if key not in required}
+    # Something must remain, or a caller could mistake the answer for an empty refusal.
+    return trimmed or {"note": "required fields left out on purpose by FakeOpenAI"}
+
+
+def _texts(messages: Any) -> list[str]:
+    texts = []
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(part["text"] for part in content if isinstance(part, Mapping) and "text" in part)
+    return texts
+
+
+def _user_texts(messages: Any) -> list[str]:
+    users = [message for message in messages if isinstance(message, Mapping) and message.get("role") == "user"]
+    return _texts(users)
+
+
+def _context_blocks(text: str) -> tuple[list[str], str]:
+    blocks = [match["body"] for match in _CONTEXT_TAG.finditer(text)]
+    if blocks:
+        return blocks, _CONTEXT_TAG.sub(" ", text)
+    heading = _CONTEXT_HEADING.search(text)
+    if heading:
+        return [text[heading.start() :]], text[: heading.start()]
+    return [], text
+
+
+def _find_subject(messages: Any) -> str:
+    for text in _user_texts(messages):
+        _, outside = _context_blocks(text)
+        for pattern in (_SUBJECT, _JSON_SUBJECT):
+            match = pattern.search(outside)
+            if match:
+                return _shorten(match["subject"])
+    for text in reversed(_user_texts(messages)):
+        for line in text.splitlines():
+            cleaned = re.sub(r"<[^>]+>|^[#=*\s-]+", "", line).strip()
+            if cleaned:
+                return _shorten(cleaned)
+    return "the ticket"
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split()).rstrip(".")
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _find_context_ids(messages: Any) -> list[str]:
+    found: list[str] = []
+    own: set[str] = set()
+    for text in _user_texts(messages):
+        blocks, outside = _context_blocks(text)
+        # The ticket being enhanced is outside the context blocks; citing it as "related" would be wrong.
+        own.update(match["id"] for match in _TICKET_ID.finditer(outside))
+        for block in blocks:
+            found.extend(match["id"] for match in _TICKET_ID.finditer(block))
+    return [ticket for ticket in dict.fromkeys(found) if ticket not in own]
+
+
+class _ExampleBuilder:
+    """Build a value that satisfies a JSON schema, with text about the ticket subject."""
+
+    def __init__(self, *, subject: str, context_ids: list[str], root: Mapping[str, Any]) -> None:
+        self.subject = subject
+        self.context_ids = context_ids
+        self.root = root
+
+    def sentence(self, name: str, index: int | None = None) -> str:
+        """Return a short sentence for a field that mentions the subject."""
+        label = name.replace("_", " ").strip().capitalize() or "Answer"
+        if index is not None:
+            label = f"{label} {index + 1}"
+        return f"{label} for: {self.subject}."
+
+    def _resolve(self, schema: Mapping[str, Any]) -> Mapping[str, Any]:
+        seen = 0
+        while "$ref" in schema and seen < 20:
+            target: Any = self.root
+            for part in str(schema["$ref"]).removeprefix("#/").split("/"):
+                target = target.get(part, {}) if isinstance(target, Mapping) else {}
+            schema, seen = target, seen + 1
+        return schema
+
+    def build(self, schema: Mapping[str, Any], *, name: str, index: int | None = None) -> Any:
+        """Return an example value for the schema of the field called `name`."""
+        schema = self._resolve(schema)
+        if "const" in schema:
+            return schema["const"]
+        if schema.get("enum"):
+            return schema["enum"][0]
+        for key in ("anyOf", "oneOf", "allOf"):
+            options = [self._resolve(option) for option in schema.get(key, [])]
+            usable = [option for option in options if option.get("type") != "null"]
+            if usable or options:
+                return self.build((usable or options)[0], name=name, index=index)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next((item for item in kind if item != "null"), "null")
+        if kind is None:
+            kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+        if kind == "object":
+            properties = schema.get("properties", {})
+            return {key: self.build(value, name=key) for key, value in properties.items()}
+        if kind == "array":
+            return self._array(schema, name)
+        if kind in ("integer", "number"):
+            return self._number(schema, name, integer=kind == "integer")
+        if kind == "boolean":
+            return False
+        if kind == "null":
+            return None
+        return self._string(schema, name, index)
+
+    def _array(self, schema: Mapping[str, Any], name: str) -> list[Any]:
+        items = self._resolve(schema.get("items") or {"type": "string"})
+        maximum = schema.get("maxItems")
+        if "related" in name or name.endswith("tickets"):
+            ids = self.context_ids[: maximum if isinstance(maximum, int) else 3]
+            return [self._ticket_item(items, ticket) for ticket in ids]
+        count = max(int(schema.get("minItems", 0)), 2)
+        if isinstance(maximum, int):
+            count = min(count, maximum)
+        singular = name.removesuffix("s")
+        return [self.build(items, name=singular, index=index) for index in range(count)]
+
+    def _ticket_item(self, items: Mapping[str, Any], ticket: str) -> Any:
+        kind = items.get("type")
+        if kind == "integer":
+            return int(ticket)
+        if kind == "object" or "properties" in items:
+            value: dict[str, Any] = {}
+            for key, sub in items.get("properties", {}).items():
+                if key == "id" or key.endswith("_id"):
+                    value[key] = int(ticket) if self._resolve(sub).get("type") == "integer" else ticket
+                else:
+                    value[key] = self.build(sub, name=key)
+            return value
+        return ticket
+
+    @staticmethod
+    def _number(schema: Mapping[str, Any], name: str, *, integer: bool) -> int | float:
+        low: float | None = schema.get("minimum", schema.get("exclusiveMinimum"))
+        high: float | None = schema.get("maximum", schema.get("exclusiveMaximum"))
+        if low is not None and high is not None:
+            value = low + (high - low) * 0.7
+        elif low is not None:
+            value = low + 1
+        elif high is not None:
+            value = high - 1 if integer else high * 0.7
+        else:
+            # Unbounded numbers in an enhancement are most likely a confidence or a count.
+            value = 1.0 if integer else 0.7
+        return round(value) if integer else round(value, 2)
+
+    def _string(self, schema: Mapping[str, Any], name: str, index: int | None) -> str:
+        fmt = schema.get("format")
+        if fmt == "date-time":
+            return datetime.now(UTC).isoformat(timespec="seconds")
+        if fmt == "date":
+            return datetime.now(UTC).date().isoformat()
+        if fmt in ("uri", "url"):
+            return "https://kb.example.com/articles/1"
+        if fmt == "email":
+            return "technician@example.com"
+        text = self.sentence(name, index)
+        maximum = schema.get("maxLength")
+        return text[:maximum] if isinstance(maximum, int) else text
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a FakeOpenAI in the foreground and print its base URL."""
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.openai", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8082)
+    parser.add_argument("--api-key", default="test-openai-key")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each answer")
+    args = parser.parse_args(argv)
+    fake = FakeOpenAI(args.api_key, latency=args.latency, host=args.host, port=args.port)
+
+    def announce() -> None:
+        print(fake.url, flush=True)
+        print(f"FakeOpenAI api_key={fake.api_key} latency={fake.latency}s; Ctrl-C stops", file=sys.stderr, flush=True)
+
+    fake.run_forever(announce)
+
+
+if __name__ == "__main__":
+    main()
