@@ -27,7 +27,7 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
 
 
 # Digits separated by spaces, hyphens or parentheses (not dots: those are IPs and versions).
-_PHONE = re.compile(r"(?<![\w.+-])\+?\(?\d[\d\s()-]{6,}\d(?![\w.-])")
+_PHONE = re.compile(r"(?<![\w.+-])\+?\(?\d[\d\s()-]{6,}\d(?![\w-]|\.\d)")
 
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")

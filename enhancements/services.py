@@ -182,8 +182,7 @@ def _process(enhancement: Enhancement, timings: dict[str, int]) -> str:
     tenant, ticket = enhancement.tenant, enhancement.ticket
     if enhancement.note_html and enhancement.post_started_at:
         # An earlier attempt generated the note and may have posted it: only the post is left.
-        with _stage(timings, "post"):
-            return enhancement_post(enhancement=enhancement, timings=timings)
+        return _post_timed(enhancement, timings)
 
     with _stage(timings, "load"):
         if not ticket.description or not ticket.subject:
@@ -233,11 +232,17 @@ def _process(enhancement: Enhancement, timings: dict[str, int]) -> str:
         enhancement.save(update_fields=[*generated, "status", "finished_at"])
         return enhancement.status
     enhancement.save(update_fields=generated)
+    return _post_timed(enhancement, timings)
+
+
+def _post_timed(enhancement: Enhancement, timings: dict[str, int]) -> str:
     with _stage(timings, "post"):
-        return enhancement_post(enhancement=enhancement, timings=timings)
+        status = enhancement_post(enhancement=enhancement)
+    Enhancement.objects.filter(pk=enhancement.pk).update(timings=timings)
+    return status
 
 
-def enhancement_post(*, enhancement: Enhancement, timings: dict[str, int] | None = None) -> str:
+def enhancement_post(*, enhancement: Enhancement) -> str:
     """Post the note to SDP exactly once; return "posted". Raises ServiceDeskError."""
     tenant, ticket = enhancement.tenant, enhancement.ticket
     with servicedesk_client(tenant) as client:
@@ -246,15 +251,15 @@ def enhancement_post(*, enhancement: Enhancement, timings: dict[str, int] | None
             for note in client.list_notes(ticket.sdp_id):
                 if note_has_marker(str(note.get("description", "")), str(enhancement.pk)):
                     logger.info("note already in SDP (id %s); not posting again", note.get("id"))
-                    return _mark_posted(enhancement, str(note.get("id", "")), timings)
+                    return _mark_posted(enhancement, str(note.get("id", "")))
         # Record the attempt before the call, so a crash or timeout leaves a row that says so.
         Enhancement.objects.filter(pk=enhancement.pk).update(post_started_at=timezone.now())
         enhancement.post_started_at = timezone.now()
         note = client.add_note(ticket.sdp_id, enhancement.note_html)
-    return _mark_posted(enhancement, str(note.get("id", "")), timings)
+    return _mark_posted(enhancement, str(note.get("id", "")))
 
 
-def _mark_posted(enhancement: Enhancement, note_id: str, timings: dict[str, int] | None) -> str:
+def _mark_posted(enhancement: Enhancement, note_id: str) -> str:
     now = timezone.now()
     enhancement.status = Enhancement.Status.POSTED
     enhancement.sdp_note_id = note_id
@@ -262,11 +267,7 @@ def _mark_posted(enhancement: Enhancement, note_id: str, timings: dict[str, int]
     enhancement.finished_at = now
     if enhancement.error.startswith("Attempt"):
         enhancement.error = ""  # the retry succeeded; an LLM-fallback notice is kept
-    fields = ["status", "sdp_note_id", "posted_at", "finished_at", "error"]
-    if timings is not None:
-        enhancement.timings = timings
-        fields.append("timings")
-    enhancement.save(update_fields=fields)
+    enhancement.save(update_fields=["status", "sdp_note_id", "posted_at", "finished_at", "error"])
     logger.info("note posted to SDP request %s", enhancement.ticket.sdp_id)
     return enhancement.status
 
@@ -340,3 +341,287 @@ def enhancement_sweep(*, limit: int = 500) -> dict[str, int]:
     if recovered or enqueued:
         logger.info("sweep: %d running rows recovered, %d rows enqueued", recovered, enqueued)
     return {"recovered": recovered, "enqueued": enqueued}
+
+
+# --- review (admin and API) -------------------------------------------------------------------
+# The imports sit here, not at the top, so this section stays separate from the pipeline above.
+import hashlib  # noqa: E402
+import secrets as _secrets  # noqa: E402
+from datetime import datetime  # noqa: E402
+
+import nh3  # noqa: E402
+from django.contrib.auth.models import AbstractBaseUser  # noqa: E402
+
+from enhancements.models import ApiToken, Feedback  # noqa: E402
+from enhancements.render import marker  # noqa: E402
+
+# An approval whose post never finished (the web process died) can be approved again after this.
+APPROVAL_CLAIM_EXPIRES = timedelta(minutes=5)
+_POST_FAILED = "Approved, but posting failed; still awaiting review: "
+NOTE_TAGS = {"a", "b", "strong", "i", "em", "u", "p", "br", "div", "span", "ul", "ol", "li", "pre", "code", "h3", "h4"}
+NOTE_ATTRIBUTES = {"a": {"href", "target"}, "p": {"style"}, "span": {"style"}, "div": {"style"}}
+NOTE_STYLE_PROPERTIES = {"color", "font-size", "font-weight", "font-style"}
+API_TOKEN_PREFIX = "te_"  # noqa: S105 - a label that makes leaked keys recognisable, not a secret
+
+
+@dataclass(frozen=True)
+class ReviewResult:
+    """The outcome of a review action: whether it changed anything, the status, and a sentence to show."""
+
+    changed: bool
+    status: str
+    message: str
+    failed: bool = False
+    enhancement_id: str = ""
+
+
+def note_sanitise(*, html: str, enhancement_id: str) -> str:
+    """Return the note reduced to the markup SDP shows, with this enhancement's marker appended."""
+    cleaned = nh3.clean(
+        html,
+        tags=NOTE_TAGS,
+        attributes=NOTE_ATTRIBUTES,
+        filter_style_properties=NOTE_STYLE_PROPERTIES,
+        clean_content_tags={"script", "style"},
+        url_schemes={"http", "https", "mailto"},
+        strip_comments=True,
+    )
+    # The marker comment is how a retry recognises the note in SDP (see enhancement_post).
+    return cleaned + marker(str(enhancement_id))
+
+
+def _reviewable(now: datetime) -> Q:
+    return Q(status=Enhancement.Status.AWAITING_REVIEW) & (
+        Q(reviewed_at__isnull=True) | Q(reviewed_at__lt=now - APPROVAL_CLAIM_EXPIRES)
+    )
+
+
+def _label(enhancement: Enhancement) -> str:
+    return Enhancement.Status(enhancement.status).label.lower()
+
+
+def enhancement_approve(
+    *, enhancement_id: str, user: AbstractBaseUser | None, note_html: str | None = None
+) -> ReviewResult:
+    """Save the (edited) note sanitised, claim the row, and post it to SDP; never post twice."""
+    now = timezone.now()
+    row = Enhancement.objects.select_related("tenant", "ticket").get(pk=enhancement_id)
+    updates: dict[str, Any] = {"reviewed_by": user, "reviewed_at": now}
+    if note_html is not None:
+        updates["note_html"] = note_sanitise(html=note_html, enhancement_id=str(row.pk))
+    # Claim with a conditional update: of two approvals (double click, two reviewers) one posts.
+    if not Enhancement.objects.filter(_reviewable(now), pk=row.pk).update(**updates):
+        row.refresh_from_db()
+        who = f" by {row.reviewed_by}" if row.reviewed_by_id else ""
+        return ReviewResult(
+            changed=False,
+            status=row.status,
+            message=f"Nothing done: the enhancement is {_label(row)}{who}, not awaiting review.",
+            enhancement_id=str(row.pk),
+        )
+    row.refresh_from_db()
+    if not row.tenant.has_sdp_credentials:
+        Enhancement.objects.filter(pk=row.pk).update(status=Enhancement.Status.COMPLETED, finished_at=now)
+        return ReviewResult(
+            changed=True,
+            status=Enhancement.Status.COMPLETED,
+            message="Approved. The tenant has no SDP credentials (dry run), so the note was kept, not posted.",
+            enhancement_id=str(row.pk),
+        )
+    try:
+        enhancement_post(enhancement=row)
+    except ServiceDeskError as exc:
+        return _post_failed(row, exc, approving=True)
+    Enhancement.objects.filter(pk=row.pk, error__startswith=_POST_FAILED).update(error="")
+    return ReviewResult(
+        changed=True,
+        status=Enhancement.Status.POSTED,
+        message=f"Approved and posted to SDP request #{row.ticket.sdp_id}.",
+        enhancement_id=str(row.pk),
+    )
+
+
+def _post_failed(row: Enhancement, exc: ServiceDeskError, *, approving: bool) -> ReviewResult:
+    if approving and not exc.permanent:
+        # A transient failure (timeout, 5xx, throttling) leaves the note reviewable; approving again
+        # first looks for the note in SDP, so an unclear outcome is not posted twice.
+        Enhancement.objects.filter(pk=row.pk, status=Enhancement.Status.AWAITING_REVIEW).update(
+            reviewed_by=None, reviewed_at=None, error=f"{_POST_FAILED}ServiceDesk Plus: {exc}"[:2000]
+        )
+        return ReviewResult(
+            changed=True,
+            failed=True,
+            status=Enhancement.Status.AWAITING_REVIEW,
+            message=f"Not posted: ServiceDesk Plus: {exc} The enhancement is still awaiting review; approve it "
+            "again to retry.",
+            enhancement_id=str(row.pk),
+        )
+    enhancement_fail(enhancement=row, error=f"Posting the note failed: ServiceDesk Plus: {exc}")
+    return ReviewResult(
+        changed=True,
+        failed=True,
+        status=Enhancement.Status.FAILED,
+        message=f"Not posted: ServiceDesk Plus: {exc} The enhancement is marked failed; fix the cause and re-post it.",
+        enhancement_id=str(row.pk),
+    )
+
+
+def enhancement_note_update(*, enhancement_id: str, note_html: str) -> bool:
+    """Save an edited note, sanitised, while the enhancement awaits review; return whether it was saved."""
+    now = timezone.now()
+    return bool(
+        Enhancement.objects.filter(_reviewable(now), pk=enhancement_id).update(
+            note_html=note_sanitise(html=note_html, enhancement_id=str(enhancement_id))
+        )
+    )
+
+
+def enhancement_reject(*, enhancement_id: str, user: AbstractBaseUser | None) -> ReviewResult:
+    """Mark an enhancement awaiting review as rejected (its note is never posted)."""
+    now = timezone.now()
+    rejected = Enhancement.objects.filter(_reviewable(now), pk=enhancement_id).update(
+        status=Enhancement.Status.REJECTED, reviewed_by=user, reviewed_at=now, finished_at=now
+    )
+    row = Enhancement.objects.get(pk=enhancement_id)
+    if not rejected:
+        return ReviewResult(
+            changed=False,
+            status=row.status,
+            message=f"Nothing done: the enhancement is {_label(row)}, not awaiting review.",
+            enhancement_id=str(row.pk),
+        )
+    return ReviewResult(
+        changed=True, status=row.status, message="Rejected: the note will not be posted.", enhancement_id=str(row.pk)
+    )
+
+
+def enhancement_rerun_request(*, enhancement_id: str, user: AbstractBaseUser | None) -> ReviewResult:
+    """Queue a new enhancement of the same ticket unless one is already queued or running."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = Enhancement.objects.select_related("tenant", "ticket").get(pk=enhancement_id)
+        # Lock the ticket so two concurrent re-runs of it cannot both see "nothing active".
+        Ticket.objects.select_for_update().filter(pk=row.ticket_id).first()
+        active = (
+            Enhancement.objects.filter(ticket_id=row.ticket_id, status__in=Enhancement.ACTIVE_STATUSES)
+            .order_by("-created_at")
+            .first()
+        )
+        if active is not None:
+            return ReviewResult(
+                changed=False,
+                status=active.status,
+                message=f"Nothing done: enhancement {active.pk} of this ticket is already {_label(active)}.",
+                enhancement_id=str(active.pk),
+            )
+        if row.status == Enhancement.Status.AWAITING_REVIEW:
+            superseded = Enhancement.objects.filter(_reviewable(now), pk=row.pk).update(
+                status=Enhancement.Status.REJECTED,
+                reviewed_by=user,
+                reviewed_at=now,
+                finished_at=now,
+                error="Superseded by a re-run.",
+            )
+            if not superseded:
+                return ReviewResult(
+                    changed=False,
+                    status=row.status,
+                    message="Nothing done: the enhancement is being approved right now.",
+                    enhancement_id=str(row.pk),
+                )
+        new = enhancement_rerun(enhancement=row)
+    return ReviewResult(
+        changed=True,
+        status=new.status,
+        message=f"Re-run queued as enhancement {new.pk}; the earlier one is kept in the history.",
+        enhancement_id=str(new.pk),
+    )
+
+
+def enhancement_repost(*, enhancement_id: str, user: AbstractBaseUser | None) -> ReviewResult:
+    """Post the note of an enhancement whose post failed; never post twice."""
+    now = timezone.now()
+    # Running (with started_at) rather than a new status: if this process dies mid-post, the sweep
+    # re-queues the row and the worker finishes the post, checking SDP for the note first.
+    claimed = (
+        Enhancement.objects.filter(pk=enhancement_id, status=Enhancement.Status.FAILED)
+        .exclude(note_html="")
+        .update(status=Enhancement.Status.RUNNING, started_at=now, finished_at=None)
+    )
+    row = Enhancement.objects.select_related("tenant", "ticket").get(pk=enhancement_id)
+    if not claimed:
+        reason = "has no note to post" if not row.note_html else f"is {_label(row)}, not failed"
+        return ReviewResult(
+            changed=False,
+            status=row.status,
+            message=f"Nothing done: the enhancement {reason}.",
+            enhancement_id=str(row.pk),
+        )
+    try:
+        enhancement_post(enhancement=row)
+    except ServiceDeskError as exc:
+        return _post_failed(row, exc, approving=False)
+    Enhancement.objects.filter(pk=row.pk).update(error="")
+    return ReviewResult(
+        changed=True,
+        status=Enhancement.Status.POSTED,
+        message=f"Re-posted to SDP request #{row.ticket.sdp_id}.",
+        enhancement_id=str(row.pk),
+    )
+
+
+def feedback_create(
+    *,
+    enhancement_id: str,
+    rating: str,
+    comment: str = "",
+    user: AbstractBaseUser | None = None,
+    technician_email: str = "",
+) -> Feedback:
+    """Record a rating; a second rating by the same user or technician replaces the first."""
+    if rating not in Feedback.Rating.values:
+        raise ValueError(f"rating must be one of {', '.join(Feedback.Rating.values)}")
+    enhancement = Enhancement.objects.get(pk=enhancement_id)
+    values = {"rating": rating, "comment": comment.strip()}
+    if user is not None:
+        feedback, _ = Feedback.objects.update_or_create(
+            enhancement=enhancement, user=user, defaults={**values, "technician_email": technician_email}
+        )
+    elif technician_email:
+        feedback, _ = Feedback.objects.update_or_create(
+            enhancement=enhancement, user=None, technician_email=technician_email.lower(), defaults=values
+        )
+    else:
+        feedback = Feedback.objects.create(enhancement=enhancement, **values)
+    return feedback
+
+
+def _token_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_token_create(*, tenant: Tenant, name: str, user: AbstractBaseUser | None = None) -> tuple[ApiToken, str]:
+    """Create an API token for one tenant; return it and its key, which is never retrievable again."""
+    key = API_TOKEN_PREFIX + _secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        tenant=tenant, name=name, prefix=key[:10], key_hash=_token_hash(key), created_by=user
+    )
+    return token, key
+
+
+def api_token_authenticate(*, key: str) -> ApiToken | None:
+    """Return the live token with this key, or None."""
+    token = ApiToken.objects.select_related("tenant").filter(key_hash=_token_hash(key), revoked_at__isnull=True).first()
+    if token is None:
+        return None
+    now = timezone.now()
+    # One write a minute at most, not one per request.
+    if token.last_used_at is None or token.last_used_at < now - timedelta(minutes=1):
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
+    return token
+
+
+def api_token_revoke(*, token_id: int) -> bool:
+    """Revoke a token; return whether it was live."""
+    return bool(ApiToken.objects.filter(pk=token_id, revoked_at__isnull=True).update(revoked_at=timezone.now()))

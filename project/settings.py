@@ -87,7 +87,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     if _db["NAME"] != ":memory:":
         Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # A file, not memory, so the end-to-end tests' server and worker processes share it.
-    _db["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-db.sqlite3")}
+    # Beside the configured database, so test runs pointed at different DATABASE_URLs do not share it.
+    _db["TEST"] = {"NAME": str(Path(_db["NAME"]).parent / "test-db.sqlite3")}
     # WAL lets the web server read while the worker writes; busy timeout absorbs short locks.
     _db.setdefault("OPTIONS", {}).update(
         {
@@ -100,6 +101,7 @@ else:
     _db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     _db["CONN_HEALTH_CHECKS"] = True
     _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=3))
+    _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{os.getpid()}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache and the task queue ---------------------------------------------------------

@@ -1,0 +1,100 @@
+"""End to end with real processes: gunicorn + qcluster + the SDP fake, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from enhancements.models import Enhancement
+from tests.conftest import load_fixture
+from tests.processes import running_stack
+from tickets.services import tenant_create_or_update, ticket_upsert
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+
+def _signed(secret: str, body: bytes, msg_id: str) -> dict[str, str]:
+    from tests.conftest import signed_headers
+
+    django_style = signed_headers(secret, body, msg_id=msg_id)
+    headers = {k.removeprefix("HTTP_").replace("_", "-").lower(): v for k, v in django_style.items()}
+    return {"Content-Type": "application/json", **headers}
+
+
+def _wait_for(predicate, timeout: float = 60.0, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+def test_signed_webhook_becomes_exactly_one_note_in_sdp(tmp_path, sdp):
+    payload = load_fixture("webhook__request_created")
+    sdp.add_request(payload["request"])
+    result = tenant_create_or_update(slug="e2e", name="E2E", sdp_base_url=sdp.url, sdp_api_key=sdp.api_key)
+    ticket_upsert(
+        tenant=result.tenant,
+        sdp_id="98765",
+        fields={
+            "subject": "Outlook password prompts loop after MFA change",
+            "resolution": "Cleared cached credentials in Credential Manager; re-created the Outlook profile.",
+            "status": "Resolved",
+            "is_resolved": True,
+        },
+        source="import",
+    )
+    body = json.dumps(payload).encode()
+
+    with running_stack(tmp_path) as stack:
+        status, _, health = stack.request("GET", "/health")
+        assert status == 200 and health["database"] == "connected"
+        status, _, ready = stack.request("GET", "/api/v1/ready")
+        assert (status, ready) == (200, {"status": "ready"})
+
+        started = time.monotonic()
+        status, headers, answer = stack.request(
+            "POST", "/webhook/servicedesk/e2e/", body, _signed(result.secret, body, "msg_e2e_1")
+        )
+        assert status == 202, answer
+        assert answer["status"] == "queued"
+        enhancement_id = answer["enhancement_id"]
+
+        posted = _wait_for(lambda: Enhancement.objects.filter(pk=enhancement_id, status="posted").first(), timeout=60)
+        elapsed = time.monotonic() - started
+        notes = sdp.notes["104321"]
+        assert len(notes) == 1
+        assert f"ticket-enhancer:{enhancement_id}" in notes[0]["description"]
+        assert "Credential Manager" in notes[0]["description"]
+        assert notes[0]["show_to_requester"] is False
+        assert posted.sdp_note_id == str(notes[0]["id"])
+
+        # SDP retrying the same delivery, or sending the same request again: no second note.
+        status, _, again = stack.request(
+            "POST", "/webhook/servicedesk/e2e/", body, _signed(result.secret, body, "msg_e2e_1")
+        )
+        assert (status, again["status"]) == (200, "duplicate")
+        status, _, again = stack.request(
+            "POST", "/webhook/servicedesk/e2e/", body, _signed(result.secret, body, "msg_e2e_2")
+        )
+        assert (status, again) == (200, {"status": "duplicate", "enhancement_id": enhancement_id})
+        time.sleep(1.0)
+        assert len(sdp.notes["104321"]) == 1
+        print(f"webhook -> posted note: {elapsed:.2f}s")
+
+
+def test_database_outage_answers_503_from_the_real_server(tmp_path):
+    # A server whose database is unreachable (nothing listens on port 1) must not answer with a traceback.
+    with running_stack(tmp_path, worker=False, DATABASE_URL="postgres://nobody@127.0.0.1:1/none") as stack:
+        status, headers, body = stack.request(
+            "POST", "/webhook/servicedesk/acme/", b"{}", {"Content-Type": "application/json"}
+        )
+        assert status == 503 and body["error"] == "unavailable" and int(headers["Retry-After"]) > 0
+        status, _, body = stack.request("GET", "/health")
+        assert status == 503 and body["database"] == "unreachable"
+        status, _, body = stack.request("GET", "/api/v1/ready")
+        assert status == 503 and body["database"] == "unreachable"
