@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from enhancements import services
+from enhancements.models import Enhancement
+from project.logging import log_context
 
 
 def process_enhancement(enhancement_id: str) -> str:
     """Run one attempt of the pipeline for the enhancement; return its resulting status."""
-    return services.enhancement_process(enhancement_id=enhancement_id)
+    # Bind the originating webhook's request id, so one ticket can be followed from webhook to note.
+    request_id = Enhancement.objects.filter(pk=enhancement_id).values_list("request_id", flat=True).first()
+    with log_context(request_id=request_id or None, enhancement_id=str(enhancement_id)):
+        return services.enhancement_process(enhancement_id=enhancement_id)
 
 
 def sweep() -> dict[str, int]:

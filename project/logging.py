@@ -17,7 +17,12 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Return True after annotating the record."""
         if not hasattr(record, "request_id"):
-            record.request_id = request_id_var.get()
+            request_id = request_id_var.get()
+            if request_id == "-":
+                # django.request logs 4xx/5xx after the middleware has unbound the id; the record
+                # carries the request itself.
+                request_id = getattr(getattr(record, "request", None), "request_id", "-")
+            record.request_id = request_id
         if not hasattr(record, "enhancement_id"):
             record.enhancement_id = enhancement_id_var.get()
         return True

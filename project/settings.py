@@ -180,6 +180,10 @@ CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# Preloading commits the whole registrable domain (every subdomain, not only this service) to HTTPS in
+# browsers and is slow to undo: the domain owner opts in with SECURE_HSTS_PRELOAD=1, so check --deploy
+# does not demand it from the service (docs/security.md).
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
@@ -267,8 +271,11 @@ LOGGING = {
     "loggers": {
         "django": {"level": LOG_LEVEL},
         "django.db.backends": {"level": "INFO"},
+        # Request lines and connection traces are noise; openai >= 3 ships its own copies (httpx2, httpcore2).
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "httpcore2": {"level": "WARNING"},
         "openai": {"level": "WARNING"},
     },
 }
