@@ -10,18 +10,21 @@ host is this host (the pod name in Kubernetes) and passes only when one of them:
 * reported within `--max-age` seconds,
 * has status Idle or Working (not Starting, Stopping or Stopped), and
 * has none of its processes (sentinel, workers, monitor, pusher) stopped (SIGSTOP), traced or
-  zombie according to /proc: a stopped worker leaves the guard loop reporting happily.
+  zombie according to /proc, and its sentinel still exists: a stopped worker leaves the guard loop
+  reporting happily.
 
 Because the records expire after 3 s, the last healthy report seen is remembered in a small state
 file (`--state-file`, default in the temp dir: an emptyDir in Kubernetes), so `--max-age` means
 what it says: a busy host that misses a few refreshes, or a short broker outage, is not a failure
-until no healthy report has been seen for `--max-age` seconds.
+until no healthy report has been seen for `--max-age` seconds. A cluster seen in a bad state
+forgets that report, so the failure does not turn into a pass once its record expires.
 
 Exit 0 with one line "OK: ..." or exit 1 with one line "UNHEALTHY: <reason>".
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -60,6 +63,10 @@ def hung_processes(stat: Any) -> list[str]:
         state = process_state(int(pid))
         if state in HUNG_STATES:
             problems.append(f"{role} {pid} is {HUNG_STATES[state]}")
+        elif state is None and role == "sentinel" and Path("/proc/self/stat").exists():
+            # The sentinel wrote this record; if it is gone the cluster is dead. (A worker may be
+            # missing for one guard cycle while it is replaced: not a failure.)
+            problems.append(f"sentinel {pid} is gone")
     return problems
 
 
@@ -134,14 +141,17 @@ class Command(BaseCommand):
             if status not in healthy_statuses:
                 problems.append(f"cluster {name} is {status}")
                 continue
-            hung = hung_processes(stat)
+            # Process states are only meaningful for a cluster of this machine (same PID namespace).
+            hung = hung_processes(stat) if host == socket.gethostname() else []
             if hung:
                 problems.append(f"cluster {name}: {'; '.join(hung)}")
                 continue
             self._remember(state_file, host, stat.timestamp.timestamp())
             workers = len(stat.workers or [])
             return True, (f"cluster {name} on {host} is {status}, reported {max(age, 0):.1f}s ago, {workers} workers")
-        # A cluster that reports a bad state is unhealthy now: no grace for what we can see.
+        # A cluster that reports a bad state is unhealthy now, and stays so once its record
+        # expires: no grace period for what we have seen.
+        self._forget(state_file)
         return False, "; ".join(problems)
 
     def _grace(self, state_file: Path, host: str, max_age: float, reason: str) -> tuple[bool, str]:
@@ -163,6 +173,11 @@ class Command(BaseCommand):
         except OSError:
             # A read-only or missing temp dir only loses the grace period, never the check.
             pass
+
+    @staticmethod
+    def _forget(state_file: Path) -> None:
+        with contextlib.suppress(OSError):
+            state_file.unlink(missing_ok=True)
 
     @staticmethod
     def _recall(state_file: Path, host: str) -> float | None:
