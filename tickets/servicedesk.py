@@ -144,6 +144,7 @@ class ServiceDeskClient:
         )
         self.max_retries = max_retries
         self.backoff_base = backoff_base
+        self._api_key = api_key
         self._client = httpx.Client(
             base_url=base_url.rstrip("/") + "/api/v3",
             headers={"Accept": ACCEPT, "User-Agent": "ticket-enhancer/1.0", **auth_header},
@@ -278,6 +279,16 @@ class ServiceDeskClient:
                 time.sleep(delay)
 
     def _once(self, method: str, path: str, input_data: dict[str, Any] | None) -> dict[str, Any]:
+        try:
+            return self._send(method, path, input_data)
+        except ServiceDeskError as exc:
+            # Messages quote SDP's own words, and a server may echo the credentials it was sent; they end
+            # up in logs and on the Enhancement row, so the key never does.
+            if self._api_key in str(exc):
+                exc.args = (str(exc).replace(self._api_key, "[REDACTED]"),)
+            raise
+
+    def _send(self, method: str, path: str, input_data: dict[str, Any] | None) -> dict[str, Any]:
         encoded = json.dumps(input_data) if input_data is not None else None
         try:
             if method == "GET":
