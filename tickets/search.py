@@ -1,6 +1,14 @@
 """Context search: similar resolved tickets, assets mentioned in a text, matching articles.
 
-One interface for every backend; callers never build queries themselves.
+One interface, two backends chosen by the database vendor: PostgreSQL full-text search over a weighted tsvector
+with a GIN index, and SQLite FTS5 kept in sync by triggers (both created in migration 0002). Both score alike, so
+a score means the same on either: the IDF-weighted share of the query's informative terms that a ticket contains,
+a match in the ticket's subject counting fully and one in its description or resolution partly (0..1).
+
+The query text is a whole ticket, so it is not searched as written: its informative terms are picked (stop
+words and chit-chat dropped, terms too common in the history dropped, the rarest kept, at most MAX_TERMS), and a
+candidate must contain two of them, or one that reaches the relevance floor on its own. Only candidates are
+scored, which keeps a search over a million tickets in milliseconds.
 """
 
 from __future__ import annotations
@@ -8,154 +16,360 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import time
 from collections import Counter
+from dataclasses import dataclass
+from itertools import combinations
 
+from django.db import connection
 from django.db.models import Q
 
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
 
+MIN_SCORE = 0.2  # the relevance floor: below it a ticket is not worth a technician's attention
+MAX_TERMS = 12
+MAX_COMMON_SHARE = 0.2  # a term in more than this share of the tenant's history says nothing about the problem
+SUBJECT_QUERY_BOOST = 1.5  # the query's first line (its subject) says what the ticket is about
+BODY_MATCH = 0.6  # a term found only in a ticket's description or resolution
+ABSENT_WEIGHT_CAP = 0.0  # share of the present terms' weight added for words the history lacks (0: none)
+STATS_TTL = 600.0
+# Below this many tickets, exact document frequencies are cheaper than reading planner statistics.
+EXACT_STATS_BELOW = 20_000
+
+# Snowball's English stop words (what PostgreSQL's english configuration drops) plus what users write around a
+# problem without saying anything about it.
 STOPWORDS = frozenset(
-    [
-        "a",
-        "about",
-        "after",
-        "again",
-        "all",
-        "also",
-        "am",
-        "an",
-        "and",
-        "any",
-        "are",
-        "as",
-        "at",
-        "be",
-        "been",
-        "before",
-        "being",
-        "but",
-        "by",
-        "can",
-        "cannot",
-        "could",
-        "did",
-        "do",
-        "does",
-        "doing",
-        "down",
-        "during",
-        "each",
-        "few",
-        "for",
-        "from",
-        "further",
-        "had",
-        "has",
-        "have",
-        "having",
-        "he",
-        "her",
-        "here",
-        "hers",
-        "him",
-        "his",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "itself",
-        "just",
-        "me",
-        "more",
-        "most",
-        "my",
-        "no",
-        "nor",
-        "not",
-        "now",
-        "of",
-        "off",
-        "on",
-        "once",
-        "only",
-        "or",
-        "other",
-        "our",
-        "out",
-        "over",
-        "own",
-        "same",
-        "she",
-        "should",
-        "so",
-        "some",
-        "such",
-        "than",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "those",
-        "through",
-        "to",
-        "too",
-        "under",
-        "until",
-        "up",
-        "very",
-        "was",
-        "we",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "who",
-        "whom",
-        "why",
-        "will",
-        "with",
-        "would",
-        "you",
-        "your",
-        "yours",
-        "hi",
-        "hello",
-        "thanks",
-        "thank",
-        "please",
-        "team",
-        "regards",
-        "since",
-        "today",
-        "still",
-        "getting",
-        "get",
-        "got",
-        "cant",
-        "dont",
-        "doesnt",
-        "isnt",
-        "wont",
-    ]
+    """i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers
+    herself it its itself they them their theirs themselves what which who whom this that these those am is are
+    was were be been being have has had having do does did doing a an the and but if or because as until while of
+    at by for with about against between into through during before after above below to from up down in out on
+    off over under again further then once here there when where why how all any both each few more most other
+    some such no nor not only own same so than too very s t can will just don should now
+    hi hello hey dear thanks thank thx cheers regards kind best please pls morning afternoon evening today
+    yesterday tomorrow week still since ok okay fine try tried trying get gets got getting need needs needed help
+    issue issues problem problems someone anyone could would also know like look looks seem seems go going use
+    using used im ive dont cant wont doesnt isnt didnt said say asap urgent quick quickly really just again
+    sorry appreciate advise let lets anything something everything nothing way thing things one able want wants
+    wanted team monday tuesday wednesday thursday friday saturday sunday every""".split()  # noqa: SIM905
 )
-MIN_SCORE = 0.15
-_WORD = re.compile(r"[a-z0-9][a-z0-9._-]*[a-z0-9]|[a-z0-9]")
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
-_IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])")
-_HOST = re.compile(r"\b[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*\b")
+_IPV6 = re.compile(r"(?<![0-9A-Fa-f:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|(?:\d{1,3}\.){3}\d{1,3})")
+_HOST = re.compile(
+    r"(?<![\w.-])[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 
 
+@dataclass
+class _Term:
+    """One informative query term: how the backend names it, its weight and whether the query's subject has it."""
+
+    key: str
+    in_subject: bool
+    df: int = 0
+    weight: float = 0.0
+
+
+def _split(text: str) -> tuple[str, str]:
+    subject, _, body = text.strip().partition("\n")
+    return subject, body
+
+
+def _content_words(text: str) -> list[str]:
+    """Return the words of text worth searching for, in order, lower-case."""
+    return [
+        w
+        for w in _WORD.findall(text.lower())
+        if w not in STOPWORDS and len(w) > 1 and not (w.isdigit() and len(w) < 3) and len(w) <= 40
+    ]
+
+
+def _idf(df: int, total: int) -> float:
+    return math.log(1 + (total - df + 0.5) / (df + 0.5))
+
+
+def _select(terms: list[_Term], total: int) -> tuple[list[_Term], float]:
+    """Return the informative terms with their weights (the rarest MAX_TERMS present ones) and the weight sum.
+
+    Words the history never used cannot be matched but still count in the sum, a little: a query about "pizza for
+    the lunch order" is not about the one word it shares with a ticket.
+    """
+    for term in terms:
+        term.weight = _idf(term.df, total) * (SUBJECT_QUERY_BOOST if term.in_subject else 1.0)
+    absent = sum(t.weight for t in terms if t.df == 0)
+    kept = [t for t in terms if t.df > 0 and (total < 30 or t.df / total <= MAX_COMMON_SHARE)]
+    kept.sort(key=lambda t: (-t.weight, t.key))
+    kept = kept[:MAX_TERMS]
+    present = sum(t.weight for t in kept)
+    # Capped: names, typos and host names in the query are absent too and must not sink every match.
+    return kept, present + min(absent, ABSENT_WEIGHT_CAP * present)
+
+
+def _min_matched(words: int) -> int:
+    """Return how many query terms a ticket must share: one shared word is a coincidence ("coffee machine leaks"
+    vs "spilled coffee on laptop") unless the query has only one word to offer."""
+    return 1 if words < 2 else 2
+
+
+# --- similar tickets: PostgreSQL --------------------------------------------------------------------------------
+def _tsquery_literal(lexeme: str, weights: str = "") -> str:
+    quoted = "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+    return f"{quoted}:{weights}" if weights else quoted
+
+
+_pg_stopped: frozenset[str] | None = None
+_pg_stats: dict[str, tuple[float, float, dict[str, float]]] = {}
+_pg_sizes: dict[tuple[str, int], tuple[float, int]] = {}
+
+
+def _pg_lexemes(cursor, text: str) -> list[str]:  # noqa: ANN001 - a DB-API cursor
+    cursor.execute("SELECT array(SELECT lexeme FROM unnest(to_tsvector('english', %s)))", [text])
+    return list(cursor.fetchone()[0] or [])
+
+
+def _pg_query_terms(cursor, text: str) -> list[_Term]:  # noqa: ANN001
+    """Return the query's lexemes, normalised by PostgreSQL exactly as the documents were."""
+    global _pg_stopped
+    if _pg_stopped is None:
+        _pg_stopped = frozenset(_pg_lexemes(cursor, " ".join(sorted(STOPWORDS))))
+    subject, body = _split(text)
+    cursor.execute(
+        "SELECT array(SELECT lexeme FROM unnest(to_tsvector('english', %s))),"
+        " array(SELECT lexeme FROM unnest(to_tsvector('english', %s)))",
+        [" ".join(_content_words(subject)), " ".join(_content_words(body))],
+    )
+    in_subject, in_body = cursor.fetchone()
+    terms = {lex: _Term(lex, True) for lex in in_subject or [] if lex not in _pg_stopped}
+    for lex in in_body or []:
+        if lex not in _pg_stopped and lex not in terms:
+            terms[lex] = _Term(lex, False)
+    return list(terms.values())
+
+
+def _pg_planner_stats(cursor) -> tuple[float, dict[str, float]]:  # noqa: ANN001
+    """Return (table rows, lexeme frequencies) from the planner statistics, cached for a while."""
+    key = connection.settings_dict["NAME"]
+    cached = _pg_stats.get(key)
+    if cached and cached[0] > time.monotonic():
+        return cached[1], cached[2]
+    cursor.execute(
+        "SELECT c.reltuples, s.most_common_elems::text::text[], s.most_common_elem_freqs"
+        " FROM pg_class c LEFT JOIN pg_stats s ON s.tablename = c.relname AND s.attname = 'search_document'"
+        " WHERE c.relname = 'tickets_ticket' AND c.relkind = 'r'"
+    )
+    rows, elems, freqs = cursor.fetchone() or (0, None, None)
+    table = dict(zip(elems or [], freqs or [], strict=False))
+    _pg_stats[key] = (time.monotonic() + STATS_TTL, float(rows or 0), table)
+    return float(rows or 0), table
+
+
+def _pg_tenant_size(cursor, tenant_id: int) -> int:  # noqa: ANN001
+    key = (connection.settings_dict["NAME"], tenant_id)
+    cached = _pg_sizes.get(key)
+    if cached and cached[0] > time.monotonic():
+        return cached[1]
+    cursor.execute("SELECT count(*) FROM tickets_ticket WHERE tenant_id = %s AND is_resolved", [tenant_id])
+    size = cursor.fetchone()[0]
+    _pg_sizes[key] = (time.monotonic() + STATS_TTL, size)
+    return size
+
+
+def _pg_count(cursor, tenant_id: int, terms: list[_Term]) -> None:  # noqa: ANN001
+    """Set each term's exact document frequency within the tenant's history."""
+    if not terms:
+        return
+    literals = [_tsquery_literal(t.key) for t in terms]
+    counts = ", ".join("count(*) FILTER (WHERE search_document @@ %s::tsquery)" for _ in terms)
+    cursor.execute(
+        f"SELECT {counts} FROM tickets_ticket"  # noqa: S608 - only placeholders are interpolated
+        " WHERE tenant_id = %s AND is_resolved AND search_document @@ %s::tsquery",
+        [*literals, tenant_id, " | ".join(literals)],
+    )
+    for term, df in zip(terms, cursor.fetchone(), strict=True):
+        term.df = df
+
+
+def _pg_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None) -> list[tuple[int, float]]:
+    with connection.cursor() as cursor:
+        terms = _pg_query_terms(cursor, text)
+        if not terms:
+            return []
+        rows, freqs = _pg_planner_stats(cursor)
+        if rows >= EXACT_STATS_BELOW and freqs:
+            # Frequencies of common lexemes come from ANALYZE's sample (all tenants); rare ones are counted, which
+            # is cheap precisely because they are rare, and drops words the tenant's history never used.
+            total = _pg_tenant_size(cursor, tenant.pk)
+            for term in terms:
+                if term.key in freqs:
+                    term.df = max(1, round(freqs[term.key] * total))
+            _pg_count(cursor, tenant.pk, [t for t in terms if t.key not in freqs])
+        else:
+            cursor.execute("SELECT count(*) FROM tickets_ticket WHERE tenant_id = %s AND is_resolved", [tenant.pk])
+            total = cursor.fetchone()[0]
+            _pg_count(cursor, tenant.pk, terms)
+        query_terms = terms
+        terms, weight_sum = _select(terms, total)
+        if not terms:
+            return []
+        min_matched = _min_matched(len(query_terms))
+        clauses = [_tsquery_literal(t.key) for t in terms] if min_matched == 1 else []
+        clauses += [f"({_tsquery_literal(a.key)} & {_tsquery_literal(b.key)})" for a, b in combinations(terms, 2)]
+        if not clauses:
+            return []
+        score_sql = " + ".join(
+            "CASE WHEN search_document @@ %s::tsquery THEN %s WHEN search_document @@ %s::tsquery THEN %s ELSE 0 END"
+            for _ in terms
+        )
+        matched_sql = " + ".join("(search_document @@ %s::tsquery)::int" for _ in terms)
+        score_params: list[object] = []
+        for term in terms:
+            score_params += [
+                _tsquery_literal(term.key, "A"),
+                term.weight,
+                _tsquery_literal(term.key),
+                term.weight * BODY_MATCH,
+            ]
+        exclude_sql = " AND sdp_id <> %s" if exclude_sdp_id else ""
+        cursor.execute(
+            f"SELECT id, score FROM (SELECT id, resolved_at, ({score_sql}) / %s AS score,"  # noqa: S608
+            f" {matched_sql} AS matched"
+            " FROM tickets_ticket WHERE tenant_id = %s AND is_resolved AND search_document @@ %s::tsquery"
+            f"{exclude_sql}) AS candidates WHERE score >= %s AND matched >= %s"
+            " ORDER BY score DESC, resolved_at DESC NULLS LAST, id DESC LIMIT %s",
+            [
+                *score_params,
+                weight_sum,
+                *(_tsquery_literal(t.key) for t in terms),
+                tenant.pk,
+                " | ".join(clauses),
+                *([exclude_sdp_id] if exclude_sdp_id else []),
+                MIN_SCORE,
+                min_matched,
+                limit,
+            ],
+        )
+        return [(row[0], float(row[1])) for row in cursor.fetchall()]
+
+
+# --- similar tickets: SQLite FTS5 -------------------------------------------------------------------------------
+def _same_stem(a: str, b: str) -> bool:
+    prefix = min(len(a), len(b))
+    return prefix >= 3 and a[:prefix] == b[:prefix] and abs(len(a) - len(b)) <= 3
+
+
+def _sqlite_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None) -> list[tuple[int, float]]:
+    subject, body = _split(text)
+    words: dict[str, _Term] = {w: _Term(w, True) for w in _content_words(subject)}
+    for word in _content_words(body):
+        words.setdefault(word, _Term(word, False))
+    if not words:
+        return []
+    # Each word's postings within the tenant: {ticket id: matched in the subject}. bm25() with a single non-zero
+    # column weight is non-zero exactly when that column holds the term.
+    postings: dict[str, dict[int, bool]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM tickets_ticket WHERE tenant_id = %s AND is_resolved", [tenant.pk])
+        total = cursor.fetchone()[0]
+        seen: dict[frozenset[int], list[_Term]] = {}
+        for word, term in list(words.items()):
+            cursor.execute(
+                "SELECT f.rowid, bm25(tickets_ticket_fts, 1.0, 0.0, 0.0) FROM tickets_ticket_fts AS f"
+                " JOIN tickets_ticket AS t ON t.id = f.rowid"
+                " WHERE tickets_ticket_fts MATCH %s AND t.tenant_id = %s AND t.is_resolved",
+                ['"' + word.replace('"', '""') + '"', tenant.pk],
+            )
+            rows = {row[0]: row[1] < 0 for row in cursor.fetchall()}
+            ids = frozenset(rows)
+            # Two words with identical postings and a common stem are one term (printer / printers): count it once.
+            same = next((t for t in seen.get(ids, []) if ids and _same_stem(t.key, word)), None)
+            if same is not None:
+                same.in_subject = same.in_subject or term.in_subject
+                del words[word]
+                continue
+            seen.setdefault(ids, []).append(term)
+            term.df = len(rows)
+            postings[word] = rows
+    min_matched = _min_matched(len(words))
+    terms, weight_sum = _select(list(words.values()), total)
+    if not terms:
+        return []
+    scores: Counter[int] = Counter()
+    matched: Counter[int] = Counter()
+    for term in terms:
+        for ticket_id, in_subject in postings[term.key].items():
+            scores[ticket_id] += term.weight * (1.0 if in_subject else BODY_MATCH)
+            matched[ticket_id] += 1
+    ranked = [
+        (ticket_id, score / weight_sum)
+        for ticket_id, score in scores.items()
+        if score / weight_sum >= MIN_SCORE and matched[ticket_id] >= min_matched
+    ]
+    if exclude_sdp_id:
+        excluded = set(Ticket.objects.filter(tenant=tenant, sdp_id=exclude_sdp_id).values_list("pk", flat=True))
+        ranked = [pair for pair in ranked if pair[0] not in excluded]
+    resolved = dict(Ticket.objects.filter(pk__in=[pk for pk, _ in ranked]).values_list("pk", "resolved_at"))
+    ranked.sort(key=lambda pair: (-pair[1], -(resolved[pair[0]].timestamp() if resolved.get(pair[0]) else 0), -pair[0]))
+    return ranked[:limit]
+
+
+def similar_tickets(
+    tenant: Tenant, text: str, *, limit: int = 5, exclude_sdp_id: str | None = None
+) -> list[tuple[Ticket, float]]:
+    """Return up to `limit` resolved tickets of the tenant most similar to text, best first, scored 0..1."""
+    if limit <= 0 or not text.strip():
+        return []
+    search = _pg_similar if connection.vendor == "postgresql" else _sqlite_similar
+    ranked = search(tenant, text, limit, exclude_sdp_id)
+    tickets = Ticket.objects.in_bulk([pk for pk, _ in ranked])
+    return [(tickets[pk], round(min(score, 1.0), 4)) for pk, score in ranked if pk in tickets]
+
+
+# --- assets -----------------------------------------------------------------------------------------------------
+def ips_in(text: str) -> set[str]:
+    """Return the valid IPv4 and IPv6 addresses written in text, normalised."""
+    found = set()
+    for candidate in [*_IPV4.findall(text), *_IPV6.findall(text)]:
+        try:
+            found.add(str(ipaddress.ip_address(candidate.strip(":") if candidate.count(":") < 2 else candidate)))
+        except ValueError:
+            continue
+    return found
+
+
+def _host_tokens(text: str) -> set[str]:
+    names = set()
+    for match in _HOST.findall(text):
+        name = match.lower().rstrip(".")
+        if len(name) < 2 or name.replace(".", "").isdigit():
+            continue
+        names.add(name)
+    return names
+
+
+def find_assets(tenant: Tenant, text: str) -> list[tuple[Asset, float]]:
+    """Return the tenant's assets whose IP or hostname (with or without its domain) appears in text."""
+    ips = ips_in(text)
+    tokens = _host_tokens(text)
+    if not ips and not tokens:
+        return []
+    # A hostname written with its domain matches a stored short name, and a short name matches a stored FQDN.
+    short_names = {t.split(".", 1)[0] for t in tokens if "." in t}
+    condition = Q(hostname__in=tokens | short_names)
+    if ips:
+        condition |= Q(ip__in=ips)
+    for token in sorted(t for t in tokens if "." not in t and len(t) >= 3)[:200]:
+        condition |= Q(hostname__startswith=f"{token}.")
+    found: list[tuple[Asset, float]] = []
+    for asset in Asset.objects.filter(condition, tenant=tenant)[:50]:
+        exact = bool(asset.ip and asset.ip in ips) or asset.hostname in tokens
+        # A match on the name without its domain is almost surely, not certainly, the same host.
+        found.append((asset, 1.0 if exact else 0.9))
+    found.sort(key=lambda pair: (-pair[1], pair[0].hostname, str(pair[0].ip)))
+    return found[:20]
+
+
+# --- articles ---------------------------------------------------------------------------------------------------
 def _stem(word: str) -> str:
     for suffix in ("ing", "ed", "es", "s"):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
@@ -163,86 +377,36 @@ def _stem(word: str) -> str:
     return word
 
 
-def terms(text: str) -> list[str]:
-    """Return the stemmed, stopword-free terms of text."""
-    return [_stem(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 1]
-
-
-def similar_tickets(
-    tenant: Tenant, text: str, *, limit: int = 5, exclude_sdp_id: str | None = None
-) -> list[tuple[Ticket, float]]:
-    """Return up to `limit` resolved tickets of the tenant most similar to text, best first."""
-    query = Counter(terms(text))
-    if not query:
-        return []
-    candidates = Ticket.objects.filter(tenant=tenant, is_resolved=True)
-    if exclude_sdp_id:
-        candidates = candidates.exclude(sdp_id=exclude_sdp_id)
-    docs = [(t, Counter(terms(f"{t.subject} {t.subject} {t.description} {t.resolution}"))) for t in candidates]
-    if not docs:
-        return []
-    df: Counter[str] = Counter()
-    for _, doc in docs:
-        df.update(set(doc) & set(query))
-    n = len(docs)
-    idf = {term: math.log(1 + (n - df[term] + 0.5) / (df[term] + 0.5)) for term in query}
-    best = sum(idf.values()) or 1.0
-    scored = []
-    for ticket, doc in docs:
-        score = sum(idf[term] for term in query if term in doc) / best
-        if score >= MIN_SCORE:
-            scored.append((ticket, round(score, 4)))
-    scored.sort(key=lambda pair: (-pair[1], pair[0].pk))
-    return scored[:limit]
-
-
-def _ips(text: str) -> set[str]:
-    found = set()
-    for candidate in [*_IPV4.findall(text), *_IPV6.findall(text)]:
-        try:
-            found.add(str(ipaddress.ip_address(candidate)))
-        except ValueError:
-            continue
-    return found
-
-
-def _hostnames(text: str) -> set[str]:
-    names = set()
-    for match in _HOST.findall(text):
-        name = match.lower().rstrip(".")
-        if any(c.isalpha() for c in name) and ("-" in name or "." in name or any(c.isdigit() for c in name)):
-            names.add(name)
-            names.add(name.split(".")[0])
-    return names
-
-
-def find_assets(tenant: Tenant, text: str) -> list[tuple[Asset, float]]:
-    """Return the tenant's assets whose IP or hostname (with or without domain) appears in text."""
-    ips = _ips(text)
-    hosts = _hostnames(text)
-    if not ips and not hosts:
-        return []
-    host_q = Q()
-    for host in hosts:
-        host_q |= Q(hostname__iexact=host) | Q(hostname__istartswith=f"{host}.")
-    assets = (
-        Asset.objects.filter(Q(tenant=tenant) & (Q(ip__in=ips) | host_q))
-        if ips
-        else Asset.objects.filter(Q(tenant=tenant) & host_q)
-    )
-    return [(asset, 1.0) for asset in assets[:20]]
+def _stems(text: str) -> set[str]:
+    return {_stem(w) for w in _content_words(text)}
 
 
 def find_articles(tenant: Tenant, text: str, *, limit: int = 3) -> list[tuple[KnowledgeArticle, float]]:
-    """Return up to `limit` of the tenant's articles matching text, best first."""
-    query = set(terms(text))
-    if not query:
+    """Return up to `limit` of the tenant's articles matching text, best first, scored 0..1."""
+    query = _stems(text)
+    if not query or limit <= 0:
         return []
+    # A tenant has tens to a few thousand articles: scoring them in Python keeps one code path for both backends.
+    articles = [
+        (article, _stems(f"{article.title} {article.tags}"), _stems(article.body))
+        for article in KnowledgeArticle.objects.filter(tenant=tenant).only("id", "title", "tags", "body", "url")
+    ]
+    if not articles:
+        return []
+    df: Counter[str] = Counter()
+    for _, head, body in articles:
+        df.update((head | body) & query)
+    ranked_terms = sorted((t for t in query if df[t]), key=lambda t: -_idf(df[t], len(articles)))[:MAX_TERMS]
+    weights = {t: _idf(df[t], len(articles)) for t in ranked_terms}
+    if not weights:
+        return []
+    weight_sum = sum(weights.values())
     scored = []
-    for article in KnowledgeArticle.objects.filter(tenant=tenant):
-        doc = set(terms(f"{article.title} {article.title} {article.tags} {article.body}"))
-        score = len(query & doc) / len(query)
-        if score >= MIN_SCORE:
+    for article, head, body in articles:
+        score = sum(w * (1.0 if t in head else BODY_MATCH) for t, w in weights.items() if t in head or t in body)
+        matched = sum(1 for t in weights if t in head or t in body)
+        score = min(score / weight_sum, 1.0)
+        if score >= MIN_SCORE and matched >= 2:
             scored.append((article, round(score, 4)))
-    scored.sort(key=lambda pair: (-pair[1], pair[0].pk))
+    scored.sort(key=lambda pair: (-pair[1], pair[0].title))
     return scored[:limit]

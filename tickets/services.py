@@ -217,3 +217,60 @@ def article_upsert(
     return KnowledgeArticle.objects.update_or_create(
         tenant=tenant, title=title.strip(), defaults={"url": url, "body": body, "tags": tags}
     )
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """What ticket_bulk_upsert did: sdp ids created, updated and left unchanged."""
+
+    created: list[str]
+    updated: list[str]
+    unchanged: list[str]
+
+
+_BULK_FIELDS = [
+    f.name for f in Ticket._meta.concrete_fields if f.name not in ("id", "tenant", "sdp_id", "created_at", "updated_at")
+]
+
+
+def ticket_bulk_upsert(
+    *, tenant: Tenant, items: list[tuple[str, dict[str, Any]]], source: str, batch_size: int = 500
+) -> BulkResult:
+    """Create or update many of the tenant's tickets at once from (sdp_id, fields) pairs; return what changed."""
+    created: list[str] = []
+    updated: list[str] = []
+    unchanged: list[str] = []
+    latest = dict(items)  # the last version of an sdp id in the batch wins
+    for start in range(0, len(latest), batch_size):
+        chunk = list(latest.items())[start : start + batch_size]
+        fields_in_chunk = sorted({key for _, fields in chunk for key in fields} | {"source"})
+        stored = {
+            row["sdp_id"]: row
+            for row in Ticket.objects.filter(tenant=tenant, sdp_id__in=[sdp_id for sdp_id, _ in chunk]).values(
+                "sdp_id", *fields_in_chunk
+            )
+        }
+        to_write: list[Ticket] = []
+        for sdp_id, fields in chunk:
+            values = dict(fields, source=source)
+            old = stored.get(sdp_id)
+            if old is None:
+                created.append(sdp_id)
+            elif all(old.get(key) == value for key, value in values.items()):
+                unchanged.append(sdp_id)
+                continue
+            else:
+                updated.append(sdp_id)
+                # Keep what this import does not know (e.g. a raw payload stored by the webhook).
+                values = {**{k: v for k, v in old.items() if k != "sdp_id"}, **values}
+            to_write.append(Ticket(tenant=tenant, sdp_id=sdp_id, **values))
+        if to_write:
+            # One INSERT ... ON CONFLICT DO UPDATE per batch; only the columns this batch carries are replaced.
+            Ticket.objects.bulk_create(
+                to_write,
+                batch_size=batch_size,
+                update_conflicts=True,
+                unique_fields=["tenant", "sdp_id"],
+                update_fields=[*(f for f in fields_in_chunk if f in _BULK_FIELDS), "updated_at"],
+            )
+    return BulkResult(created=created, updated=updated, unchanged=unchanged)
