@@ -10,7 +10,8 @@ Checks, one line each (PASS/FAIL/SKIP, milliseconds, error):
   ready         GET /api/v1/ready -> 200 {"status": "ready"}
   metrics       GET /metrics (or --metrics-url) -> 200 text/plain with a ticket_enhancer_ metric
   bad_signature a webhook with a wrong signature (or token) -> 401
-  webhook       a signed request_created webhook for request id smoke-<time> -> 202 + enhancement_id
+  webhook       a signed request_created webhook for request id smoke-<time> (or --request-id)
+                -> 202 + enhancement_id
   enhancement   with --api-token: GET /api/v1/enhancements/<id>/ until it finishes; passes on
                 posted/completed (with --expect-note: posted with an sdp_note_id)
   https_redirect, certificate   for https URLs: http:// redirects to https://, the certificate
@@ -101,7 +102,7 @@ class Smoke:
         self.base = args.base_url.rstrip("/")
         self.results: list[Result] = []
         self.enhancement_id: str | None = None
-        self.request_id = f"smoke-{int(time.time())}-{uuid.uuid4().hex[:6]}"
+        self.request_id = args.request_id or f"smoke-{int(time.time())}-{uuid.uuid4().hex[:6]}"
         context = ssl.create_default_context()
         if args.ca_file:
             context.load_verify_locations(args.ca_file)
@@ -333,6 +334,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token-mode", action="store_true", help="tenant uses X-ServiceDesk-Token, not HMAC")
     parser.add_argument("--api-token", help="tenant API token: check the enhancement finishes")
     parser.add_argument("--expect-note", action="store_true", help="require a note posted to SDP")
+    parser.add_argument(
+        "--request-id",
+        help="SDP request id to send (default smoke-<time>); with --expect-note against a real SDP, the id "
+        "of a fresh test request there, since SDP accepts notes only on existing requests",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON report instead of lines")
     parser.add_argument(
         "--timeout",
