@@ -1,0 +1,104 @@
+"""Serializers of the read API: enhancements out, feedback in, and the list filters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from enhancements.models import Enhancement, Feedback
+from enhancements.render import ticket_url
+
+
+class TicketSummarySerializer(serializers.Serializer):
+    """The ticket an enhancement is about."""
+
+    sdp_id = serializers.CharField()
+    subject = serializers.CharField()
+    url = serializers.SerializerMethodField(help_text="The request in the tenant's SDP, when its URL is known.")
+
+    def get_url(self, ticket: Any) -> str:
+        """Return the SDP URL of the ticket."""
+        return ticket_url(ticket.tenant, ticket.sdp_id)
+
+
+class EnhancementListSerializer(serializers.ModelSerializer):
+    """An enhancement in a list: state, timings and ratings, without the note."""
+
+    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    ticket = TicketSummarySerializer(read_only=True)
+    helpful = serializers.IntegerField(read_only=True, source="helpful_count")
+    not_helpful = serializers.IntegerField(read_only=True, source="not_helpful_count")
+
+    class Meta:
+        model = Enhancement
+        fields = [
+            "id",
+            "tenant",
+            "ticket",
+            "status",
+            "trigger",
+            "attempts",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "posted_at",
+            "provider",
+            "model",
+            "prompt_tokens",
+            "completion_tokens",
+            "error",
+            "helpful",
+            "not_helpful",
+        ]
+        read_only_fields = fields
+
+
+class EnhancementDetailSerializer(EnhancementListSerializer):
+    """One enhancement with its note, structured output, context and timings."""
+
+    class Meta(EnhancementListSerializer.Meta):
+        fields = [
+            *EnhancementListSerializer.Meta.fields,
+            "note_html",
+            "output",
+            "context",
+            "timings",
+            "sdp_note_id",
+            "reviewed_at",
+        ]
+        read_only_fields = fields
+
+
+class FeedbackInSerializer(serializers.Serializer):
+    """A technician's rating."""
+
+    rating = serializers.ChoiceField(choices=Feedback.Rating.choices)
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    technician_email = serializers.EmailField(
+        required=False, allow_blank=True, default="", help_text="Who rates; a second rating by them replaces the first."
+    )
+
+
+class FeedbackOutSerializer(serializers.ModelSerializer):
+    """A stored rating."""
+
+    enhancement = serializers.UUIDField(source="enhancement_id", read_only=True)
+
+    class Meta:
+        model = Feedback
+        fields = ["id", "enhancement", "rating", "comment", "technician_email", "created_at"]
+        read_only_fields = fields
+
+
+class EnhancementFilterSerializer(serializers.Serializer):
+    """Query parameters of the list."""
+
+    tenant = serializers.SlugField(required=False, help_text="Tenant slug.")
+    ticket = serializers.CharField(required=False, max_length=32, help_text="SDP request id.")
+    status = serializers.MultipleChoiceField(
+        choices=Enhancement.Status.choices, required=False, help_text="One or more statuses (repeat the parameter)."
+    )
+    date = serializers.DateField(required=False, help_text="Created on this day (UTC), YYYY-MM-DD.")
+    created_after = serializers.DateTimeField(required=False, help_text="Created at or after (ISO 8601).")
+    created_before = serializers.DateTimeField(required=False, help_text="Created before (ISO 8601).")
