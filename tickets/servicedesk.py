@@ -45,8 +45,12 @@ class ServiceDeskError(Exception):
         self.unclear = unclear
 
 
-def check_base_url(url: str, *, allow_insecure: bool | None = None) -> None:
-    """Raise ServiceDeskError(permanent) unless url is an https URL on a public address."""
+def check_base_url(url: str, *, allow_insecure: bool | None = None, resolve: bool = True) -> None:
+    """Raise ServiceDeskError(permanent) unless url is an https URL on a public address.
+
+    With resolve=False only literal addresses are checked (for saving a tenant while DNS may not answer);
+    every call re-checks with resolution, so a name that later points inward is still refused.
+    """
     allow = settings.SDP_ALLOW_INSECURE_URLS if allow_insecure is None else allow_insecure
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
@@ -58,12 +62,22 @@ def check_base_url(url: str, *, allow_insecure: bool | None = None) -> None:
             "The SDP URL must use https (set SDP_ALLOW_INSECURE_URLS=1 only for local testing).",
             permanent=True,
         )
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except OSError as exc:
-        raise ServiceDeskError(f"The SDP host {parts.hostname} cannot be resolved: {exc}", permanent=False) from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
+    if parts.hostname.lower() in ("localhost", "localhost.localdomain") or parts.hostname.endswith(".localhost"):
+        raise ServiceDeskError(
+            f"The SDP host {parts.hostname} is a private or local address; refused.", permanent=True
+        )
+    if resolve:
+        try:
+            addresses = [info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)]
+        except OSError as exc:
+            raise ServiceDeskError(f"The SDP host {parts.hostname} cannot be resolved: {exc}", permanent=False) from exc
+    else:
+        addresses = [parts.hostname.strip("[]")]
+    for raw in addresses:
+        try:
+            address = ipaddress.ip_address(raw)
+        except ValueError:
+            continue  # a name we did not resolve: checked again when it is called
         if not address.is_global:
             raise ServiceDeskError(
                 f"The SDP host {parts.hostname} resolves to a private or local address ({address}); "

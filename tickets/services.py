@@ -59,7 +59,7 @@ def tenant_create_or_update(
 ) -> TenantResult:
     """Create the tenant, or update only the given fields of an existing one."""
     if sdp_base_url:
-        check_base_url(sdp_base_url)
+        check_base_url(sdp_base_url, resolve=False)
     tenant = Tenant.objects.filter(slug=slug).first()
     created = tenant is None
     if tenant is None:

@@ -1,0 +1,108 @@
+"""Management commands an operator types: create_tenant, setup_demo and send_webhook."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import sys
+import time
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from enhancements.models import Enhancement
+from tests.processes import BASE_DIR, process_env, running_stack
+from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
+
+
+def _create(*args: str) -> str:
+    out = StringIO()
+    call_command("create_tenant", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_create_tenant_prints_url_and_secret_once():
+    out = _create("acme", "--name", "Acme Corp")
+    assert "http://127.0.0.1:8000/webhook/servicedesk/acme/" in out
+    secret = re.search(r"shown once, store it now\): (whsec_\S+)", out).group(1)
+    tenant = Tenant.objects.get(slug="acme")
+    assert tenant.webhook_secret == secret and tenant.webhook_auth == "hmac"
+    # The decoded key is printable ASCII so an SDP Deluge function can use it as a string key.
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    assert key.decode("ascii").isprintable() and len(key) >= 24
+    assert f"Signing key for an SDP Deluge function: {key.decode()}" in out
+
+    again = _create("acme", "--review-required")
+    assert "unchanged" in again and secret not in again
+    tenant.refresh_from_db()
+    assert tenant.review_required and tenant.name == "Acme Corp" and tenant.webhook_secret == secret
+
+    rotated = _create("acme", "--rotate-secret")
+    tenant.refresh_from_db()
+    assert tenant.webhook_secret != secret and tenant.webhook_secret in rotated
+
+
+@pytest.mark.django_db
+def test_create_tenant_token_mode_and_given_secret():
+    out = _create("tok", "--webhook-auth", "token", "--webhook-secret", "s3cret-token-value")
+    assert "X-ServiceDesk-Token" in out
+    assert Tenant.objects.get(slug="tok").webhook_secret == "s3cret-token-value"
+
+
+@pytest.mark.django_db
+def test_create_tenant_secrets_are_encrypted_at_rest(settings):
+    settings.SDP_ALLOW_INSECURE_URLS = False
+    _create("acme", "--sdp-url", "https://sdp.acme.example", "--sdp-api-key", "key-123")
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sdp_api_key, webhook_secret FROM tickets_tenant WHERE slug = 'acme'")
+        stored_key, stored_secret = cursor.fetchone()
+    assert "key-123" not in stored_key and not stored_secret.startswith("whsec_")
+    assert Tenant.objects.get(slug="acme").sdp_api_key == "key-123"
+
+
+@pytest.mark.django_db
+def test_create_tenant_rejects_an_insecure_sdp_url(settings):
+    settings.SDP_ALLOW_INSECURE_URLS = False
+    with pytest.raises(CommandError, match="https"):
+        _create("acme", "--sdp-url", "http://sdp.acme.example", "--sdp-api-key", "k")
+    assert not Tenant.objects.exists()
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_make_run_demo_flow(tmp_path):
+    """What `make run` promises: a demo tenant with history, and a sample webhook that completes."""
+    out = StringIO()
+    call_command("setup_demo", stdout=out)
+    tenant = Tenant.objects.get(slug="demo")
+    assert Ticket.objects.filter(tenant=tenant, is_resolved=True).count() >= 30
+    assert Asset.objects.filter(tenant=tenant).exists() and KnowledgeArticle.objects.filter(tenant=tenant).exists()
+    text = out.getvalue()
+    assert "login: admin / " in text and tenant.webhook_secret in text and "send_webhook demo" in text
+    call_command("setup_demo", stdout=StringIO())  # idempotent
+    assert Tenant.objects.filter(slug="demo").count() == 1
+
+    with running_stack(tmp_path) as stack:
+        sent = subprocess.run(
+            [sys.executable, "manage.py", "send_webhook", "demo", "--url", stack.base_url],
+            cwd=BASE_DIR,
+            env=process_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "-> 202" in sent.stdout, sent.stdout + sent.stderr
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            enhancement = Enhancement.objects.filter(tenant=tenant).first()
+            if enhancement and enhancement.status == "completed":
+                break
+            time.sleep(0.25)
+        assert enhancement.status == "completed", enhancement.error
+        assert enhancement.context["similar_tickets"], "the demo history should give similar tickets"
+        assert "lt-0457" in enhancement.note_html.lower()
