@@ -19,6 +19,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_
 from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 from rest_framework import authentication, exceptions, mixins, permissions, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -100,6 +101,13 @@ class CanReadEnhancements(permissions.BasePermission):
         return user.has_perm("enhancements.view_enhancement")
 
 
+class EnhancementPagination(PageNumberPagination):
+    """Page numbers, with an optional page_size up to 200."""
+
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
 @extend_schema_view(
     list=extend_schema(parameters=[EnhancementFilterSerializer], summary="List enhancements, newest first"),
     retrieve=extend_schema(summary="One enhancement with its note, output, context and timings"),
@@ -109,6 +117,7 @@ class EnhancementViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
 
     authentication_classes = [TenantTokenAuthentication, authentication.SessionAuthentication]
     permission_classes = [CanReadEnhancements]
+    pagination_class = EnhancementPagination
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
 
     def get_serializer_class(self) -> type:
@@ -134,6 +143,14 @@ class EnhancementViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         if self.action == "list":
             queryset = self._filter(queryset)
         return queryset
+
+    def get_object(self) -> Enhancement:
+        """Return the enhancement, or answer not_found (also for another tenant's)."""
+        try:
+            return super().get_object()
+        except Http404 as exc:
+            # Raised as DRF's NotFound so the error handler gives it its code.
+            raise exceptions.NotFound("No such enhancement.") from exc
 
     def _filter(self, queryset: QuerySet) -> QuerySet:
         params = EnhancementFilterSerializer(data=self.request.query_params)
