@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.utils.html import escape, format_html, format_html_join
 
@@ -31,6 +32,11 @@ def ticket_url(tenant: Tenant, sdp_id: str) -> str:
     return f"{base}/WorkOrder.do?woMode=viewWO&woID={sdp_id}"
 
 
+def _safe_href(url: str) -> str:
+    """Return url when it is an absolute http(s) URL, else "" (a javascript: or data: link would run in SDP)."""
+    return url if urlsplit(url.strip()).scheme.lower() in ("http", "https") else ""
+
+
 def _list(items: list[str]) -> str:
     if not items:
         return ""
@@ -38,7 +44,7 @@ def _list(items: list[str]) -> str:
 
 
 def _ticket_link(tenant: Tenant, sdp_id: str, subject: str) -> str:
-    url = ticket_url(tenant, sdp_id)
+    url = _safe_href(ticket_url(tenant, sdp_id))
     label = f"#{sdp_id}"
     link = format_html('<a href="{}" target="_blank">{}</a>', url, label) if url else escape(label)
     return format_html("{} {}", link, subject) if subject else link
@@ -80,7 +86,7 @@ def note_render(
     if articles:
         items = (
             format_html('<a href="{}" target="_blank">{}</a>', a["url"], a["title"])
-            if a.get("url")
+            if _safe_href(a.get("url") or "")
             else escape(a["title"])
             for a in articles
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -156,14 +157,20 @@ def _raw_payload(body: bytes) -> Any:
     return json.loads(body.decode("utf-8"))
 
 
+# JSON may escape lone UTF-16 surrogates ("\ud800"); they are not text, and PostgreSQL's jsonb refuses them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _clean(value: Any, depth: int = 0) -> Any:
-    """Return value without NUL characters (PostgreSQL cannot store them); raise ValueError if too deep."""
+    """Return value without NUL characters (PostgreSQL cannot store them); raise ValueError saying what is wrong."""
     if depth > MAX_DEPTH:
-        raise ValueError("nested too deeply")
+        raise ValueError(f"The body is nested more than {MAX_DEPTH} levels deep.")
     if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise ValueError("The body contains an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not text.")
         return value.replace("\x00", "")
     if isinstance(value, dict):
-        return {str(k).replace("\x00", ""): _clean(v, depth + 1) for k, v in value.items()}
+        return {_clean(str(k), depth): _clean(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
         return [_clean(v, depth + 1) for v in value]
     return value
@@ -225,13 +232,8 @@ def servicedesk_webhook(request: HttpRequest, tenant_slug: str) -> JsonResponse:
             )
         try:
             payload = _clean(payload)
-        except ValueError:
-            return error_response(
-                "invalid_payload",
-                f"The body is nested more than {MAX_DEPTH} levels deep.",
-                status=400,
-                fields={"non_field_errors": ["Nested too deeply."]},
-            )
+        except ValueError as exc:
+            return error_response("invalid_payload", str(exc), status=400, fields={"non_field_errors": [str(exc)]})
         serializer = WebhookSerializer(data=payload)
         if not serializer.is_valid():
             return error_response(
