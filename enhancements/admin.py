@@ -149,6 +149,10 @@ class EnhancementAdmin(admin.ModelAdmin):
     paginator = CappedCountPaginator
     actions = ("approve_selected", "reject_selected", "rerun_selected", "repost_selected")
     change_form_template = "admin/enhancements/enhancement/change_form.html"
+
+    class Media:
+        css = {"all": ("enhancements/admin.css",)}
+
     readonly_fields = (
         "status_column",
         "ticket_column",
@@ -200,7 +204,7 @@ class EnhancementAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Enhancement | None = None) -> tuple[str, ...]:
         """Return every field read-only except the note while it awaits review."""
-        if obj is not None and obj.status == S.AWAITING_REVIEW and self.has_change_permission(request, obj):
+        if obj is not None and self.has_change_permission(request, obj):
             return self.readonly_fields
         return (*self.readonly_fields, "note_html")
 
@@ -216,6 +220,12 @@ class EnhancementAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Enhancement | None = None) -> bool:
         """History is kept: only superusers delete (e.g. with their tenant)."""
         return request.user.is_superuser
+
+    def has_change_permission(self, request: HttpRequest, obj: Enhancement | None = None) -> bool:
+        """Only an enhancement awaiting review has anything to change (its note)."""
+        if obj is not None and obj.status != S.AWAITING_REVIEW:
+            return False
+        return super().has_change_permission(request, obj)
 
     def has_approve_permission(self, request: HttpRequest) -> bool:
         """Return whether the user may approve, post and reject."""
