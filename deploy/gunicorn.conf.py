@@ -39,7 +39,9 @@ keepalive = 5
 max_requests = _int("GUNICORN_MAX_REQUESTS", 2000)
 max_requests_jitter = 200
 # The root filesystem is read-only in Kubernetes; the heartbeat files live in memory when possible.
-worker_tmp_dir = "/dev/shm" if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
+# (Gunicorn creates them with mkstemp and unlinks them at once: no predictable names.)
+_SHM = "/dev/shm"  # noqa: S108 - gunicorn's documented choice for worker_tmp_dir
+worker_tmp_dir = _SHM if Path(_SHM).is_dir() and os.access(_SHM, os.W_OK) else None
 # Load the application in each worker, not the master: database connections are never shared
 # across a fork, and a failed import shows in the worker's log with its traceback.
 preload_app = False
