@@ -11,7 +11,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "[REDACTED KEY]"),
     (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}\b"), "[REDACTED KEY]"),
     (re.compile(r"\bxox[abpr]-[A-Za-z0-9-]{10,}\b"), "[REDACTED KEY]"),
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{12,}"), r"\1 [REDACTED]"),
+    # Zoho-oauthtoken is how SDP Cloud credentials look when a technician pastes a failing call into a ticket.
+    (re.compile(r"(?i)\b(bearer|basic|zoho-oauthtoken)\s+[A-Za-z0-9._~+/=-]{12,}"), r"\1 [REDACTED]"),
     (
         re.compile(
             r"(?i)\b(password|passwd|pwd|passcode|pin|secret|api[_ -]?key|token|auth[_ -]?token|access[_ -]?key)"
