@@ -151,3 +151,20 @@ def running_stack(tmp_path: Path, *, worker: bool = True, **env_overrides: Any) 
     finally:
         stop(q)
         stop(web)
+
+
+def stop_worker(proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
+    """Stop qcluster as Kubernetes does (SIGTERM to the main process only), then SIGKILL the group."""
+    # SIGTERM to the whole group reaches django-q's workers before the sentinel sends them STOP,
+    # and the cluster then hangs until SIGKILL: `stop()` costs every worker teardown its full timeout.
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
