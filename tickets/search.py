@@ -19,7 +19,6 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
-from itertools import combinations
 
 from django.db import connection
 from django.db.models import Q
@@ -32,9 +31,13 @@ MAX_COMMON_SHARE = 0.2  # a term in more than this share of the tenant's history
 SUBJECT_QUERY_BOOST = 1.5  # the query's first line (its subject) says what the ticket is about
 BODY_MATCH = 0.6  # a term found only in a ticket's description or resolution
 ABSENT_WEIGHT_CAP = 0.0  # share of the present terms' weight added for words the history lacks (0: none)
+# How many of the tenant's postings a search may read through the index (at least; CANDIDATE_SHARE of the history
+# on large ones): the latency budget. Small histories are searched exhaustively.
+CANDIDATE_POSTINGS = 1000
+CANDIDATE_SHARE = 0.01
 STATS_TTL = 600.0
-# Below this many tickets, exact document frequencies are cheaper than reading planner statistics.
-EXACT_STATS_BELOW = 20_000
+# Below this many tickets (or before the first ANALYZE), document frequencies are counted exactly.
+EXACT_STATS_BELOW = 2_000
 
 # Snowball's English stop words (what PostgreSQL's english configuration drops) plus what users write around a
 # problem without saying anything about it.
@@ -104,6 +107,41 @@ def _select(terms: list[_Term], total: int) -> tuple[list[_Term], float]:
     present = sum(t.weight for t in kept)
     # Capped: names, typos and host names in the query are absent too and must not sink every match.
     return kept, present + min(absent, ABSENT_WEIGHT_CAP * present)
+
+
+def _essential(terms: list[_Term], weight_sum: float) -> list[_Term]:
+    """Return the terms a ticket must contain one of to reach the floor (MaxScore pruning).
+
+    The commonest terms together weigh less than the floor, so a ticket that has only those cannot pass it;
+    leaving them out of the index lookup skips their long posting lists, while they still count in the score.
+    """
+    by_weight = sorted(terms, key=lambda t: (t.weight, t.key))
+    budget = MIN_SCORE * weight_sum
+    skipped = 0.0
+    for index, term in enumerate(by_weight):
+        if skipped + term.weight >= budget:
+            return by_weight[index:]
+        skipped += term.weight
+    return []
+
+
+def _candidate_terms(terms: list[_Term], weight_sum: float, total: int) -> list[_Term]:
+    """Return the terms whose postings the index reads: the essential ones, rarest first, within a budget.
+
+    Reading postings is the cost of a search, so on a large history the commonest essential terms are left to
+    scoring only; a ticket sharing nothing but those with the query is then missed, a ticket that could only
+    score low anyway (their weight is low because they are common).
+    """
+    essential = sorted(_essential(terms, weight_sum), key=lambda t: (t.df, t.key))
+    budget = max(CANDIDATE_POSTINGS, CANDIDATE_SHARE * total)
+    chosen: list[_Term] = []
+    postings = 0
+    for term in essential:
+        if len(chosen) >= 2 and postings + term.df > budget:
+            break
+        chosen.append(term)
+        postings += term.df
+    return chosen
 
 
 def _min_matched(words: int) -> int:
@@ -179,12 +217,14 @@ def _pg_count(cursor, tenant_id: int, terms: list[_Term]) -> None:  # noqa: ANN0
     """Set each term's exact document frequency within the tenant's history."""
     if not terms:
         return
-    literals = [_tsquery_literal(t.key) for t in terms]
-    counts = ", ".join("count(*) FILTER (WHERE search_document @@ %s::tsquery)" for _ in terms)
+    counts = ", ".join("count(*) FILTER (WHERE d @@ %s::tsquery)" for _ in terms)
     cursor.execute(
-        f"SELECT {counts} FROM tickets_ticket"  # noqa: S608 - only placeholders are interpolated
-        " WHERE tenant_id = %s AND is_resolved AND search_document @@ %s::tsquery",
-        [*literals, tenant_id, " | ".join(literals)],
+        f"SELECT {counts} FROM (SELECT search_document || ''::tsvector AS d FROM tickets_ticket"  # noqa: S608
+        " WHERE is_resolved AND tickets_search_keys(tenant_id, search_document) @@ %s::tsquery OFFSET 0) AS matches",
+        [
+            *(_tsquery_literal(t.key) for t in terms),
+            " | ".join(_tsquery_literal(f"{tenant_id}:{t.key}") for t in terms),
+        ],
     )
     for term, df in zip(terms, cursor.fetchone(), strict=True):
         term.df = df
@@ -213,15 +253,12 @@ def _pg_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | Non
         if not terms:
             return []
         min_matched = _min_matched(len(query_terms))
-        clauses = [_tsquery_literal(t.key) for t in terms] if min_matched == 1 else []
-        clauses += [f"({_tsquery_literal(a.key)} & {_tsquery_literal(b.key)})" for a, b in combinations(terms, 2)]
-        if not clauses:
-            return []
+        prefix = f"{tenant.pk}:"
+        clauses = [_tsquery_literal(prefix + t.key) for t in _candidate_terms(terms, weight_sum, total)]
         score_sql = " + ".join(
-            "CASE WHEN search_document @@ %s::tsquery THEN %s WHEN search_document @@ %s::tsquery THEN %s ELSE 0 END"
-            for _ in terms
+            "CASE WHEN d @@ %s::tsquery THEN %s WHEN d @@ %s::tsquery THEN %s ELSE 0 END" for _ in terms
         )
-        matched_sql = " + ".join("(search_document @@ %s::tsquery)::int" for _ in terms)
+        matched_sql = " + ".join("(d @@ %s::tsquery)::int" for _ in terms)
         score_params: list[object] = []
         for term in terms:
             score_params += [
@@ -231,17 +268,22 @@ def _pg_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | Non
                 term.weight * BODY_MATCH,
             ]
         exclude_sql = " AND sdp_id <> %s" if exclude_sdp_id else ""
+        # The index keys carry the tenant ("<tenant id>:<lexeme>"), so the index reads only this tenant's postings
+        # and the predicate alone keeps tenants apart. A plain `tenant_id = ...` here would tempt the planner into
+        # AND-ing in a bitmap of every ticket of the tenant, which costs more than the search itself.
+        # The document is de-TOASTed once per candidate (the concatenation makes an in-memory copy that the
+        # OFFSET 0 fence hands up), not once per term test.
         cursor.execute(
             f"SELECT id, score FROM (SELECT id, resolved_at, ({score_sql}) / %s AS score,"  # noqa: S608
-            f" {matched_sql} AS matched"
-            " FROM tickets_ticket WHERE tenant_id = %s AND is_resolved AND search_document @@ %s::tsquery"
-            f"{exclude_sql}) AS candidates WHERE score >= %s AND matched >= %s"
+            f" {matched_sql} AS matched FROM ("
+            "SELECT id, resolved_at, search_document || ''::tsvector AS d FROM tickets_ticket"
+            " WHERE is_resolved AND tickets_search_keys(tenant_id, search_document) @@ %s::tsquery"
+            f"{exclude_sql} OFFSET 0) AS candidates) AS scored WHERE score >= %s AND matched >= %s"
             " ORDER BY score DESC, resolved_at DESC NULLS LAST, id DESC LIMIT %s",
             [
                 *score_params,
                 weight_sum,
                 *(_tsquery_literal(t.key) for t in terms),
-                tenant.pk,
                 " | ".join(clauses),
                 *([exclude_sdp_id] if exclude_sdp_id else []),
                 MIN_SCORE,
@@ -321,7 +363,7 @@ def similar_tickets(
         return []
     search = _pg_similar if connection.vendor == "postgresql" else _sqlite_similar
     ranked = search(tenant, text, limit, exclude_sdp_id)
-    tickets = Ticket.objects.in_bulk([pk for pk, _ in ranked])
+    tickets = Ticket.objects.filter(tenant=tenant).in_bulk([pk for pk, _ in ranked])
     return [(tickets[pk], round(min(score, 1.0), 4)) for pk, score in ranked if pk in tickets]
 
 

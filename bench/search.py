@@ -1,0 +1,396 @@
+"""Similar-ticket search at scale on PostgreSQL: latency against a naive baseline, quality, and ingestion rate.
+
+Run (about 15 minutes on 2 cores; see docs/benchmarks.md):
+
+    .venv/bin/python -m bench.search --sizes 100000,1000000
+
+It (re)creates the database `bench_search` on --pg-url, migrates the tickets app, and for each size: loads a
+generated history with COPY (10 tenants, a Zipf-like IT vocabulary, ticket lengths like real ones), builds the
+index, ANALYZEs, then times similar_tickets() and the naive baseline (an OR of every query word, ranked with
+ts_rank over every match) on the same 200 queries, scores both against the generator's labels (a query's
+relevant tickets are those of its problem, in its tenant), and times the import path (ticket_fields_from_sdp +
+ticket_bulk_upsert, 100 tickets per page as the SDP list API gives them). Results go to stdout as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+SEED = 20261126
+TENANTS = 10
+
+# The common words of IT tickets, most frequent first (the Zipf ranks).
+GENERAL = """user error access email account password login computer laptop screen network server printer file
+folder outlook windows office update install working issue time message connection share drive internet phone
+teams application app system data backup restart reset new old slow page website browser chrome edge link
+document excel word pdf print mailbox calendar meeting vpn wifi remote desktop monitor keyboard mouse device
+mobile iphone android license software version upgrade settings profile permission group policy domain admin
+certificate security virus alert warning blocked locked disabled expired sync onedrive sharepoint drive mapped
+network storage disk space memory cpu performance crash freeze hang reboot boot startup login shutdown power
+battery charger dock cable port switch router firewall dns dhcp ip address gateway proxy ssl tls
+database sql query report dashboard crm erp invoice order customer supplier finance payroll hr onboarding
+leaver starter mfa authenticator token code sms approve prompt sign signin credential""".split()  # noqa: SIM905
+# Filler a user writes around the problem (mostly stop words for the english configuration).
+FILLER = """the a to and is it i my on in for of this that not with when we can you have be but from
+it's again now since this morning after before our all any some still just keeps every time also
+please thanks hi hello team regards could would can't won't doesn't""".split()  # noqa: SIM905
+TOPICS = [
+    "email",
+    "vpn",
+    "printer",
+    "account",
+    "mfa",
+    "share",
+    "network",
+    "server",
+    "backup",
+    "laptop",
+    "teams",
+    "sharepoint",
+    "onedrive",
+    "certificate",
+    "phone",
+    "software",
+    "license",
+    "database",
+    "firewall",
+    "wifi",
+]
+SUBTOPICS_PER_TOPIC = 100  # 2,000 distinct problems
+PROBLEM_TERMS = 4
+
+
+def _zipf_weights(n: int, s: float = 1.07) -> list[float]:
+    weights = [1 / (rank**s) for rank in range(1, n + 1)]
+    total = sum(weights)
+    acc, out = 0.0, []
+    for w in weights:
+        acc += w / total
+        out.append(acc)
+    return out
+
+
+class Generator:
+    """Generate tickets and queries with known problems (topic + subtopic) per tenant."""
+
+    def __init__(self, seed: int = SEED) -> None:
+        self.rng = random.Random(seed)
+        rng = self.rng
+        syllables = "ka to ri mo sa ne lu vi de pa zo fe gi ha bo tu me ro xi qua".split()  # noqa: SIM905
+        # The long tail: product names, error codes, component names a problem is recognised by.
+        tail = set()
+        while len(tail) < 6000:
+            kind = rng.random()
+            if kind < 0.4:
+                tail.add("".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))))
+            elif kind < 0.7:
+                tail.add(f"0x{rng.randrange(16**8):08x}")
+            else:
+                tail.add(f"{rng.choice(['err', 'evt', 'kb', 'code', 'build'])}{rng.randint(100, 99999)}")
+        self.tail = sorted(tail)
+        self.vocab = GENERAL + self.tail
+        self.vocab_cum = _zipf_weights(len(self.vocab))
+        self.filler_cum = _zipf_weights(len(FILLER), 0.8)
+        self.problems: list[tuple[str, int, list[str]]] = []
+        for topic in TOPICS:
+            for index in range(SUBTOPICS_PER_TOPIC):
+                terms = rng.sample(self.tail, PROBLEM_TERMS)
+                self.problems.append((topic, index, terms))
+        rng.shuffle(self.problems)
+        self.problem_cum = _zipf_weights(len(self.problems), 0.8)
+
+    def _words(self, count: int) -> list[str]:
+        rng = self.rng
+        general = rng.choices(self.vocab, cum_weights=self.vocab_cum, k=count)
+        filler = rng.choices(FILLER, cum_weights=self.filler_cum, k=count)
+        return [g if rng.random() < 0.55 else f for g, f in zip(general, filler, strict=True)]
+
+    def _text(self, problem: tuple[str, int, list[str]], low: int, high: int, share: int) -> str:
+        rng = self.rng
+        topic, _, terms = problem
+        # Ticket lengths are log-normal: most are short, some are long pasted logs.
+        length = int(min(high, max(low, rng.lognormvariate(math.log((low + high) / 4), 0.6))))
+        words = self._words(length)
+        for term in rng.sample(terms, share) + [topic] * rng.randint(1, 2):
+            words.insert(rng.randrange(len(words) + 1), term)
+        return " ".join(words)
+
+    def ticket(self, problem_index: int) -> tuple[str, str, str]:
+        """Return (subject, description, resolution) of one ticket about the given problem."""
+        problem = self.problems[problem_index]
+        topic, _, terms = problem
+        rng = self.rng
+        subject_words = [*rng.sample(terms, 2), topic, *self._words(rng.randint(1, 4))]
+        rng.shuffle(subject_words)
+        return (
+            " ".join(subject_words).capitalize(),
+            self._text(problem, 12, 220, 2),
+            self._text(problem, 8, 80, 1),
+        )
+
+    def problem_index(self) -> int:
+        """Return a problem drawn with Zipf-like popularity (a few problems are very common)."""
+        return self.rng.choices(range(len(self.problems)), cum_weights=self.problem_cum)[0]
+
+
+# The index of migration 0002, dropped before a bulk COPY and built once after it.
+INDEX_SQL = (
+    "CREATE INDEX IF NOT EXISTS tickets_ticket_search_keys ON tickets_ticket"
+    " USING gin (tickets_search_keys(tenant_id, search_document)) WITH (gin_pending_list_limit = 1024)"
+    " WHERE is_resolved"
+)
+
+
+def _connect_url(pg_url: str, database: str) -> str:
+    parts = urlsplit(pg_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+def _recreate_database(pg_url: str, database: str) -> None:
+    import psycopg
+
+    with psycopg.connect(_connect_url(pg_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
+        conn.execute(f'CREATE DATABASE "{database}"')
+
+
+def _copy_tickets(gen: Generator, tenant_ids: list[int], start: int, count: int, labels: dict) -> float:
+    """COPY `count` generated resolved tickets in; return the seconds it took."""
+    from django.db import connection
+
+    columns = (
+        "tenant_id, sdp_id, subject, description, status, priority, category, requester_name, requester_email,"
+        " technician, resolution, sdp_created_at, resolved_at, source, is_resolved, raw, created_at, updated_at"
+    )
+    base = datetime(2023, 1, 1, tzinfo=UTC)
+    began = time.perf_counter()
+    raw = connection.connection
+    with raw.cursor() as cursor, cursor.copy(f"COPY tickets_ticket ({columns}) FROM STDIN") as copy:
+        for number in range(start, start + count):
+            tenant_id = tenant_ids[number % len(tenant_ids)]
+            problem = gen.problem_index()
+            subject, description, resolution = gen.ticket(problem)
+            labels.setdefault((tenant_id, problem), []).append(str(number))
+            created = base + timedelta(minutes=number % 1_000_000)
+            copy.write_row(
+                (
+                    tenant_id,
+                    str(number),
+                    subject[:500],
+                    description,
+                    "Closed",
+                    "Medium",
+                    f"{gen.problems[problem][0]}-{problem}",
+                    "Bench User",
+                    "user@example.com",
+                    "Bench Tech",
+                    resolution,
+                    created,
+                    created + timedelta(hours=3),
+                    "import",
+                    True,
+                    "{}",
+                    created,
+                    created,
+                )
+            )
+    raw.commit()
+    return time.perf_counter() - began
+
+
+def _ingest_stream(tenant_id: int, prefix: str, count: int, seed: int) -> float:
+    """Push `count` generated SDP request objects through the import path; return the seconds it took."""
+    from tickets.models import Tenant, Ticket
+    from tickets.services import ticket_bulk_upsert, ticket_fields_from_sdp
+
+    gen = Generator(seed)
+    tenant = Tenant.objects.get(pk=tenant_id)
+    pages = []
+    for page_start in range(0, count, 100):
+        page = []
+        for offset in range(min(100, count - page_start)):
+            subject, description, resolution = gen.ticket(gen.problem_index())
+            page.append(
+                {
+                    "id": f"{prefix}{page_start + offset}",
+                    "subject": subject,
+                    "description": f"<p>{description}</p>",
+                    "status": {"name": "Closed"},
+                    "priority": {"name": "Medium"},
+                    "requester": {"name": "Bench User", "email_id": "user@example.com"},
+                    "created_time": {"value": "1761035400000"},
+                    "resolved_time": {"value": "1761042600000"},
+                    "resolution": {"content": f"<p>{resolution}</p>"},
+                }
+            )
+        pages.append(page)
+    began = time.perf_counter()
+    for page in pages:
+        ticket_bulk_upsert(
+            tenant=tenant, items=[(r["id"], ticket_fields_from_sdp(r)) for r in page], source=Ticket.Source.IMPORT
+        )
+    return time.perf_counter() - began
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(samples)
+
+    def pick(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(round(p * (len(ordered) - 1))))]
+
+    return pick(0.50), pick(0.95), pick(0.99)
+
+
+def _naive(cursor, tenant_id: int, text: str) -> list[str]:  # noqa: ANN001
+    words = [w for w in "".join(c if c.isalnum() else " " for c in text.lower()).split() if len(w) > 1]
+    cursor.execute(
+        "SELECT sdp_id FROM tickets_ticket, to_tsquery('english', %s) AS q"
+        " WHERE tenant_id = %s AND is_resolved AND search_document @@ q"
+        " ORDER BY ts_rank(search_document, q) DESC LIMIT 5",
+        [" | ".join(sorted(set(words))), tenant_id],
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def run(sizes: list[int], queries: int, pg_url: str, database: str, ingest: int, reuse: bool) -> None:
+    """Run the whole benchmark and print Markdown."""
+    if not reuse:
+        _recreate_database(pg_url, database)
+    os.environ["DATABASE_URL"] = _connect_url(pg_url, database)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from tickets import search
+    from tickets.models import Tenant, Ticket
+    from tickets.services import tenant_create_or_update
+
+    call_command("migrate", "tickets", verbosity=0)
+    tenants = [
+        Tenant.objects.filter(slug=f"bench-{i}").first()
+        or tenant_create_or_update(slug=f"bench-{i}", name=f"Bench {i}").tenant
+        for i in range(TENANTS)
+    ]
+    tenant_ids = [t.pk for t in tenants]
+    by_id = {t.pk: t for t in tenants}
+    gen = Generator()
+    labels: dict[tuple[int, int], list[str]] = {}
+    loaded = Ticket.objects.exclude(sdp_id__startswith="imp-").count()
+    print(f"# bench/search.py — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, PostgreSQL, {TENANTS} tenants\n", flush=True)
+    for size in sizes:
+        print(f"## {size:,} tickets\n")
+        if size > loaded:
+            with connection.cursor() as cursor:
+                # The GIN index is built once after the bulk load: far faster than maintaining it row by row.
+                cursor.execute("DROP INDEX IF EXISTS tickets_ticket_search_keys")
+            seconds = _copy_tickets(gen, tenant_ids, loaded, size - loaded, labels)
+            print(f"- COPY of {size - loaded:,} tickets (tsvector computed): {seconds:.0f} s")
+            loaded = size
+            began = time.perf_counter()
+            with connection.cursor() as cursor:
+                cursor.execute("SET maintenance_work_mem = '1GB'")
+                cursor.execute(INDEX_SQL)
+                cursor.execute("VACUUM ANALYZE tickets_ticket")
+            print(f"- GIN index build + VACUUM ANALYZE: {time.perf_counter() - began:.0f} s", flush=True)
+        else:
+            print(f"- reusing the {loaded:,} tickets already in {database}")
+            with connection.cursor() as cursor:
+                cursor.execute("VACUUM ANALYZE tickets_ticket")
+        labels = {}
+        for tenant_id, category, sdp_id in Ticket.objects.exclude(sdp_id__startswith="imp-").values_list(
+            "tenant_id", "category", "sdp_id"
+        ):
+            labels.setdefault((tenant_id, int(category.rsplit("-", 1)[1])), []).append(sdp_id)
+
+        # The queries: new tickets about problems that have history in their tenant, written afresh.
+        qrng = random.Random(SEED + size)
+        candidates = [key for key, ids in labels.items() if len(ids) >= 3]
+        picked = qrng.sample(candidates, queries)
+        query_texts = []
+        for tenant_id, problem in picked:
+            subject, description, _ = gen.ticket(problem)
+            query_texts.append((tenant_id, problem, f"{subject}\n{description}"))
+        search._pg_stats.clear()
+        search._pg_sizes.clear()
+        for tenant_id, _, text in query_texts[:20]:  # warm the caches as a running worker would have them
+            search.similar_tickets(by_id[tenant_id], text)
+        ours, naive, ours_hits, naive_hits = [], [], [], []
+        with connection.cursor() as cursor:
+            for tenant_id, problem, text in query_texts:
+                relevant = set(labels[(tenant_id, problem)])
+                began = time.perf_counter()
+                found = [t.sdp_id for t, _ in search.similar_tickets(by_id[tenant_id], text)]
+                ours.append((time.perf_counter() - began) * 1000)
+                ours_hits.append(len(relevant & set(found)) / min(5, len(relevant)))
+                began = time.perf_counter()
+                baseline = _naive(cursor, tenant_id, text)
+                naive.append((time.perf_counter() - began) * 1000)
+                naive_hits.append(len(relevant & set(baseline)) / min(5, len(relevant)))
+        print("\n| search | p50 ms | p95 ms | p99 ms | recall@5 |\n|---|---|---|---|---|")
+        for name, samples, hits in (
+            ("similar_tickets()", ours, ours_hits),
+            ("naive OR + ts_rank", naive, naive_hits),
+        ):
+            p50, p95, p99 = _percentiles(samples)
+            print(f"| {name} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {statistics.mean(hits):.3f} |")
+        print(flush=True)
+
+        # The import path: SDP request objects (HTML) -> ticket_fields_from_sdp -> ticket_bulk_upsert, 100 per page,
+        # once as one import, then as two imports of different tenants side by side (one per core).
+        for streams in (1, 2):
+            connection.close()  # each process opens its own connection
+            per_stream = ingest // streams
+            with multiprocessing.get_context("fork").Pool(streams) as pool:
+                results = pool.starmap(
+                    _ingest_stream,
+                    [
+                        (tenant_ids[i], f"imp-{size}-{streams}-{i}-", per_stream, SEED + size + i)
+                        for i in range(streams)
+                    ],
+                )
+            seconds = max(results)
+            total = per_stream * streams
+            label = "one import" if streams == 1 else f"{streams} concurrent imports"
+            print(
+                f"- Import path, {label}: {total:,} tickets in {seconds:.1f} s = **{total / seconds:,.0f} tickets/s**"
+            )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_size_pretty(pg_total_relation_size('tickets_ticket'))")
+            table = cursor.fetchone()[0]
+            cursor.execute("SELECT pg_size_pretty(pg_relation_size('tickets_ticket_search_keys'))")
+            index = cursor.fetchone()[0]
+        print(f"- Sizes: table with TOAST and indexes {table}, GIN index {index}\n", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments and run."""
+    parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000", help="comma-separated history sizes, ascending")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--ingest", type=int, default=20000, help="tickets pushed through the import path")
+    parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
+    parser.add_argument("--database", default="bench_search")
+    parser.add_argument("--reuse", action="store_true", help="keep the database and the tickets already loaded")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if sizes != sorted(sizes):
+        sys.exit("--sizes must be ascending")
+    sys.stdout = io.TextIOWrapper(sys.stdout.buffer, line_buffering=True)
+    run(sizes, args.queries, args.pg_url, args.database, args.ingest, args.reuse)
+
+
+if __name__ == "__main__":
+    main()
