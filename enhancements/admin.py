@@ -33,6 +33,16 @@ BADGE_COLOURS = {
     S.REJECTED: "#6d4c41",
 }
 BULK_LIMIT = 50
+LIST_DEFERRED = (
+    "context",
+    "output",
+    "note_html",
+    "timings",
+    "error",
+    "ticket__description",
+    "ticket__resolution",
+    "ticket__raw",
+)
 
 
 def status_badge(enhancement: Enhancement) -> SafeString:
@@ -211,7 +221,12 @@ class EnhancementAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         """Return enhancements with their latest rating annotated (one query for the whole page)."""
         latest = Feedback.objects.filter(enhancement=OuterRef("pk")).order_by("-created_at").values("rating")[:1]
-        return super().get_queryset(request).annotate(latest_rating=Subquery(latest))
+        queryset = super().get_queryset(request).annotate(latest_rating=Subquery(latest))
+        match = request.resolver_match
+        if match is not None and match.url_name == "enhancements_enhancement_changelist":
+            # The list shows none of the big text and JSON columns: do not read them for every row.
+            queryset = queryset.defer(*LIST_DEFERRED)
+        return queryset
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         """Enhancements come from webhooks and re-runs only."""

@@ -80,6 +80,8 @@ class Enhancement(models.Model):
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="enhancement_status_next"),
             models.Index(fields=["tenant", "-created_at"], name="enhancement_tenant_created"),
+            # The admin's review list is newest first across tenants: without this, a sort of every row.
+            models.Index(fields=["-created_at"], name="enhancement_created"),
         ]
 
     def __str__(self) -> str:

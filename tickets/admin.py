@@ -30,7 +30,8 @@ class CappedCountPaginator(Paginator):
     @cached_property
     def count(self) -> int:
         """Return the number of rows, at most CAP + 1 (shown as "more than CAP")."""
-        return self.object_list.order_by()[: self.CAP + 1].count()
+        # Only primary keys: annotations the list shows (e.g. a latest rating) are not computed to count.
+        return self.object_list.order_by().values("pk")[: self.CAP + 1].count()
 
     @property
     def capped(self) -> bool:
