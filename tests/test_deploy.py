@@ -1226,3 +1226,73 @@ def test_deluge_function_signs_what_standard_webhooks_verifies() -> None:
     ).decode()
     headers = {"webhook-id": message_id, "webhook-timestamp": timestamp, "webhook-signature": "v1," + signature}
     Webhook(secret).verify(body.encode(), headers)
+
+
+def test_smoke_test_checks_the_certificate(tmp_path: Path) -> None:
+    """Against https, the certificate check verifies the chain and reports the days to expiry."""
+    import datetime
+    import http.server
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=45))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"https://localhost:{server.server_address[1]}"
+
+    def certificate_check(*extra: str) -> dict[str, Any]:
+        result = subprocess.run(
+            [sys.executable, "runbook/smoke_test.py", "--json", "--base-url", base, "--tenant", "t",
+             "--secret", "whsec_dGVzdA==", "--request-timeout", "3", *extra],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 1  # health etc. fail against this stub
+        return next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "certificate")
+
+    try:
+        trusted = certificate_check("--ca-file", str(cert_file))
+        assert trusted["status"] == "PASS", trusted
+        assert re.search(r"expires in 4[45] days", trusted["detail"]), trusted
+        too_soon = certificate_check("--ca-file", str(cert_file), "--min-cert-days", "60")
+        assert too_soon["status"] == "FAIL" and "< 60" in too_soon["detail"]
+        untrusted = certificate_check()
+        assert untrusted["status"] == "FAIL" and "does not verify" in untrusted["detail"], untrusted
+    finally:
+        server.shutdown()
+        server.server_close()
