@@ -116,7 +116,8 @@ class TenantForm(forms.ModelForm):
         url = self.cleaned_data.get("sdp_base_url", "")
         if url:
             try:
-                check_base_url(url)
+                # No DNS here (the form is saved in a transaction); every SDP call checks again, resolving.
+                check_base_url(url, resolve=False)
             except ServiceDeskError as exc:
                 raise forms.ValidationError(str(exc)) from exc
         return url
