@@ -1,0 +1,368 @@
+"""Webhook load: answers/s and p50/p99 latency of the real webhook against the floor, in the same run.
+
+    .venv/bin/python -m bench.webhook                      # 16 and 64 connections, production gunicorn settings
+    .venv/bin/python -m bench.webhook --web-concurrency 3 --threads 2 --connections 16
+
+Both servers are `gunicorn -c deploy/gunicorn.conf.py project.wsgi:application` with the same environment; the
+floor only swaps DJANGO_SETTINGS_MODULE for bench.floor.settings (one bare view: verify the HMAC, commit one row).
+They run against a fresh PostgreSQL database and Redis (the app's cache, rate limit and broker; no worker runs, so
+tasks pile up in Redis and are flushed at the end). The load generator is wrk with a Lua script that sends
+pre-signed requests, each a distinct ticket id and webhook-id, so every answer is a real insert (202). wrk runs
+on the same two cores as the servers and PostgreSQL: the figures are for the whole machine, not the server alone.
+After the runs the rows are counted: every 202 must be a committed row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+FIXTURE = BASE_DIR / "tests" / "fixtures" / "servicedesk" / "webhook__request_created.json"
+SLUG = "bench"
+
+# wrk sends pre-built, pre-signed requests: it has no HMAC of its own. Each thread takes every n-th line.
+WRK_SCRIPT = r"""
+local counter = 0
+local threads = {}
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+function init(args)
+  local path, nthreads = args[1], tonumber(args[2])
+  reqs = {}
+  statuses = {}
+  wrapped = 0
+  local i = 0
+  for line in io.lines(path) do
+    if i % nthreads == tid then
+      local id, ts, sig, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
+      reqs[#reqs + 1] = wrk.format("POST", nil, {
+        ["Content-Type"] = "application/json",
+        ["webhook-id"] = id, ["webhook-timestamp"] = ts, ["webhook-signature"] = sig,
+      }, body)
+    end
+    i = i + 1
+  end
+  n = 0
+end
+function request()
+  n = n + 1
+  if n > #reqs then
+    n = 1
+    wrapped = wrapped + 1
+  end
+  return reqs[n]
+end
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+function done(summary, latency, requests)
+  local total, wraps = {}, 0
+  for _, t in ipairs(threads) do
+    for status, count in pairs(t:get("statuses")) do
+      total[tostring(status)] = (total[tostring(status)] or 0) + count
+    end
+    wraps = wraps + t:get("wrapped")
+  end
+  local parts = {}
+  for status, count in pairs(total) do parts[#parts + 1] = string.format('"%s": %d', status, count) end
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, ' ..
+    '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, ' ..
+    '"statuses": {%s}, "wrapped": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout,
+    table.concat(parts, ", "), wraps))
+end
+"""
+
+
+@dataclass
+class Result:
+    """One wrk run against one server."""
+
+    target: str
+    connections: int
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
+    statuses: dict[str, int]
+    loadavg_before: float
+
+
+def free_port() -> int:
+    """Return a free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def recreate_database(url: str) -> None:
+    """Drop and create the PostgreSQL database named in url."""
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def prepare(database_url: str, redis_url: str) -> str:
+    """Migrate the bench database, create the bench tenant and the floor table; return the webhook secret."""
+    os.environ["DATABASE_URL"] = database_url
+    os.environ["REDIS_URL"] = redis_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from bench.floor.views import TABLE
+    from tickets.models import Tenant
+    from tickets.services import tenant_create_or_update
+
+    call_command("migrate", verbosity=0)
+    result = tenant_create_or_update(slug=SLUG, name="Bench")
+    # The per-tenant limit (600/min by default) would answer 429; the Redis counter still runs per request.
+    Tenant.objects.filter(slug=SLUG).update(rate_limit_per_minute=1_000_000_000)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, webhook_id text NOT NULL, "
+            "body jsonb NOT NULL, received_at timestamptz NOT NULL DEFAULT now())"
+        )
+    connection.close()
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    return result.secret
+
+
+def start_server(name: str, settings_module: str, port: int, env: dict[str, str], logdir: Path) -> subprocess.Popen:
+    """Start gunicorn with the production config file."""
+    child_env = {**env, "DJANGO_SETTINGS_MODULE": settings_module, "GUNICORN_BIND": f"127.0.0.1:{port}"}
+    metrics_dir = logdir / f"prom-{name}"
+    metrics_dir.mkdir(exist_ok=True)
+    child_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    command = [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "project.wsgi:application"]
+    return subprocess.Popen(
+        command,
+        cwd=BASE_DIR,
+        env=child_env,
+        stdout=(logdir / f"{name}.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until the server answers the webhook path (any HTTP status)."""
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/webhook/servicedesk/{SLUG}/"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on {port} exited with {proc.returncode}")
+        try:
+            request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(request, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"server on {port} did not answer")
+
+
+def write_requests(path: Path, secret: str, count: int, tag: str) -> None:
+    """Write count pre-signed requests (distinct ticket and webhook ids), one per line."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    template = json.loads(FIXTURE.read_text())
+    timestamp = str(int(time.time()))
+    with path.open("w") as out:
+        for number in range(count):
+            template["request"]["id"] = f"{tag}x{number}"
+            body = json.dumps(template, separators=(",", ":"))
+            msg_id = f"msg_{tag}_{number}"
+            digest = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+            out.write(f"{msg_id}\t{timestamp}\tv1,{base64.b64encode(digest).decode()}\t{body}\n")
+
+
+def run_wrk(
+    target: str, port: int, connections: int, seconds: int, threads: int, secret: str, tmp: Path, tag: str, rate: int
+) -> Result:
+    """Run wrk once and return its figures."""
+    requests_file = tmp / f"requests-{tag}.tsv"
+    write_requests(requests_file, secret, rate * (seconds + 2), tag)
+    script = tmp / "webhook.lua"
+    script.write_text(WRK_SCRIPT)
+    loadavg = os.getloadavg()[0]
+    command = [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
+        f"http://127.0.0.1:{port}/webhook/servicedesk/{SLUG}/", "--", str(requests_file), str(threads),
+    ]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    requests_file.unlink()
+    data = json.loads(next(line for line in output.splitlines() if line.startswith("WRKJSON ")).split(" ", 1)[1])
+    if data["wrapped"]:
+        raise RuntimeError(f"wrk ran out of distinct requests ({data['wrapped']} wraps): raise --max-rate")
+    duration = data["duration_us"] / 1e6
+    return Result(
+        target=target,
+        connections=connections,
+        requests=data["requests"],
+        seconds=round(duration, 2),
+        rps=round(data["requests"] / duration, 1),
+        p50_ms=data["p50_us"] / 1000,
+        p90_ms=data["p90_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
+        errors=sum(data["errors"].values()),
+        statuses=data["statuses"],
+        loadavg_before=round(loadavg, 2),
+    )
+
+
+def count_rows() -> dict[str, int]:
+    """Return the committed rows of each server."""
+    from django.db import connection
+
+    from bench.floor.views import TABLE
+    from enhancements.models import Enhancement
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {TABLE}")  # noqa: S608 - a constant table name
+        floor = cursor.fetchone()[0]
+    return {"floor": floor, "app": Enhancement.objects.count()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print a table (and JSON with --json)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/bench_webhook")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--duration", type=int, default=15, help="seconds per measured run")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load before each run")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat floor/app pairs to see the spread")
+    parser.add_argument("--targets", nargs="+", default=["floor", "app"], choices=["floor", "app"])
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--max-rate", type=int, default=4000, help="requests/s to pre-sign for (no reuse)")
+    parser.add_argument("--web-concurrency", help="WEB_CONCURRENCY (default: the config's)")
+    parser.add_argument("--threads", help="GUNICORN_THREADS (default: the config's)")
+    parser.add_argument("--max-requests", help="GUNICORN_MAX_REQUESTS (default: the config's)")
+    parser.add_argument("--conn-max-age", help="CONN_MAX_AGE (default: the settings')")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install -y wrk)")
+
+    recreate_database(args.database_url)
+    secret = prepare(args.database_url, args.redis_url)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-webhook-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "WEB_", "GUNICORN_"))}
+    env.update(
+        {
+            "DATABASE_URL": args.database_url,
+            "REDIS_URL": args.redis_url,
+            "BENCH_WEBHOOK_SECRET": secret,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+        }
+    )
+    for option, name in (
+        (args.web_concurrency, "WEB_CONCURRENCY"),
+        (args.threads, "GUNICORN_THREADS"),
+        (args.max_requests, "GUNICORN_MAX_REQUESTS"),
+        (args.conn_max_age, "CONN_MAX_AGE"),
+    ):
+        if option is not None:
+            env[name] = str(option)
+    ports = {"floor": free_port(), "app": free_port()}
+    settings_modules = {"floor": "bench.floor.settings", "app": "project.settings"}
+    servers = {t: start_server(t, settings_modules[t], ports[t], env, tmp) for t in args.targets}
+    results: list[Result] = []
+    warmups: list[Result] = []
+    try:
+        for target, proc in servers.items():
+            wait_ready(ports[target], proc)
+        for round_number in range(args.rounds):
+            for connections in args.connections:
+                for target in args.targets:
+                    tag = f"r{round_number}c{connections}{target[0]}"
+                    if args.warmup:
+                        warmups.append(run_wrk(target, ports[target], connections, args.warmup, args.wrk_threads,
+                                               secret, tmp, f"{tag}w", args.max_rate))  # fmt: skip
+                    result = run_wrk(
+                        target, ports[target], connections, args.duration, args.wrk_threads, secret, tmp, tag,
+                        args.max_rate,
+                    )  # fmt: skip
+                    results.append(result)
+                    print(json.dumps(asdict(result)), flush=True)
+        rows = count_rows()
+    finally:
+        for proc in servers.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)
+                proc.wait(timeout=30)
+        import redis
+
+        redis.Redis.from_url(args.redis_url).flushdb()
+
+    answered = {t: sum(r.statuses.get("202", 0) for r in results + warmups if r.target == t) for t in args.targets}
+    knobs = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "CONN_MAX_AGE", "GUNICORN_MAX_REQUESTS")
+    print("\nweb: " + " ".join(f"{k}={env.get(k, 'default')}" for k in knobs) + f"; logs in {tmp}")
+    print("| target | conns | answers/s | p50 ms | p90 ms | p99 ms | max ms | errors | statuses | load before |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r.target} | {r.connections} | {r.rps:.0f} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | "
+            f"{r.max_ms:.0f} | {r.errors} | {r.statuses} | {r.loadavg_before} |"
+        )
+    for connections in args.connections:
+        floor = [r.rps for r in results if r.target == "floor" and r.connections == connections]
+        app = [r.rps for r in results if r.target == "app" and r.connections == connections]
+        if floor and app:
+            print(f"{connections} connections: app/floor = {sum(app) / sum(floor):.0%}")
+    # Every 202 must be a committed row (warm-up runs included); anything else is a lost webhook.
+    print(f"committed rows {rows}; 202 answers {answered} (warm-ups included)")
+    for target in args.targets:
+        # wrk stops at its deadline without reading answers in flight: those rows exist without a counted 202.
+        in_flight = sum(r.connections for r in results + warmups if r.target == target)
+        extra = rows[target] - answered[target]
+        verdict = "ok" if 0 <= extra <= in_flight else "MISMATCH"
+        print(
+            f"{target}: {answered[target]} answered 202, {rows[target]} rows ({extra} answered after wrk stopped, "
+            f"at most {in_flight}): {verdict}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"env": {k: env.get(k) for k in ("WEB_CONCURRENCY", "GUNICORN_THREADS",
+                             "CONN_MAX_AGE", "GUNICORN_MAX_REQUESTS")}, "results": [asdict(r) for r in results],
+                             "rows": rows}, indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
