@@ -653,3 +653,39 @@ def test_no_input_makes_the_webhook_answer_500(
     data = response.json()
     if response.status_code >= 400:
         assert set(data) <= {"error", "detail", "fields"} and data["error"] and data["detail"]
+
+
+def test_html_and_script_in_every_text_field_is_inert_in_the_admin(client, make_tenant, post_webhook, admin_user):
+    result = make_tenant("acme", sdp_base_url="https://sdp.example.com")
+    history = {**_hostile_ticket("Old", 0), "status": {"name": "Resolved"}}
+    post_webhook("acme", {"event": "request_resolved", "request": history}, secret=result.secret)
+    KnowledgeArticle.objects.create(tenant=result.tenant, title=f"VPN client fails {XSS[0]}", url="javascript:alert(9)")
+    Asset.objects.create(tenant=result.tenant, hostname="host-7", ip="10.9.8.7", notes=XSS[1], owner=XSS[0])
+    response = post_webhook("acme", {"request": _hostile_ticket("New", 5)}, secret=result.secret)
+    enhancement_id = response.json()["enhancement_id"]
+    services.enhancement_process(enhancement_id=enhancement_id)
+    ticket = Ticket.objects.get(sdp_id="1005")
+    # The raw record keeps the unescaped HTML SDP sent; the admin must show it as text.
+    assert "<script>" in json.dumps(ticket.raw)
+
+    client.force_login(admin_user)
+    shown = 0
+    pages = [
+        "/admin/enhancements/enhancement/",
+        f"/admin/enhancements/enhancement/{enhancement_id}/change/",
+        "/admin/tickets/ticket/",
+        f"/admin/tickets/ticket/{ticket.pk}/change/",
+        "/admin/tickets/asset/",
+        "/admin/tickets/knowledgearticle/",
+        "/admin/tickets/tenant/",
+    ]
+    for page in pages:
+        answer = client.get(page)
+        assert answer.status_code == 200, page
+        html = answer.content.decode()
+        for payload in XSS[:7]:
+            assert payload not in html, (page, payload)
+        assert 'href="javascript:' not in html.lower(), page
+        shown += "&lt;script&gt;alert(" in html
+    # The hostile text is there, escaped, on most pages: the check above is not vacuous.
+    assert shown >= 4
