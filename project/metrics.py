@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 from django.apps import apps
@@ -36,6 +37,11 @@ PREFIX = "ticket_enhancer"
 # Upper bounds (seconds) of the time-to-note buckets: a note normally lands within seconds to a minute;
 # the long tail is retries with backoff and notes held for review.
 TIME_TO_NOTE_BUCKETS: tuple[float, ...] = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
+
+_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+if _MULTIPROC_DIR:
+    # gunicorn's on_starting hook makes (and empties) it; a process started otherwise must not fail on it.
+    Path(_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 
 WEBHOOK_ANSWERS = Counter(
     f"{PREFIX}_webhook_responses",
@@ -183,7 +189,7 @@ class _Delegate(Collector):
 def scrape_registry() -> CollectorRegistry:
     """Return a registry with the in-process (or all-process) counters plus the database collector."""
     registry = CollectorRegistry(auto_describe=False)
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if _MULTIPROC_DIR:
         from prometheus_client import multiprocess
 
         # Sums the counters every worker wrote into the shared directory.
