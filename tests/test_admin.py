@@ -456,3 +456,23 @@ def test_ticket_asset_and_article_admins_search_and_filter(operator_client, make
         False,
         True,
     ]
+
+
+def test_approving_a_dry_run_tenants_note_completes_it_without_posting(lead_client, make_tenant):
+    enhancement = enhancement_make(make_tenant("dry", review_required=True).tenant)
+    response = lead_client.post(_action_url(enhancement, "approve"), follow=True)
+    assert any("no SDP credentials (dry run)" in m for m in _messages(response))
+    enhancement.refresh_from_db()
+    assert enhancement.status == Enhancement.Status.COMPLETED and enhancement.reviewed_by.username == "lead"
+
+
+def test_an_approval_in_flight_is_not_doubled_but_a_stale_one_can_be_retaken(lead_client, awaiting, sdp):
+    # Another reviewer's approval is posting right now: this one does nothing.
+    Enhancement.objects.filter(pk=awaiting.pk).update(reviewed_at=days_ago(1 / 1440))
+    response = lead_client.post(_action_url(awaiting, "approve"), follow=True)
+    assert any("Nothing done" in m for m in _messages(response)) and not sdp.notes
+    # That approval died ten minutes ago without posting: approving again posts, once.
+    Enhancement.objects.filter(pk=awaiting.pk).update(reviewed_at=days_ago(10 / 1440))
+    lead_client.post(_action_url(awaiting, "approve"))
+    awaiting.refresh_from_db()
+    assert awaiting.status == Enhancement.Status.POSTED and len(sdp.notes["104321"]) == 1
