@@ -135,3 +135,27 @@ class KnowledgeArticle(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class TicketImport(models.Model):
+    """One import_tickets run window for a tenant and how far it got, so an interrupted run can continue."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="ticket_imports")
+    since = models.DateTimeField(help_text="Import tickets resolved from this time...")
+    until = models.DateTimeField(help_text="...up to this time.")
+    resolved_through = models.DateTimeField(
+        null=True, blank=True, help_text="Every ticket resolved before this time is stored (the resume point)."
+    )
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    unchanged = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}: {self.since:%Y-%m-%d} .. {self.until:%Y-%m-%d}"
