@@ -28,9 +28,14 @@ def secret(name: str, default: str = "") -> str:
 
 
 DEBUG = env.bool("DEBUG", default=False)
-_DEV_SECRET_KEY = "insecure-local-development-key-change-me-in-production-0123456789"  # noqa: S105 - local default; production sets SECRET_KEY
+# The django-insecure- prefix makes `check --deploy` flag a production run that forgot SECRET_KEY.
+_DEV_SECRET_KEY = "django-insecure-local-development-key-change-me-in-production-0123456789"  # noqa: S105 - local default; production sets SECRET_KEY
 SECRET_KEY = secret("SECRET_KEY", _DEV_SECRET_KEY)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+# In Kubernetes, Prometheus scrapes /metrics by pod IP (the Host header is that IP); the downward API
+# passes it as POD_IP.
+if env.str("POD_IP", default=""):
+    ALLOWED_HOSTS.append(env.str("POD_IP"))
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
