@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import secrets
 from datetime import datetime
@@ -13,8 +12,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from tickets.imports import articles_import, assets_import_csv
 from tickets.models import Tenant, Ticket
-from tickets.services import article_upsert, asset_upsert, tenant_create_or_update, ticket_upsert, webhook_url
+from tickets.services import tenant_create_or_update, ticket_bulk_upsert, webhook_url
 
 DEMO_DIR = Path(settings.BASE_DIR) / "tickets" / "fixtures" / "demo"
 PASSWORD_FILE = Path(settings.BASE_DIR) / "var" / "admin-password.txt"
@@ -24,22 +24,6 @@ def _when(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def _article(path: Path) -> dict[str, str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    meta: dict[str, str] = {"title": path.stem.replace("-", " ").title(), "url": "", "tags": ""}
-    body: list[str] = []
-    for line in lines:
-        if line.startswith("# ") and not body and meta["title"] == path.stem.replace("-", " ").title():
-            meta["title"] = line[2:].strip()
-        elif line.lower().startswith("tags:") and not body:
-            meta["tags"] = line.split(":", 1)[1].strip()
-        elif line.lower().startswith("url:") and not body:
-            meta["url"] = line.split(":", 1)[1].strip()
-        elif line.strip() or body:
-            body.append(line)
-    return {**meta, "body": "\n".join(body).strip()}
-
-
 class Command(BaseCommand):
     help = "Create the demo tenant, sample history, assets and articles, and an admin login (idempotent)."
 
@@ -47,39 +31,31 @@ class Command(BaseCommand):
         tenant = Tenant.objects.filter(slug="demo").first()
         if tenant is None:
             tenant = tenant_create_or_update(slug="demo", name="Demo MSP customer").tenant
+        items = []
         for row in json.loads((DEMO_DIR / "tickets.json").read_text(encoding="utf-8")):
-            ticket_upsert(
-                tenant=tenant,
-                sdp_id=str(row["sdp_id"]),
-                fields={
-                    "subject": row["subject"],
-                    "description": row.get("description", ""),
-                    "status": row.get("status", "Resolved"),
-                    "priority": row.get("priority", ""),
-                    "category": row.get("category", ""),
-                    "requester_name": row.get("requester_name", ""),
-                    "requester_email": row.get("requester_email", ""),
-                    "technician": row.get("technician", ""),
-                    "resolution": row.get("resolution", ""),
-                    "sdp_created_at": _when(row.get("created_at")),
-                    "resolved_at": _when(row.get("resolved_at")),
-                    "is_resolved": True,
-                },
-                source=Ticket.Source.IMPORT,
-            )
-        with (DEMO_DIR / "assets.csv").open(newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                asset_upsert(
-                    tenant=tenant,
-                    ip=(row.get("ip") or "").strip() or None,
-                    hostname=row.get("hostname") or "",
-                    role=row.get("role") or "",
-                    location=row.get("location") or "",
-                    owner=row.get("owner") or "",
-                    notes=row.get("notes") or "",
+            items.append(
+                (
+                    str(row["sdp_id"]),
+                    {
+                        "subject": row["subject"],
+                        "description": row.get("description", ""),
+                        "status": row.get("status", "Resolved"),
+                        "priority": row.get("priority", ""),
+                        "category": row.get("category", ""),
+                        "requester_name": row.get("requester_name", ""),
+                        "requester_email": row.get("requester_email", ""),
+                        "technician": row.get("technician", ""),
+                        "resolution": row.get("resolution", ""),
+                        "sdp_created_at": _when(row.get("created_at")),
+                        "resolved_at": _when(row.get("resolved_at")),
+                        "is_resolved": True,
+                    },
                 )
-        for path in sorted((DEMO_DIR / "articles").glob("*.md")):
-            article_upsert(tenant=tenant, **_article(path))
+            )
+        ticket_bulk_upsert(tenant=tenant, items=items, source=Ticket.Source.IMPORT)
+        # The same importers as import_assets / import_articles; the demo files have no bad rows to report.
+        assets_import_csv(tenant=tenant, path=DEMO_DIR / "assets.csv")
+        articles_import(tenant=tenant, path=DEMO_DIR / "articles")
 
         User = get_user_model()
         if not User.objects.filter(username="admin").exists():
