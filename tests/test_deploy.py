@@ -672,9 +672,10 @@ def qcluster(broker_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.
         yield process
     finally:
         pgid = process.pid
-        for sig in (signal.SIGCONT, signal.SIGTERM):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGCONT)
+        # As Kubernetes and Docker do: SIGTERM to the main process only, which stops its children.
+        process.terminate()
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -730,8 +731,10 @@ def test_worker_health_detects_a_hung_cluster(
     # status record expired and --max-age passed.
     os.killpg(qcluster.pid, signal.SIGSTOP)
     hung_at = time.monotonic()
-    now = worker_health(env, "--max-age", "5")
-    assert now.returncode == 1 and "sentinel" in now.stderr and "is stopped" in now.stderr, now.stderr
+    # Usually at once ("sentinel ... is stopped"); on a loaded machine the 3-second status record
+    # may already have lapsed, and then the grace period runs out after --max-age.
+    first = wait_for(lambda: (r := worker_health(env, "--max-age", "5")).returncode == 1 and r, 20, "the probe to fail")
+    assert "is stopped" in first.stderr or "no Django-Q cluster on host" in first.stderr, first.stderr
     time.sleep(max(0.0, 6 - (time.monotonic() - hung_at)))
     later = worker_health(env, "--max-age", "5")
     assert later.returncode == 1
@@ -818,8 +821,7 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+    process.terminate()  # the main process only, as a container runtime does
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
