@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import string
 from dataclasses import dataclass
@@ -10,7 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
+from django.utils import timezone
 
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
 from tickets.servicedesk import ServiceDeskClient, check_base_url
@@ -264,13 +267,51 @@ def ticket_bulk_upsert(
                 # Keep what this import does not know (e.g. a raw payload stored by the webhook).
                 values = {**{k: v for k, v in old.items() if k != "sdp_id"}, **values}
             to_write.append(Ticket(tenant=tenant, sdp_id=sdp_id, **values))
-        if to_write:
-            # One INSERT ... ON CONFLICT DO UPDATE per batch; only the columns this batch carries are replaced.
+        if not to_write:
+            continue
+        # One INSERT ... ON CONFLICT DO UPDATE per batch; only the columns this batch carries are replaced.
+        update_fields = [*(f for f in fields_in_chunk if f in _BULK_FIELDS), "updated_at"]
+        if connection.vendor == "postgresql":
+            _pg_bulk_upsert(to_write, update_fields)
+        else:
             Ticket.objects.bulk_create(
                 to_write,
                 batch_size=batch_size,
                 update_conflicts=True,
                 unique_fields=["tenant", "sdp_id"],
-                update_fields=[*(f for f in fields_in_chunk if f in _BULK_FIELDS), "updated_at"],
+                update_fields=update_fields,
             )
     return BulkResult(created=created, updated=updated, unchanged=unchanged)
+
+
+def _pg_bulk_upsert(tickets: list[Ticket], update_fields: list[str]) -> None:
+    """INSERT ... SELECT FROM unnest(one array per column) ... ON CONFLICT DO UPDATE: one statement per batch.
+
+    Django's bulk_create spends more time compiling one placeholder per value than PostgreSQL spends storing the
+    rows (measured in bench/search.py); column arrays cost the same to send and almost nothing to build.
+    """
+    now = timezone.now()
+    fields = [f for f in Ticket._meta.concrete_fields if not f.primary_key]
+    columns, arrays, selects = [], [], []
+    for index, field in enumerate(fields):
+        if field.name in ("created_at", "updated_at"):
+            values: list[Any] = [now] * len(tickets)
+        elif field.get_internal_type() == "JSONField":
+            values = [json.dumps(getattr(t, field.attname), cls=DjangoJSONEncoder) for t in tickets]
+        else:
+            values = [field.get_db_prep_save(getattr(t, field.attname), connection) for t in tickets]
+        is_json = field.get_internal_type() == "JSONField"
+        columns.append(connection.ops.quote_name(field.column))
+        arrays.append(values)
+        selects.append(f"c{index}::jsonb" if is_json else f"c{index}")
+    types = [("text" if f.get_internal_type() == "JSONField" else f.db_type(connection)) for f in fields]
+    by_name = {f.name: connection.ops.quote_name(f.column) for f in fields}
+    sql = (
+        f"INSERT INTO {Ticket._meta.db_table} ({', '.join(columns)})"  # noqa: S608 - identifiers from the model
+        f" SELECT {', '.join(selects)} FROM unnest({', '.join(f'%s::{t}[]' for t in types)})"
+        f" AS u({', '.join(f'c{i}' for i in range(len(fields)))})"
+        " ON CONFLICT (tenant_id, sdp_id) DO UPDATE SET "
+        + ", ".join(f"{by_name[name]} = EXCLUDED.{by_name[name]}" for name in update_fields)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, arrays)
