@@ -242,6 +242,33 @@ def _ingest_stream(tenant_id: int, prefix: str, count: int, seed: int) -> float:
     return time.perf_counter() - began
 
 
+def _explain_median(search, by_id: dict, query_texts: list) -> None:  # noqa: ANN001
+    """Print EXPLAIN ANALYZE of the main statement of the query whose latency is the median."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    timed = []
+    for tenant_id, _, text in query_texts:
+        with CaptureQueriesContext(connection) as captured:
+            began = time.perf_counter()
+            search.similar_tickets(by_id[tenant_id], text)
+            elapsed = time.perf_counter() - began
+        main = max(captured.captured_queries, key=lambda q: float(q["time"]))
+        timed.append((elapsed, main["sql"]))
+    timed.sort()
+    for label, (elapsed, sql) in (("median", timed[len(timed) // 2]), ("p95", timed[int(len(timed) * 0.95)])):
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql)
+            plan = [row[0] for row in cursor.fetchall()]
+        keep = ("Scan", "Heap Blocks", "Rows Removed", "Buffers", "Execution", "Planning Time", "Sort Method")
+        print(f"EXPLAIN ANALYZE, {label} query ({elapsed * 1000:.1f} ms end to end; score expressions elided):")
+        print("```")
+        for line in plan:
+            if any(word in line for word in keep):
+                print(line if len(line) < 160 else line[:157] + "...")
+        print("```\n", flush=True)
+
+
 def _percentiles(samples: list[float]) -> tuple[float, float, float]:
     ordered = sorted(samples)
 
@@ -262,7 +289,9 @@ def _naive(cursor, tenant_id: int, text: str) -> list[str]:  # noqa: ANN001
     return [row[0] for row in cursor.fetchall()]
 
 
-def run(sizes: list[int], queries: int, pg_url: str, database: str, ingest: int, reuse: bool) -> None:
+def run(
+    sizes: list[int], queries: int, pg_url: str, database: str, ingest: int, reuse: bool, naive_queries: int
+) -> None:
     """Run the whole benchmark and print Markdown."""
     if not reuse:
         _recreate_database(pg_url, database)
@@ -327,26 +356,43 @@ def run(sizes: list[int], queries: int, pg_url: str, database: str, ingest: int,
         search._pg_sizes.clear()
         for tenant_id, _, text in query_texts[:20]:  # warm the caches as a running worker would have them
             search.similar_tickets(by_id[tenant_id], text)
-        ours, naive, ours_hits, naive_hits = [], [], [], []
-        with connection.cursor() as cursor:
-            for tenant_id, problem, text in query_texts:
+        rows = []
+        # similar_tickets() as shipped; the same without the postings budget (every essential term's postings
+        # read: what the budget costs in recall); the naive baseline (on the first naive_queries queries).
+        exhaustive = {"CANDIDATE_POSTINGS": 10**12, "CANDIDATE_SHARE": 1.0}
+        variants = [
+            ("similar_tickets()", {}, query_texts),
+            ("similar_tickets(), no postings budget", exhaustive, query_texts),
+        ]
+        for name, overrides, texts in variants:
+            saved = {key: getattr(search, key) for key in overrides}
+            for key, value in overrides.items():
+                setattr(search, key, value)
+            samples, hits = [], []
+            for tenant_id, problem, text in texts:
                 relevant = set(labels[(tenant_id, problem)])
                 began = time.perf_counter()
                 found = [t.sdp_id for t, _ in search.similar_tickets(by_id[tenant_id], text)]
-                ours.append((time.perf_counter() - began) * 1000)
-                ours_hits.append(len(relevant & set(found)) / min(5, len(relevant)))
+                samples.append((time.perf_counter() - began) * 1000)
+                hits.append(len(relevant & set(found)) / min(5, len(relevant)))
+            for key, value in saved.items():
+                setattr(search, key, value)
+            rows.append((name, len(texts), samples, hits))
+        samples, hits = [], []
+        with connection.cursor() as cursor:
+            for tenant_id, problem, text in query_texts[:naive_queries]:
+                relevant = set(labels[(tenant_id, problem)])
                 began = time.perf_counter()
                 baseline = _naive(cursor, tenant_id, text)
-                naive.append((time.perf_counter() - began) * 1000)
-                naive_hits.append(len(relevant & set(baseline)) / min(5, len(relevant)))
-        print("\n| search | p50 ms | p95 ms | p99 ms | recall@5 |\n|---|---|---|---|---|")
-        for name, samples, hits in (
-            ("similar_tickets()", ours, ours_hits),
-            ("naive OR + ts_rank", naive, naive_hits),
-        ):
+                samples.append((time.perf_counter() - began) * 1000)
+                hits.append(len(relevant & set(baseline)) / min(5, len(relevant)))
+        rows.append(("naive OR + ts_rank", len(samples), samples, hits))
+        print("\n| search | queries | p50 ms | p95 ms | p99 ms | recall@5 |\n|---|---|---|---|---|---|")
+        for name, count, samples, hits in rows:
             p50, p95, p99 = _percentiles(samples)
-            print(f"| {name} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {statistics.mean(hits):.3f} |")
+            print(f"| {name} | {count} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {statistics.mean(hits):.3f} |")
         print(flush=True)
+        _explain_median(search, by_id, query_texts)
 
         # The import path: SDP request objects (HTML) -> ticket_fields_from_sdp -> ticket_bulk_upsert, 100 per page,
         # once as one import, then as two imports of different tenants side by side (one per core).
@@ -383,13 +429,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ingest", type=int, default=20000, help="tickets pushed through the import path")
     parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--database", default="bench_search")
+    parser.add_argument("--naive-queries", type=int, default=None, help="run the naive baseline on the first N")
     parser.add_argument("--reuse", action="store_true", help="keep the database and the tickets already loaded")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     if sizes != sorted(sizes):
         sys.exit("--sizes must be ascending")
     sys.stdout = io.TextIOWrapper(sys.stdout.buffer, line_buffering=True)
-    run(sizes, args.queries, args.pg_url, args.database, args.ingest, args.reuse)
+    naive = args.queries if args.naive_queries is None else args.naive_queries
+    run(sizes, args.queries, args.pg_url, args.database, args.ingest, args.reuse, naive)
 
 
 if __name__ == "__main__":

@@ -230,7 +230,7 @@ def _pg_count(cursor, tenant_id: int, terms: list[_Term]) -> None:  # noqa: ANN0
         term.df = df
 
 
-def _pg_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None) -> list[tuple[int, float]]:
+def _pg_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None) -> list[tuple[Ticket, float]]:
     with connection.cursor() as cursor:
         terms = _pg_query_terms(cursor, text)
         if not terms:
@@ -273,25 +273,32 @@ def _pg_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | Non
         # AND-ing in a bitmap of every ticket of the tenant, which costs more than the search itself.
         # The document is de-TOASTed once per candidate (the concatenation makes an in-memory copy that the
         # OFFSET 0 fence hands up), not once per term test.
-        cursor.execute(
+        sql = (
             f"SELECT id, score FROM (SELECT id, resolved_at, ({score_sql}) / %s AS score,"  # noqa: S608
             f" {matched_sql} AS matched FROM ("
             "SELECT id, resolved_at, search_document || ''::tsvector AS d FROM tickets_ticket"
             " WHERE is_resolved AND tickets_search_keys(tenant_id, search_document) @@ %s::tsquery"
             f"{exclude_sql} OFFSET 0) AS candidates) AS scored WHERE score >= %s AND matched >= %s"
-            " ORDER BY score DESC, resolved_at DESC NULLS LAST, id DESC LIMIT %s",
-            [
-                *score_params,
-                weight_sum,
-                *(_tsquery_literal(t.key) for t in terms),
-                " | ".join(clauses),
-                *([exclude_sdp_id] if exclude_sdp_id else []),
-                MIN_SCORE,
-                min_matched,
-                limit,
-            ],
+            " ORDER BY score DESC, resolved_at DESC NULLS LAST, id DESC LIMIT %s"
         )
-        return [(row[0], float(row[1])) for row in cursor.fetchall()]
+        params = [
+            *score_params,
+            weight_sum,
+            *(_tsquery_literal(t.key) for t in terms),
+            " | ".join(clauses),
+            *([exclude_sdp_id] if exclude_sdp_id else []),
+            MIN_SCORE,
+            min_matched,
+            limit,
+        ]
+    # The tickets come back in the same round trip (the tenant re-checked on the few rows found).
+    columns = ", ".join(f"t.{connection.ops.quote_name(f.column)}" for f in Ticket._meta.concrete_fields)
+    found = Ticket.objects.raw(
+        f"SELECT {columns}, top.score FROM ({sql}) AS top JOIN tickets_ticket AS t ON t.id = top.id"  # noqa: S608
+        " WHERE t.tenant_id = %s ORDER BY top.score DESC, t.resolved_at DESC NULLS LAST, t.id DESC",
+        [*params, tenant.pk],
+    )
+    return [(ticket, float(ticket.score)) for ticket in found]
 
 
 # --- similar tickets: SQLite FTS5 -------------------------------------------------------------------------------
@@ -300,7 +307,7 @@ def _same_stem(a: str, b: str) -> bool:
     return prefix >= 3 and a[:prefix] == b[:prefix] and abs(len(a) - len(b)) <= 3
 
 
-def _sqlite_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None) -> list[tuple[int, float]]:
+def _sqlite_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None) -> list[tuple[Ticket, float]]:
     subject, body = _split(text)
     words: dict[str, _Term] = {w: _Term(w, True) for w in _content_words(subject)}
     for word in _content_words(body):
@@ -352,7 +359,9 @@ def _sqlite_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str |
         ranked = [pair for pair in ranked if pair[0] not in excluded]
     resolved = dict(Ticket.objects.filter(pk__in=[pk for pk, _ in ranked]).values_list("pk", "resolved_at"))
     ranked.sort(key=lambda pair: (-pair[1], -(resolved[pair[0]].timestamp() if resolved.get(pair[0]) else 0), -pair[0]))
-    return ranked[:limit]
+    ranked = ranked[:limit]
+    tickets = Ticket.objects.filter(tenant=tenant).in_bulk([pk for pk, _ in ranked])
+    return [(tickets[pk], score) for pk, score in ranked if pk in tickets]
 
 
 def similar_tickets(
@@ -362,9 +371,7 @@ def similar_tickets(
     if limit <= 0 or not text.strip():
         return []
     search = _pg_similar if connection.vendor == "postgresql" else _sqlite_similar
-    ranked = search(tenant, text, limit, exclude_sdp_id)
-    tickets = Ticket.objects.filter(tenant=tenant).in_bulk([pk for pk, _ in ranked])
-    return [(tickets[pk], round(min(score, 1.0), 4)) for pk, score in ranked if pk in tickets]
+    return [(ticket, round(min(score, 1.0), 4)) for ticket, score in search(tenant, text, limit, exclude_sdp_id)]
 
 
 # --- assets -----------------------------------------------------------------------------------------------------
