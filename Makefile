@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements/base.txt requirements/dev.txt | cksum | cut -d' ' -f1)
+# Checkov (a manifest policy scanner used by the deploy tests) pins libraries that clash with ours.
+TOOLS  := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed-$(shell cksum < requirements/tools.txt | cut -d' ' -f1)
 
-.PHONY: venv run test lint format clean
+.PHONY: venv tools run test lint format clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +18,14 @@ $(STAMP): requirements/base.txt requirements/dev.txt
 
 venv: $(STAMP)
 
+$(TOOLS_STAMP): requirements/tools.txt
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet -r requirements/tools.txt
+	@rm -f $(TOOLS)/.installed-*
+	@touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP)
+
 # Web (gunicorn, port 8000) + worker (qcluster) on SQLite, the Django-Q ORM broker and the offline LLM.
 # Cookies are not marked Secure here because the local server speaks plain HTTP.
 run: venv
@@ -23,7 +34,7 @@ run: venv
 	$(BIN)/python manage.py setup_demo
 	SESSION_COOKIE_SECURE=false CSRF_COOKIE_SECURE=false $(BIN)/python manage.py runlocal
 
-test: venv
+test: venv tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
@@ -35,4 +46,4 @@ format: venv
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) var staticfiles .pytest_cache
+	rm -rf $(VENV) $(TOOLS) var staticfiles .pytest_cache

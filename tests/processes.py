@@ -149,7 +149,7 @@ def running_stack(tmp_path: Path, *, worker: bool = True, **env_overrides: Any) 
         _wait_http(f"http://127.0.0.1:{port}/health", time.monotonic() + 30, web)
         yield Stack(f"http://127.0.0.1:{port}", web, q)
     finally:
-        stop(q)
+        stop_worker(q)
         stop(web)
 
 

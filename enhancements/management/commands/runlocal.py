@@ -29,7 +29,10 @@ class Command(BaseCommand):
             "--access-logfile", "-", "--graceful-timeout", "10",
         ]  # fmt: skip
         worker = [python, "manage.py", "qcluster"]
-        procs = [subprocess.Popen(cmd, cwd=base) for cmd in (web, worker)]
+        # Own sessions: Ctrl-C reaches only this command, which stops each child through its main
+        # process. A group-wide signal reaches django-q's workers before its sentinel can stop them
+        # in order, and the cluster then hangs until killed.
+        procs = [subprocess.Popen(cmd, cwd=base, start_new_session=True) for cmd in (web, worker)]
         stopping = False
 
         def stop(signum: int, frame: Any) -> None:
@@ -44,7 +47,6 @@ class Command(BaseCommand):
         finally:
             for p in procs:
                 if p.poll() is None:
-                    # Ctrl-C in a terminal reaches the children too; SIGTERM covers `kill`.
                     p.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 30
             for p in procs:
