@@ -35,6 +35,7 @@ ABSENT_WEIGHT_CAP = 0.0  # share of the present terms' weight added for words th
 # on large ones): the latency budget. Small histories are searched exhaustively.
 CANDIDATE_POSTINGS = 1000
 CANDIDATE_SHARE = 0.01
+MAX_QUERY_WORDS = 200
 STATS_TTL = 600.0
 # Below this many tickets (or before the first ANALYZE), document frequencies are counted exactly.
 EXACT_STATS_BELOW = 2_000
@@ -79,13 +80,26 @@ def _split(text: str) -> tuple[str, str]:
     return subject, body
 
 
-def _content_words(text: str) -> list[str]:
-    """Return the words of text worth searching for, in order, lower-case."""
-    return [
-        w
-        for w in _WORD.findall(text.lower())
-        if w not in STOPWORDS and len(w) > 1 and not (w.isdigit() and len(w) < 3) and len(w) <= 40
-    ]
+def _content_words(text: str, cap: int = 0) -> list[str]:
+    """Return the distinct words of text worth searching for, in order of appearance, lower-case (at most cap)."""
+    words: dict[str, None] = {}
+    for word in _WORD.findall(text.lower()):
+        if word not in STOPWORDS and len(word) > 1 and not (word.isdigit() and len(word) < 3) and len(word) <= 40:
+            words[word] = None
+            if cap and len(words) >= cap:
+                break
+    return list(words)
+
+
+def _query_words(text: str) -> tuple[list[str], list[str]]:
+    """Return the content words of the query's subject and body, at most MAX_QUERY_WORDS in all.
+
+    A pasted log can hold thousands of distinct words; the first ones say what the ticket is about, and every
+    word costs the search a column or a lookup.
+    """
+    subject, body = _split(text)
+    subject_words = _content_words(subject, MAX_QUERY_WORDS)
+    return subject_words, _content_words(body, MAX_QUERY_WORDS)[: MAX_QUERY_WORDS - len(subject_words)]
 
 
 def _idf(df: int, total: int) -> float:
@@ -171,11 +185,11 @@ def _pg_query_terms(cursor, text: str) -> list[_Term]:  # noqa: ANN001
     global _pg_stopped
     if _pg_stopped is None:
         _pg_stopped = frozenset(_pg_lexemes(cursor, " ".join(sorted(STOPWORDS))))
-    subject, body = _split(text)
+    subject_words, body_words = _query_words(text)
     cursor.execute(
         "SELECT array(SELECT lexeme FROM unnest(to_tsvector('english', %s))),"
         " array(SELECT lexeme FROM unnest(to_tsvector('english', %s)))",
-        [" ".join(_content_words(subject)), " ".join(_content_words(body))],
+        [" ".join(subject_words), " ".join(body_words)],
     )
     in_subject, in_body = cursor.fetchone()
     terms = {lex: _Term(lex, True) for lex in in_subject or [] if lex not in _pg_stopped}
@@ -308,9 +322,9 @@ def _same_stem(a: str, b: str) -> bool:
 
 
 def _sqlite_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None) -> list[tuple[Ticket, float]]:
-    subject, body = _split(text)
-    words: dict[str, _Term] = {w: _Term(w, True) for w in _content_words(subject)}
-    for word in _content_words(body):
+    subject_words, body_words = _query_words(text)
+    words: dict[str, _Term] = {w: _Term(w, True) for w in subject_words}
+    for word in body_words:
         words.setdefault(word, _Term(word, False))
     if not words:
         return []
