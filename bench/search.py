@@ -356,6 +356,7 @@ def run(
         search._pg_sizes.clear()
         for tenant_id, _, text in query_texts[:20]:  # warm the caches as a running worker would have them
             search.similar_tickets(by_id[tenant_id], text)
+        load_before = os.getloadavg()[0]
         rows = []
         # similar_tickets() as shipped; the same without the postings budget (every essential term's postings
         # read: what the budget costs in recall); the naive baseline (on the first naive_queries queries).
@@ -391,7 +392,11 @@ def run(
         for name, count, samples, hits in rows:
             p50, p95, p99 = _percentiles(samples)
             print(f"| {name} | {count} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {statistics.mean(hits):.3f} |")
-        print(flush=True)
+        print(
+            f"\nLoad average (1 min) on this {os.cpu_count()}-core machine: {load_before:.1f} before the queries,"
+            f" {os.getloadavg()[0]:.1f} after (other work on the machine inflates latencies).\n",
+            flush=True,
+        )
         _explain_median(search, by_id, query_texts)
 
         # The import path: SDP request objects (HTML) -> ticket_fields_from_sdp -> ticket_bulk_upsert, 100 per page,
