@@ -214,7 +214,7 @@ def _ingest_stream(tenant_id: int, prefix: str, count: int, seed: int) -> float:
     from tickets.services import ticket_bulk_upsert, ticket_fields_from_sdp
 
     gen = Generator(seed)
-    tenant = Tenant.objects.get(pk=tenant_id)
+    tenant = Tenant.objects.only("id", "slug").get(pk=tenant_id)
     pages = []
     for page_start in range(0, count, 100):
         page = []
@@ -309,7 +309,7 @@ def run(
 
     call_command("migrate", "tickets", verbosity=0)
     tenants = [
-        Tenant.objects.filter(slug=f"bench-{i}").first()
+        Tenant.objects.only("id", "slug").filter(slug=f"bench-{i}").first()
         or tenant_create_or_update(slug=f"bench-{i}", name=f"Bench {i}").tenant
         for i in range(TENANTS)
     ]
