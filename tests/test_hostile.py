@@ -361,12 +361,6 @@ def test_very_long_fields_are_kept_and_truncated_only_in_the_prompt(tenant, post
     assert "FINAL-LINE-MARKER" not in prompt
 
 
-@pytest.mark.xfail(
-    django_settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
-    reason="tickets/search.py _pg_count selects one column per query term: a ticket with more than 1664 distinct "
-    "words exceeds PostgreSQL's target-list limit and the enhancement fails (to be fixed in search.py)",
-    strict=True,
-)
 def test_a_ticket_with_thousands_of_distinct_words_is_enhanced(tenant, post_webhook):
     description = " ".join(f"word{i}" for i in range(5000))
     response = post_webhook(
