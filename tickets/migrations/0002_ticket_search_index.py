@@ -42,8 +42,13 @@ PG_FORWARD = [
     # A larger sample keeps many more lexeme frequencies in pg_stats, which search.py reads as document
     # frequencies on big tables (most_common_elems holds up to 10 x the target).
     "ALTER TABLE tickets_ticket ALTER COLUMN search_document SET STATISTICS 1000",
+    # A search scores about a thousand candidate rows; the planner sometimes hands that to parallel workers whose
+    # start-up costs more than the work (bench/search.py saw its p95 at 1M tickets go parallel and take several
+    # times the median). Nothing else reads enough of this table to gain from them.
+    "ALTER TABLE tickets_ticket SET (parallel_workers = 0)",
 ]
 PG_BACKWARD = [
+    "ALTER TABLE tickets_ticket RESET (parallel_workers)",
     "DROP INDEX IF EXISTS tickets_ticket_search_keys",
     "ALTER TABLE tickets_ticket DROP COLUMN IF EXISTS search_document",
     "DROP FUNCTION IF EXISTS tickets_search_keys(bigint, tsvector)",
