@@ -91,9 +91,9 @@ _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     if _db["NAME"] != ":memory:":
         Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
-    # A file, not memory, so the end-to-end tests' server and worker processes share it.
-    # Beside the configured database, so test runs pointed at different DATABASE_URLs do not share it.
-    _db["TEST"] = {"NAME": str(Path(_db["NAME"]).parent / "test-db.sqlite3")}
+    # A file, not memory, so the end-to-end tests' server and worker processes share it; beside the
+    # configured database and one per test run, so concurrent runs on one machine never share it.
+    _db["TEST"] = {"NAME": str(Path(_db["NAME"]).parent / f"test-db-{os.getpid()}.sqlite3")}
     # WAL lets the web server read while the worker writes; busy timeout absorbs short locks.
     _db.setdefault("OPTIONS", {}).update(
         {

@@ -91,6 +91,20 @@ class TenantForm(forms.ModelForm):
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Write-only. Leave empty to keep the current secret (a new tenant gets a generated one).",
     )
+    new_zoho_client_secret = forms.CharField(
+        label="Set Zoho client secret",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only. SDP Cloud only: with the refresh token, the worker renews expired access tokens.",
+    )
+    new_zoho_refresh_token = forms.CharField(
+        label="Set Zoho refresh token",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only. Leave empty to keep the current token.",
+    )
     rotate_webhook_secret = forms.BooleanField(
         label="Generate a new webhook secret",
         required=False,
@@ -109,7 +123,19 @@ class TenantForm(forms.ModelForm):
             "webhook_auth",
             "llm_model",
             "rate_limit_per_minute",
+            "zoho_accounts_url",
+            "zoho_client_id",
         ]
+
+    def clean_zoho_accounts_url(self) -> str:
+        """Return the URL after the same safety check the token renewal makes."""
+        url = self.cleaned_data.get("zoho_accounts_url", "")
+        if url:
+            try:
+                check_base_url(url, resolve=False)
+            except ServiceDeskError as exc:
+                raise forms.ValidationError(str(exc)) from exc
+        return url
 
     def clean_sdp_base_url(self) -> str:
         """Return the URL after the same safety check the SDP client makes."""
@@ -158,25 +184,36 @@ class TenantAdmin(admin.ModelAdmin):
         can_change = obj is None or self.has_change_permission(request, obj)
         webhook = ["webhook_url_display", "webhook_auth", "secret_state"]
         sdp = ["sdp_base_url", "sdp_auth_type", "api_key_state"]
+        zoho = ["zoho_accounts_url", "zoho_client_id", "zoho_state"]
         if can_change:
             webhook += ["new_webhook_secret", "rotate_webhook_secret"]
             sdp += ["new_sdp_api_key", "clear_sdp_api_key"]
+            zoho += ["new_zoho_client_secret", "new_zoho_refresh_token"]
         return [
             (None, {"fields": ["slug", "name", "enabled", "review_required"]}),
             ("Webhook (configure this in SDP)", {"fields": webhook}),
             ("ServiceDesk Plus API", {"fields": sdp}),
+            ("SDP Cloud token renewal (Zoho OAuth)", {"fields": zoho, "classes": ["collapse"]}),
             ("Limits and model", {"fields": ["llm_model", "rate_limit_per_minute"]}),
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Tenant | None = None) -> tuple[str, ...]:
         """Return the display-only fields; the slug is fixed once the webhook URL is in use."""
-        fixed = ("webhook_url_display", "secret_state", "api_key_state")
+        fixed = ("webhook_url_display", "secret_state", "api_key_state", "zoho_state")
         return (*fixed, "slug") if obj is not None else fixed
 
     @admin.display(description="SDP API key")
     def api_key_state(self, obj: Tenant) -> str:
         """Return whether a key is stored, never the key."""
         return "set (hidden)" if obj.sdp_api_key else "not set"
+
+    @admin.display(description="Zoho client secret and refresh token")
+    def zoho_state(self, obj: Tenant) -> str:
+        """Return whether the renewal credentials are stored, never the credentials."""
+        if obj.can_refresh_token:
+            expires = obj.sdp_token_expires_at
+            return "set (hidden)" + (f"; access token valid until {expires:%Y-%m-%d %H:%M} UTC" if expires else "")
+        return "not set"
 
     @admin.display(description="Webhook secret")
     def secret_state(self, obj: Tenant) -> str:
@@ -210,10 +247,12 @@ class TenantAdmin(admin.ModelAdmin):
             review_required=data["review_required"],
             enabled=data["enabled"],
             rotate_secret=bool(data.get("rotate_webhook_secret")),
-        )
-        # The service has no parameters for these two plain settings yet.
-        Tenant.objects.filter(pk=result.tenant.pk).update(
-            llm_model=data["llm_model"], rate_limit_per_minute=data["rate_limit_per_minute"]
+            llm_model=data["llm_model"],
+            rate_limit_per_minute=data["rate_limit_per_minute"],
+            zoho_accounts_url=data["zoho_accounts_url"],
+            zoho_client_id=data["zoho_client_id"],
+            zoho_client_secret=data.get("new_zoho_client_secret") or None,
+            zoho_refresh_token=data.get("new_zoho_refresh_token") or None,
         )
         obj.pk = result.tenant.pk
         obj.refresh_from_db()

@@ -28,6 +28,20 @@ class Tenant(models.Model):
     )
     sdp_auth_type = models.CharField(max_length=16, choices=AuthType.choices, default=AuthType.AUTHTOKEN)
     sdp_api_key = EncryptedTextField("SDP API key", blank=True, default="")
+    # SDP Cloud access tokens expire (about an hour): with a Zoho refresh token and client the worker
+    # renews sdp_api_key itself (docs/servicedesk-api.md, "Base URLs and authentication").
+    zoho_accounts_url = models.URLField(
+        "Zoho accounts URL",
+        blank=True,
+        default="https://accounts.zoho.com",
+        help_text="The accounts server of the tenant's data centre, e.g. https://accounts.zoho.eu",
+    )
+    zoho_client_id = models.CharField("Zoho client id", max_length=200, blank=True)
+    zoho_client_secret = EncryptedTextField("Zoho client secret", blank=True, default="")
+    zoho_refresh_token = EncryptedTextField("Zoho refresh token", blank=True, default="")
+    sdp_token_expires_at = models.DateTimeField(
+        "access token expires at", null=True, blank=True, help_text="Set when the token was obtained by refresh."
+    )
     webhook_auth = models.CharField(max_length=8, choices=WebhookAuth.choices, default=WebhookAuth.HMAC)
     webhook_secret = EncryptedTextField(blank=True, default="")
     review_required = models.BooleanField(
@@ -46,9 +60,19 @@ class Tenant(models.Model):
         return f"{self.name} ({self.slug})"
 
     @property
+    def can_refresh_token(self) -> bool:
+        """Return whether the tenant's SDP Cloud access token can be renewed with a refresh token."""
+        return bool(
+            self.sdp_auth_type == self.AuthType.ZOHO_OAUTH
+            and self.zoho_refresh_token
+            and self.zoho_client_id
+            and self.zoho_client_secret
+        )
+
+    @property
     def has_sdp_credentials(self) -> bool:
         """Return whether we can call this tenant's SDP."""
-        return bool(self.sdp_base_url and self.sdp_api_key)
+        return bool(self.sdp_base_url and (self.sdp_api_key or self.can_refresh_token))
 
 
 class Ticket(models.Model):

@@ -8,6 +8,7 @@ import logging
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,9 +64,7 @@ def check_base_url(url: str, *, allow_insecure: bool | None = None, resolve: boo
             permanent=True,
         )
     if parts.hostname.lower() in ("localhost", "localhost.localdomain") or parts.hostname.endswith(".localhost"):
-        raise ServiceDeskError(
-            f"The SDP host {parts.hostname} is a private or local address; refused.", permanent=True
-        )
+        raise ServiceDeskError(f"The SDP host {parts.hostname} is a private or local address; refused.", permanent=True)
     if resolve:
         try:
             addresses = [info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)]
@@ -149,6 +148,7 @@ class ServiceDeskClient:
         max_retries: int = 2,
         backoff_base: float = 0.5,
         transport: httpx.BaseTransport | None = None,
+        token_refresher: Callable[[str], str] | None = None,
     ) -> None:
         if not base_url or not api_key:
             raise ServiceDeskError("The tenant has no SDP URL or API key configured.", permanent=True)
@@ -159,6 +159,8 @@ class ServiceDeskClient:
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self._api_key = api_key
+        # Given the rejected token, returns a renewed one (SDP Cloud access tokens expire).
+        self._token_refresher = token_refresher
         self._client = httpx.Client(
             base_url=base_url.rstrip("/") + "/api/v3",
             headers={"Accept": ACCEPT, "User-Agent": "ticket-enhancer/1.0", **auth_header},
@@ -272,11 +274,17 @@ class ServiceDeskClient:
         idempotent: bool = False,
     ) -> dict[str, Any]:
         attempt = 0
+        refreshed = False
         while True:
             attempt += 1
             try:
                 return self._once(method, path, input_data)
             except ServiceDeskError as exc:
+                if exc.status == 401 and self._token_refresher and not refreshed:
+                    # A 401 means the request was not acted on: renew the token once and send it again.
+                    refreshed = True
+                    self._set_token(self._token_refresher(self._api_key))
+                    continue
                 # A POST is retried only when SDP certainly did not act on it (429 / throttled /
                 # connection refused); anything unclear goes back to the caller, who checks first.
                 retryable = not exc.permanent and (idempotent or not exc.unclear)
@@ -291,6 +299,10 @@ class ServiceDeskClient:
                     raise
                 logger.info("SDP %s %s failed (%s); retry %d in %.1fs", method, path, exc, attempt, delay)
                 time.sleep(delay)
+
+    def _set_token(self, token: str) -> None:
+        self._api_key = token
+        self._client.headers["Authorization"] = f"Zoho-oauthtoken {token}"
 
     def _once(self, method: str, path: str, input_data: dict[str, Any] | None) -> dict[str, Any]:
         try:

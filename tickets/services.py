@@ -6,17 +6,20 @@ import base64
 import json
 import secrets
 import string
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from django.conf import settings
+from django.core.cache import cache
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
-from tickets.servicedesk import ServiceDeskClient, check_base_url
+from tickets.servicedesk import ServiceDeskClient, ServiceDeskError, check_base_url
 from tickets.text import html_to_text
 
 _TICKET_LIMITS = {f.name: f.max_length for f in Ticket._meta.get_fields() if getattr(f, "max_length", None)}
@@ -59,10 +62,17 @@ def tenant_create_or_update(
     review_required: bool | None = None,
     enabled: bool | None = None,
     rotate_secret: bool = False,
+    llm_model: str | None = None,
+    rate_limit_per_minute: int | None = None,
+    zoho_accounts_url: str | None = None,
+    zoho_client_id: str | None = None,
+    zoho_client_secret: str | None = None,
+    zoho_refresh_token: str | None = None,
 ) -> TenantResult:
     """Create the tenant, or update only the given fields of an existing one."""
-    if sdp_base_url:
-        check_base_url(sdp_base_url, resolve=False)
+    for url in (sdp_base_url, zoho_accounts_url):
+        if url:
+            check_base_url(url, resolve=False)
     tenant = Tenant.objects.filter(slug=slug).first()
     created = tenant is None
     if tenant is None:
@@ -75,10 +85,18 @@ def tenant_create_or_update(
         "webhook_auth": webhook_auth,
         "review_required": review_required,
         "enabled": enabled,
+        "llm_model": llm_model,
+        "rate_limit_per_minute": rate_limit_per_minute,
+        "zoho_accounts_url": zoho_accounts_url,
+        "zoho_client_id": zoho_client_id,
+        "zoho_client_secret": zoho_client_secret,
+        "zoho_refresh_token": zoho_refresh_token,
     }
     for field, value in updates.items():
         if value is not None:
             setattr(tenant, field, value)
+    if sdp_api_key is not None or zoho_refresh_token is not None:
+        tenant.sdp_token_expires_at = None  # a changed credential is renewed before its next use
     new_secret = None
     if webhook_secret:
         new_secret = webhook_secret
@@ -104,7 +122,105 @@ def webhook_url(tenant: Tenant) -> str:
 
 def servicedesk_client(tenant: Tenant) -> ServiceDeskClient:
     """Return an SDP client for the tenant (raises ServiceDeskError when not configured)."""
-    return ServiceDeskClient(base_url=tenant.sdp_base_url, api_key=tenant.sdp_api_key, auth_type=tenant.sdp_auth_type)
+    if not tenant.can_refresh_token:
+        return ServiceDeskClient(
+            base_url=tenant.sdp_base_url, api_key=tenant.sdp_api_key, auth_type=tenant.sdp_auth_type
+        )
+    return ServiceDeskClient(
+        base_url=tenant.sdp_base_url,
+        api_key=tenant_access_token(tenant=tenant),
+        auth_type=tenant.sdp_auth_type,
+        token_refresher=lambda rejected: tenant_access_token(tenant=tenant, rejected=rejected),
+    )
+
+
+# --- SDP Cloud access tokens ------------------------------------------------------------------
+TOKEN_REFRESH_MARGIN = timedelta(minutes=2)
+_REFRESH_LOCK_SECONDS = 30
+
+
+def _token_is_fresh(tenant: Tenant) -> bool:
+    expires = tenant.sdp_token_expires_at
+    return bool(tenant.sdp_api_key and expires and expires > timezone.now() + TOKEN_REFRESH_MARGIN)
+
+
+def tenant_access_token(*, tenant: Tenant, rejected: str | None = None) -> str:
+    """Return a usable SDP Cloud access token for the tenant, renewing it with Zoho when it expires.
+
+    `rejected` is a token SDP just refused: it is renewed even if its expiry says otherwise. Zoho allows
+    about ten new access tokens per ten minutes per refresh token, so one worker renews while the others
+    wait for its result (a cache lock shared by every process).
+    """
+    if not tenant.can_refresh_token:
+        return tenant.sdp_api_key
+    tenant.refresh_from_db(fields=["sdp_api_key", "sdp_token_expires_at"])
+    if tenant.sdp_api_key != rejected and _token_is_fresh(tenant):
+        return tenant.sdp_api_key
+    lock = f"zoho-token-refresh:{tenant.pk}"
+    if not cache.add(lock, "1", timeout=_REFRESH_LOCK_SECONDS):
+        deadline = time.monotonic() + _REFRESH_LOCK_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            tenant.refresh_from_db(fields=["sdp_api_key", "sdp_token_expires_at"])
+            if tenant.sdp_api_key != rejected and _token_is_fresh(tenant):
+                return tenant.sdp_api_key
+        raise ServiceDeskError(
+            "Another worker is renewing the SDP Cloud access token; retrying later.", permanent=False
+        )
+    try:
+        token, expires_in = _zoho_refresh(tenant)
+    finally:
+        cache.delete(lock)
+    tenant.sdp_api_key = token
+    tenant.sdp_token_expires_at = timezone.now() + timedelta(seconds=expires_in)
+    tenant.save(update_fields=["sdp_api_key", "sdp_token_expires_at", "updated_at"])
+    return token
+
+
+def _zoho_refresh(tenant: Tenant) -> tuple[str, int]:
+    """Return (access token, seconds valid) from the tenant's Zoho accounts server."""
+    accounts = (tenant.zoho_accounts_url or "https://accounts.zoho.com").rstrip("/")
+    check_base_url(accounts)
+    try:
+        # Zoho reads the parameters from the query or the form body; the body keeps secrets out of URLs
+        # that proxies log.
+        response = httpx.post(
+            f"{accounts}/oauth/v2/token",
+            data={
+                "refresh_token": tenant.zoho_refresh_token,
+                "client_id": tenant.zoho_client_id,
+                "client_secret": tenant.zoho_client_secret,
+                "grant_type": "refresh_token",
+            },
+            timeout=settings.SDP_TIMEOUT,
+            follow_redirects=False,
+        )
+    except httpx.HTTPError as exc:
+        raise ServiceDeskError(
+            f"Could not reach Zoho accounts to renew the SDP Cloud token: {exc}", permanent=False
+        ) from exc
+    if response.status_code == 429 or response.status_code >= 500:
+        raise ServiceDeskError(
+            f"Zoho accounts could not renew the SDP Cloud token right now (HTTP {response.status_code}).",
+            permanent=False,
+        )
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    token = body.get("access_token") if isinstance(body, dict) else None
+    if not token:
+        reason = body.get("error") if isinstance(body, dict) else None
+        raise ServiceDeskError(
+            f"Zoho refused to renew the SDP Cloud access token ({reason or f'HTTP {response.status_code}'}); "
+            "check the tenant's Zoho refresh token, client id and client secret.",
+            permanent=True,
+        )
+    try:
+        expires_in = int(body.get("expires_in") or 3600)
+    except (TypeError, ValueError):
+        expires_in = 3600
+    return str(token), expires_in
 
 
 # --- tickets ----------------------------------------------------------------------------------

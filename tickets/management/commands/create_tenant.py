@@ -22,6 +22,11 @@ class Command(BaseCommand):
         parser.add_argument("--sdp-api-key", help="SDP technician API key (on-prem) or OAuth access token (cloud)")
         parser.add_argument("--sdp-auth-type", choices=[c.value for c in Tenant.AuthType], help="default authtoken")
         parser.add_argument("--webhook-auth", choices=[c.value for c in Tenant.WebhookAuth], help="default hmac")
+        zoho = parser.add_argument_group("SDP Cloud token renewal (access tokens expire after about an hour)")
+        zoho.add_argument("--zoho-accounts-url", help="e.g. https://accounts.zoho.eu (default .com)")
+        zoho.add_argument("--zoho-client-id")
+        zoho.add_argument("--zoho-client-secret")
+        zoho.add_argument("--zoho-refresh-token")
         parser.add_argument("--webhook-secret", help="Use this secret instead of generating one")
         parser.add_argument("--rotate-secret", action="store_true", help="Generate a new webhook secret")
         review = parser.add_mutually_exclusive_group()
@@ -44,6 +49,10 @@ class Command(BaseCommand):
                 review_required=options["review_required"],
                 enabled=options["enabled"],
                 rotate_secret=options["rotate_secret"],
+                zoho_accounts_url=options["zoho_accounts_url"],
+                zoho_client_id=options["zoho_client_id"],
+                zoho_client_secret=options["zoho_client_secret"],
+                zoho_refresh_token=options["zoho_refresh_token"],
             )
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
@@ -61,5 +70,10 @@ class Command(BaseCommand):
                 self.stdout.write("Send it in the X-ServiceDesk-Token header of the SDP webhook.")
         else:
             self.stdout.write("Webhook secret unchanged (use --rotate-secret to issue a new one).")
+        if tenant.sdp_auth_type == Tenant.AuthType.ZOHO_OAUTH and not tenant.can_refresh_token:
+            self.stdout.write(
+                "SDP Cloud without a Zoho refresh token: the access token expires in about an hour; add "
+                "--zoho-client-id, --zoho-client-secret and --zoho-refresh-token so it is renewed."
+            )
         if not tenant.has_sdp_credentials:
             self.stdout.write("No SDP credentials: enhancements are kept here (dry run), not posted.")
