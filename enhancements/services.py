@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -23,6 +24,9 @@ from project.logging import log_context
 from tickets.models import Tenant, Ticket
 from tickets.servicedesk import ServiceDeskError, backoff_delay
 from tickets.services import servicedesk_client, ticket_fields_from_sdp, ticket_refresh_from_sdp, ticket_upsert
+
+if TYPE_CHECKING:
+    from django_q.brokers import Broker
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +46,22 @@ class WebhookOutcome:
 
 
 # --- enqueueing -------------------------------------------------------------------------------
+@functools.cache
+def _broker() -> Broker:
+    """Return this process's task broker, created once so every enqueue reuses its connections."""
+    from django_q.brokers import get_broker
+
+    # async_task builds a new broker, hence a new Redis connection, on every call unless given one: one
+    # TCP connection (left in TIME_WAIT) per webhook, which runs out of ports at a few hundred per second.
+    return get_broker()
+
+
 def enhancement_enqueue(*, enhancement_id: str) -> bool:
     """Hand the enhancement to the task queue; return False (and leave it to the sweep) on failure."""
     from django_q.tasks import async_task
 
     try:
-        async_task(TASK_PROCESS, str(enhancement_id), task_name=f"enhance-{enhancement_id}")
+        async_task(TASK_PROCESS, str(enhancement_id), task_name=f"enhance-{enhancement_id}", broker=_broker())
         return True
     except Exception:
         # The row is the truth: a broker outage must not lose or fail the webhook. The sweep

@@ -475,6 +475,17 @@ def test_redis_down_webhooks_still_accepted_and_processed_once_it_returns(tmp_pa
             r.assert_one_note(row)
         assert all(w.poll() is None for w in r.workers)
 
+        # Once connected, webhooks reuse the processes' Redis connections: a connection per enqueue would leave
+        # one TIME_WAIT socket per webhook behind and run out of ports at a few hundred webhooks per second.
+        stats = redis.Redis.from_url(private_redis.url)
+        before = stats.info("stats")["total_connections_received"]
+        more = [r.accepted(f"961{n}") for n in range(20)]
+        opened = stats.info("stats")["total_connections_received"] - before
+        stats.close()
+        # A few are (re)connections of the processes' pools after the restart; one per webhook is the bug.
+        assert opened < 10, f"{opened} new Redis connections for 20 webhooks"
+        r.wait_finished(more, timeout=30)
+
 
 @needs_redis
 def test_redis_lost_during_processing_loses_no_enhancement(tmp_path, sdp, private_redis):
