@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,18 @@ from enhancements.serializers import (
     EnhancementDetailSerializer,
     EnhancementFilterSerializer,
     EnhancementListSerializer,
+    ErrorSerializer,
     FeedbackInSerializer,
     FeedbackOutSerializer,
 )
 
 DOCS_ASSETS = Path(drf_spectacular_sidecar.__file__).parent / "static" / "drf_spectacular_sidecar"
+
+
+_UNAUTHORIZED = OpenApiResponse(ErrorSerializer, description="not_authenticated or authentication_failed")
+_FORBIDDEN = OpenApiResponse(ErrorSerializer, description="permission_denied (a signed-in user without the permission)")
+_NOT_FOUND = OpenApiResponse(ErrorSerializer, description="not_found (also another tenant's enhancement; no such page)")
+_INVALID = OpenApiResponse(ErrorSerializer, description="invalid_payload (with `fields`) or invalid_json")
 
 
 @dataclass(frozen=True)
@@ -109,8 +116,15 @@ class EnhancementPagination(PageNumberPagination):
 
 
 @extend_schema_view(
-    list=extend_schema(parameters=[EnhancementFilterSerializer], summary="List enhancements, newest first"),
-    retrieve=extend_schema(summary="One enhancement with its note, output, context and timings"),
+    list=extend_schema(
+        parameters=[EnhancementFilterSerializer],
+        responses={200: EnhancementListSerializer, 400: _INVALID, 401: _UNAUTHORIZED, 403: _FORBIDDEN, 404: _NOT_FOUND},
+        summary="List enhancements, newest first",
+    ),
+    retrieve=extend_schema(
+        responses={200: EnhancementDetailSerializer, 401: _UNAUTHORIZED, 403: _FORBIDDEN, 404: _NOT_FOUND},
+        summary="One enhancement with its note, output, context and timings",
+    ),
 )
 class EnhancementViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Enhancements the caller may see: a tenant token sees its tenant's only."""
@@ -164,7 +178,9 @@ class EnhancementViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             queryset = queryset.filter(status__in=sorted(data["status"]))
         if "date" in data:
             start = timezone.make_aware(datetime.combine(data["date"], time.min))
-            queryset = queryset.filter(created_at__gte=start, created_at__lt=start + timedelta(days=1))
+            queryset = queryset.filter(created_at__gte=start)
+            if data["date"] < date.max:  # 9999-12-31 has no next day (it raised OverflowError: a 500)
+                queryset = queryset.filter(created_at__lt=start + timedelta(days=1))
         if "created_after" in data:
             queryset = queryset.filter(created_at__gte=data["created_after"])
         if "created_before" in data:
@@ -173,7 +189,7 @@ class EnhancementViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
 
     @extend_schema(
         request=FeedbackInSerializer,
-        responses={201: FeedbackOutSerializer, 400: OpenApiResponse(description="invalid_payload")},
+        responses={201: FeedbackOutSerializer, 400: _INVALID, 401: _UNAUTHORIZED, 403: _FORBIDDEN, 404: _NOT_FOUND},
         summary="Rate an enhancement helpful or not helpful",
     )
     @action(detail=True, methods=["post"])

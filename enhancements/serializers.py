@@ -84,6 +84,8 @@ class FeedbackOutSerializer(serializers.ModelSerializer):
     """A stored rating."""
 
     enhancement = serializers.UUIDField(source="enhancement_id", read_only=True)
+    # Blank when the rating names no technician (the model field allows it; read-only would document email only).
+    technician_email = serializers.EmailField(read_only=True, allow_blank=True)
 
     class Meta:
         model = Feedback
@@ -102,3 +104,11 @@ class EnhancementFilterSerializer(serializers.Serializer):
     date = serializers.DateField(required=False, help_text="Created on this day (UTC), YYYY-MM-DD.")
     created_after = serializers.DateTimeField(required=False, help_text="Created at or after (ISO 8601).")
     created_before = serializers.DateTimeField(required=False, help_text="Created before (ISO 8601).")
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape of every JSON answer (see project/errors.py)."""
+
+    error = serializers.CharField(help_text="A stable code, e.g. `not_authenticated`, `not_found`, `invalid_payload`.")
+    detail = serializers.CharField(help_text="A sentence for people.")
+    fields = serializers.DictField(required=False, help_text="With `invalid_payload`: the errors by field.")
