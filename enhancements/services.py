@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import secrets as _secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import nh3
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from enhancements.context import context_gather
 from enhancements.llm import enhancement_generate
-from enhancements.models import Enhancement
-from enhancements.render import note_has_marker, note_render
+from enhancements.models import ApiToken, Enhancement, Feedback
+from enhancements.render import marker, note_has_marker, note_render
 from project.logging import log_context
 from tickets.models import Tenant, Ticket
 from tickets.servicedesk import ServiceDeskError, backoff_delay
@@ -358,16 +362,6 @@ def enhancement_sweep(*, limit: int = 500) -> dict[str, int]:
 
 
 # --- review (admin and API) -------------------------------------------------------------------
-# The imports sit here, not at the top, so this section stays separate from the pipeline above.
-import hashlib  # noqa: E402
-import secrets as _secrets  # noqa: E402
-from datetime import datetime  # noqa: E402
-
-import nh3  # noqa: E402
-from django.contrib.auth.models import AbstractBaseUser  # noqa: E402
-
-from enhancements.models import ApiToken, Feedback  # noqa: E402
-from enhancements.render import marker  # noqa: E402
 
 # An approval whose post never finished (the web process died) can be approved again after this.
 APPROVAL_CLAIM_EXPIRES = timedelta(minutes=5)
