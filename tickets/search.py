@@ -151,7 +151,7 @@ def _candidate_terms(terms: list[_Term], weight_sum: float, total: int) -> list[
     chosen: list[_Term] = []
     postings = 0
     for term in essential:
-        if len(chosen) >= 2 and postings + term.df > budget:
+        if chosen and postings + term.df > budget:
             break
         chosen.append(term)
         postings += term.df
