@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import jsonschema
+import openai
 from django.conf import settings
 
 from enhancements.redaction import redact
@@ -193,23 +195,30 @@ def _prompt(ticket: Ticket, context: dict[str, Any]) -> str:
     return f"<ticket>\n{body}\n</ticket>\n\n<context>\n{context_json}\n</context>"
 
 
+@functools.lru_cache(maxsize=8)
+def _openai_client(base_url: str | None, api_key: str, timeout: float) -> openai.OpenAI:
+    """Return one client per endpoint and key for this process.
+
+    Building a client loads the CA bundle into a new SSL context, which cost most of a task's CPU when done
+    per enhancement (docs/benchmarks.md, "Drain").
+    """
+    return openai.OpenAI(
+        api_key=api_key or "not-set",
+        base_url=base_url,
+        timeout=timeout,
+        # The client retries timeouts, 429 (honouring Retry-After) and 5xx with backoff.
+        max_retries=2,
+    )
+
+
 class OpenAIProvider:
     """Chat Completions with JSON-schema structured output on any OpenAI-compatible endpoint."""
 
     name = "openai"
 
     def __init__(self, *, model: str | None = None) -> None:
-        import openai
-
         self.model = model or settings.OPENAI_MODEL
-        self._openai = openai
-        self._client = openai.OpenAI(
-            api_key=settings.OPENAI_API_KEY or "not-set",
-            base_url=settings.OPENAI_BASE_URL,
-            timeout=settings.LLM_TIMEOUT,
-            # The client retries timeouts, 429 (honouring Retry-After) and 5xx with backoff.
-            max_retries=2,
-        )
+        self._client = _openai_client(settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY, settings.LLM_TIMEOUT)
 
     def _complete(self, prompt: str) -> tuple[dict[str, Any], Any]:
         try:
@@ -222,7 +231,7 @@ class OpenAIProvider:
                 },
                 temperature=0.2,
             )
-        except self._openai.OpenAIError as exc:
+        except openai.OpenAIError as exc:
             raise LLMError(f"The LLM call failed: {exc.__class__.__name__}: {exc}") from exc
         try:
             content = response.choices[0].message.content or ""

@@ -83,16 +83,19 @@ def enhancement_create_from_webhook(
     sdp_id = str(request["id"])
     try:
         with transaction.atomic():
-            if delivery_id:
-                seen = Enhancement.objects.filter(tenant=tenant, delivery_id=delivery_id).values_list("pk", flat=True)
-                if seen:
-                    return WebhookOutcome(enhancement_id=str(seen[0]), duplicate=True)
-            ticket, created = Ticket.objects.get_or_create(
-                tenant=tenant,
-                sdp_id=sdp_id,
-                defaults={**ticket_fields_from_sdp(request), "source": Ticket.Source.WEBHOOK, "raw": request},
-            )
-            if not created:
+            ticket = Ticket.objects.filter(tenant=tenant, sdp_id=sdp_id).first()
+            if ticket is None:
+                # Plain INSERTs, no savepoints or look-ups first: a concurrent delivery of the same request,
+                # or a reused delivery id, breaks a unique constraint, the transaction rolls back whole,
+                # and the handler below answers "duplicate".
+                ticket = Ticket.objects.create(
+                    tenant=tenant,
+                    sdp_id=sdp_id,
+                    source=Ticket.Source.WEBHOOK,
+                    raw=request,
+                    **ticket_fields_from_sdp(request),
+                )
+            else:
                 existing = Enhancement.objects.filter(ticket=ticket, trigger=Enhancement.Trigger.WEBHOOK)
                 pk = existing.values_list("pk", flat=True).first()
                 if pk:
@@ -107,11 +110,13 @@ def enhancement_create_from_webhook(
             )
             transaction.on_commit(lambda: enhancement_enqueue(enhancement_id=str(enhancement.pk)))
     except IntegrityError:
-        # A concurrent delivery of the same event won the race: answer as a duplicate.
-        same = Q(tenant=tenant, ticket__sdp_id=sdp_id, trigger=Enhancement.Trigger.WEBHOOK)
+        # A reused delivery id, or a concurrent delivery of the same request that won the race.
+        pk = None
         if delivery_id:
-            same |= Q(tenant=tenant, delivery_id=delivery_id)
-        pk = Enhancement.objects.filter(same).values_list("pk", flat=True).first()
+            pk = Enhancement.objects.filter(tenant=tenant, delivery_id=delivery_id).values_list("pk", flat=True).first()
+        if pk is None:
+            same = Q(tenant=tenant, ticket__sdp_id=sdp_id, trigger=Enhancement.Trigger.WEBHOOK)
+            pk = Enhancement.objects.filter(same).values_list("pk", flat=True).first()
         if pk is None:
             raise
         return WebhookOutcome(enhancement_id=str(pk), duplicate=True)

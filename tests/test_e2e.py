@@ -98,3 +98,26 @@ def test_database_outage_answers_503_from_the_real_server(tmp_path):
         assert status == 503 and body["database"] == "unreachable"
         status, _, body = stack.request("GET", "/api/v1/ready")
         assert status == 503 and body["database"] == "unreachable"
+
+
+def test_concurrent_deliveries_of_one_request_make_one_enhancement(tmp_path):
+    import concurrent.futures
+
+    result = tenant_create_or_update(slug="race", name="Race")
+    body = json.dumps({"request": {"id": "777", "subject": "Printer offline"}}).encode()
+
+    with running_stack(tmp_path, worker=False) as stack:
+
+        def send(n: int):
+            return stack.request(
+                "POST", "/webhook/servicedesk/race/", body, _signed(result.secret, body, f"msg_race_{n}")
+            )
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
+            answers = list(pool.map(send, range(24)))
+
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses.count(202) == 1 and statuses.count(200) == 23, statuses
+    ids = {body["enhancement_id"] for _, _, body in answers}
+    assert len(ids) == 1
+    assert Enhancement.objects.filter(ticket__sdp_id="777").count() == 1
