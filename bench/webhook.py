@@ -28,8 +28,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 FIXTURE = BASE_DIR / "tests" / "fixtures" / "servicedesk" / "webhook__request_created.json"
@@ -259,6 +261,62 @@ def count_rows() -> dict[str, int]:
     return {"floor": floor, "app": Enhancement.objects.count()}
 
 
+def in_process(secret: str, count: int) -> None:
+    """Time count webhooks one after another inside this process, app (test client) and floor view; print them."""
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import override_settings
+
+    from bench.floor import views as floor_views
+
+    # The floor module was imported before the secret existed.
+    floor_views._KEY = base64.b64decode(secret.removeprefix("whsec_"))
+    key = floor_views._KEY
+    template = json.loads(FIXTURE.read_text())
+    client = Client(HTTP_HOST="127.0.0.1")
+    with override_settings(ROOT_URLCONF="bench.floor.urls", MIDDLEWARE=[]):
+        floor_client = Client(HTTP_HOST="127.0.0.1")  # the floor's handler: no middleware, one URL
+    path = f"/webhook/servicedesk/{SLUG}/"
+
+    def signed(tag: str, number: int) -> tuple[str, dict[str, str]]:
+        template["request"]["id"] = f"{tag}x{number}"
+        body = json.dumps(template)
+        msg_id, timestamp = f"msg_{tag}_{number}", str(int(time.time()))
+        digest = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+        headers = {"HTTP_WEBHOOK_ID": msg_id, "HTTP_WEBHOOK_TIMESTAMP": timestamp}
+        return body, {**headers, "HTTP_WEBHOOK_SIGNATURE": f"v1,{base64.b64encode(digest).decode()}"}
+
+    def app(number: int) -> int:
+        body, headers = signed("ipa", number)
+        return client.generic("POST", path, body, content_type="application/json", **headers).status_code
+
+    def floor(number: int) -> int:
+        body, headers = signed("ipf", number)
+        with override_settings(ROOT_URLCONF="bench.floor.urls", MIDDLEWARE=[]):
+            return floor_client.generic("POST", path, body, content_type="application/json", **headers).status_code
+
+    statements: list[str] = []
+
+    def record(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    for name, call in (("floor", floor), ("app", app)):
+        for number in range(30):  # warm-up: imports, connections, caches
+            assert call(number) == 202
+        statements.clear()
+        with connection.execute_wrapper(record):
+            assert call(10**6) == 202
+        cpu, wall = time.process_time(), time.perf_counter()
+        for number in range(30, 30 + count):
+            assert call(number) == 202
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        print(
+            f"{name}: {cpu / count * 1000:.1f} ms CPU and {wall / count * 1000:.1f} ms wall per webhook, "
+            f"{len(statements)} SQL statements besides BEGIN/COMMIT: {[sql[:24] for sql in statements]}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print a table (and JSON with --json)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -276,7 +334,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-requests", help="GUNICORN_MAX_REQUESTS (default: the config's)")
     parser.add_argument("--conn-max-age", help="CONN_MAX_AGE (default: the settings')")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--in-process", type=int, metavar="N", help="instead: time N webhooks in this process")
     args = parser.parse_args(argv)
+    if args.in_process:
+        recreate_database(args.database_url)
+        in_process(prepare(args.database_url, args.redis_url), args.in_process)
+        return
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
 
