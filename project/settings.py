@@ -146,8 +146,17 @@ Q_CLUSTER: dict[str, object] = {
     "label": "Task queue",
     "sync": env.bool("Q_SYNC", default=False),
 }
+# Prefetch no more tasks than there are workers: on SIGTERM the cluster still runs what it prefetched. The
+# grace period (deploy/k8s: 360 s) covers a running task; a prefetched one cut off by it stays `running`
+# and the sweep re-enqueues it (the note marker prevents a second post).
+Q_CLUSTER["queue_limit"] = Q_CLUSTER["workers"]
 if REDIS_URL:
-    Q_CLUSTER["redis"] = REDIS_URL
+    # Timeouts so a Redis that accepts connections but never answers cannot hold a webhook for long;
+    # the row is committed first and the sweep enqueues it later.
+    _sep = "&" if "?" in REDIS_URL else "?"
+    Q_CLUSTER["redis"] = (
+        REDIS_URL if "socket_timeout" in REDIS_URL else f"{REDIS_URL}{_sep}socket_timeout=2&socket_connect_timeout=2"
+    )
 else:
     Q_CLUSTER["orm"] = "default"
 
