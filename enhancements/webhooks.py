@@ -21,6 +21,7 @@ from rest_framework import serializers
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from enhancements import services
+from enhancements.models import Enhancement
 from project.errors import DB_RETRY_AFTER_SECONDS, error_response
 from project.metrics import count_webhook_answers
 from tickets.models import Tenant
@@ -170,6 +171,7 @@ EVENT_HANDLERS: dict[str, Callable[[Tenant, dict[str, Any], str, HttpRequest], J
 
 
 MAX_DEPTH = 32
+MAX_DELIVERY_ID = Enhancement._meta.get_field("delivery_id").max_length
 
 
 def _raw_payload(body: bytes) -> Any:
@@ -230,6 +232,14 @@ def servicedesk_webhook(request: HttpRequest, tenant_slug: str) -> JsonResponse:
             )
         if not tenant.enabled:
             return error_response("tenant_disabled", "This tenant is disabled.", status=403)
+        if len(delivery_id) > MAX_DELIVERY_ID:
+            # A longer id could not be stored (PostgreSQL would refuse it: a 503 the sender retries forever).
+            return error_response(
+                "invalid_payload",
+                f"The webhook-id header is longer than {MAX_DELIVERY_ID} characters.",
+                status=400,
+                fields={"webhook-id": [f"Ensure this value has at most {MAX_DELIVERY_ID} characters."]},
+            )
         wait = _rate_limited(tenant)
         if wait is not None:
             return error_response(

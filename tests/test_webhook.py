@@ -238,3 +238,10 @@ def test_database_down_is_503_with_retry_after(make_tenant, post_webhook):
         connection.settings_dict.update(original)
     _error(response, "unavailable", 503)
     assert int(response["Retry-After"]) > 0
+
+
+def test_overlong_webhook_id_is_400_not_a_retry_forever(tenant, post_webhook):
+    body = _error(post_webhook("acme", CREATED, secret=tenant.secret, msg_id="m" * 201), "invalid_payload", 400)
+    assert "webhook-id" in body["fields"]
+    assert not Ticket.objects.exists()
+    assert post_webhook("acme", CREATED, secret=tenant.secret, msg_id="m" * 200).status_code == 202
