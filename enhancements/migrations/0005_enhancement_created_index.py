@@ -4,14 +4,13 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('enhancements', '0004_review_groups'),
+        ("enhancements", "0004_review_groups"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='enhancement',
-            index=models.Index(fields=['-created_at'], name='enhancement_created'),
+            model_name="enhancement",
+            index=models.Index(fields=["-created_at"], name="enhancement_created"),
         ),
     ]
