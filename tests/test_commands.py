@@ -106,3 +106,47 @@ def test_make_run_demo_flow(tmp_path):
         assert enhancement.status == "completed", enhancement.error
         assert enhancement.context["similar_tickets"], "the demo history should give similar tickets"
         assert "lt-0457" in enhancement.note_html.lower()
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_runlocal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
+    """`make run`'s last step: web and worker together; Ctrl-C (SIGINT to the terminal's group) stops both."""
+    import os
+    import signal
+    import urllib.request
+
+    from tests.processes import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "runlocal", "--bind", f"127.0.0.1:{port}", "--web-workers", "1"],
+        cwd=BASE_DIR,
+        env=process_env(),
+        stdout=(tmp_path / "runlocal.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a group of its own, like a terminal's foreground job
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "runlocal.log").read_text()
+                time.sleep(0.3)
+        time.sleep(3)  # let the worker finish starting
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 2, children  # gunicorn and qcluster
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=40) == 0
+        log = (tmp_path / "runlocal.log").read_text()
+        assert "web and worker stopped." in log
+        for pid in children:
+            with pytest.raises(ProcessLookupError):
+                os.kill(int(pid), 0)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
