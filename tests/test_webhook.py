@@ -245,3 +245,12 @@ def test_overlong_webhook_id_is_400_not_a_retry_forever(tenant, post_webhook):
     assert "webhook-id" in body["fields"]
     assert not Ticket.objects.exists()
     assert post_webhook("acme", CREATED, secret=tenant.secret, msg_id="m" * 200).status_code == 202
+
+
+def test_hot_path_is_one_tenant_lookup_and_one_short_transaction(make_tenant, post_webhook, django_assert_num_queries):
+    result = make_tenant("acme")
+    Tenant.objects.filter(slug="acme").update(rate_limit_per_minute=0)
+    # Tenant SELECT; then one transaction: SAVEPOINT (the test's outer transaction makes the block a
+    # savepoint), ticket SELECT, ticket INSERT, enhancement INSERT, RELEASE. Enqueueing waits for the commit.
+    with django_assert_num_queries(6):
+        assert post_webhook("acme", CREATED, secret=result.secret).status_code == 202
