@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jsonschema
@@ -72,7 +72,6 @@ class Generation:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     fallback_reason: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Provider(Protocol):
@@ -285,6 +284,5 @@ def enhancement_generate(*, tenant: Tenant, ticket: Ticket, context: dict[str, A
     except LLMError as exc:
         logger.warning("LLM failed, using the offline provider: %s", exc)
         result = offline.generate(ticket=ticket, context=context)
-        result.fallback_reason = str(exc)
-        result.extra["attempted_model"] = provider.model
+        result.fallback_reason = f"{provider.model}: {exc}"
         return result
