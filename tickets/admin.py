@@ -69,42 +69,34 @@ def connection_test(tenant: Tenant) -> tuple[bool, str]:
     return True, f"{tenant.slug}: connected to {tenant.sdp_base_url} ({total})."
 
 
-class TenantForm(forms.ModelForm):
-    """Tenant settings; secrets are write-only fields that set or rotate, never show, the stored value."""
-
-    new_sdp_api_key = forms.CharField(
-        label="Set SDP API key",
+def _write_only(label: str, help_text: str) -> forms.CharField:
+    """Return a password-style field that sets a secret and never renders the stored value."""
+    return forms.CharField(
+        label=label,
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Write-only. Leave empty to keep the current key.",
+        help_text=help_text,
     )
+
+
+class TenantForm(forms.ModelForm):
+    """Tenant settings; secrets are write-only fields that set or rotate, never show, the stored value."""
+
+    new_sdp_api_key = _write_only("Set SDP API key", "Write-only. Leave empty to keep the current key.")
     clear_sdp_api_key = forms.BooleanField(
         label="Remove the SDP API key",
         required=False,
         help_text="The tenant then runs dry: notes are kept, not posted.",
     )
-    new_webhook_secret = forms.CharField(
-        label="Set webhook secret",
-        required=False,
-        strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Write-only. Leave empty to keep the current secret (a new tenant gets a generated one).",
+    new_webhook_secret = _write_only(
+        "Set webhook secret", "Write-only. Leave empty to keep the current secret (a new tenant gets a generated one)."
     )
-    new_zoho_client_secret = forms.CharField(
-        label="Set Zoho client secret",
-        required=False,
-        strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Write-only. SDP Cloud only: with the refresh token, the worker renews expired access tokens.",
+    new_zoho_client_secret = _write_only(
+        "Set Zoho client secret",
+        "Write-only. SDP Cloud only: with the refresh token, the worker renews expired access tokens.",
     )
-    new_zoho_refresh_token = forms.CharField(
-        label="Set Zoho refresh token",
-        required=False,
-        strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Write-only. Leave empty to keep the current token.",
-    )
+    new_zoho_refresh_token = _write_only("Set Zoho refresh token", "Write-only. Leave empty to keep the current token.")
     rotate_webhook_secret = forms.BooleanField(
         label="Generate a new webhook secret",
         required=False,
