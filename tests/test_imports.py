@@ -246,3 +246,61 @@ def test_article_files_are_validated(tenant, tmp_path):
     assert "Restart the spooler." in page.body and "x()" not in page.body and "p{}" not in page.body
     vpn = KnowledgeArticle.objects.get(title="VPN drops")
     assert (vpn.url, vpn.tags, vpn.body) == ("https://kb.example.com/vpn", "vpn", "Lower the MTU.")
+
+
+@pytest.mark.parametrize(
+    ("since", "window_start"),
+    [("2024-01-01", "resolved 2024-01-01 00:00"), ("2024-01-01T06:30:00", "resolved 2024-01-01 06:30"), ("2w", None)],
+)
+def test_import_tickets_since_accepts_a_date_a_date_time_and_a_duration(sdp, sdp_tenant, since, window_start):
+    _seed(sdp, 3)
+    out = io.StringIO()
+    call_command("import_tickets", "acme", "--since", since, "--no-progress", stdout=out, stderr=io.StringIO())
+    text = out.getvalue()
+    assert "3 new, 0 updated, 0 unchanged, 0 skipped" in text
+    run = TicketImport.objects.get(tenant=sdp_tenant)
+    assert run.since.tzinfo is not None
+    if window_start:
+        assert window_start in text
+    else:
+        assert abs((datetime.now(tz=UTC) - run.since).total_seconds() - 14 * 86400) < 60
+
+
+def test_import_tickets_rejects_a_since_it_cannot_read(sdp_tenant):
+    with pytest.raises(CommandError, match="neither a duration"):
+        call_command("import_tickets", "acme", "--since", "last tuesday", stdout=io.StringIO())
+
+
+def test_a_zoho_tenant_imports_history_after_its_access_token_expired(make_tenant):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.fakes.sdp import FakeServiceDesk
+    from tests.fakes.zoho import FakeZohoAccounts
+    from tickets.models import Tenant
+
+    with FakeServiceDesk(auth="zoho_oauth", api_key="1000.expired", portal="itdesk") as sdp:
+        ids = _seed(sdp, 3)
+        with FakeZohoAccounts(sdp) as accounts:
+            tenant = make_tenant(
+                "cloudy",
+                sdp_base_url=sdp.url,
+                sdp_auth_type=Tenant.AuthType.ZOHO_OAUTH,
+                sdp_api_key="1000.expired",
+                zoho_accounts_url=accounts.url,
+                zoho_client_id=accounts.client_id,
+                zoho_client_secret=accounts.client_secret,
+                zoho_refresh_token=accounts.refresh_token,
+            ).tenant
+            Tenant.objects.filter(pk=tenant.pk).update(sdp_token_expires_at=timezone.now() - timedelta(minutes=5))
+            sdp.api_key = "1000.only-zoho-knows-the-next-one"  # SDP Cloud no longer accepts the stored token
+            out = io.StringIO()
+            call_command("import_tickets", "cloudy", "--since", "30d", "--no-progress", stdout=out, stderr=io.StringIO())
+    assert "3 new, 0 updated, 0 unchanged, 0 skipped" in out.getvalue()
+    assert sorted(Ticket.objects.filter(tenant=tenant).values_list("sdp_id", flat=True)) == sorted(ids)
+    assert accounts.issued == ["1000.access1"]
+    tenant.refresh_from_db()
+    assert tenant.sdp_api_key == "1000.access1"
+    sent = {r.headers.get("authorization") for r in sdp.requests_log}
+    assert sent == {"Zoho-oauthtoken 1000.access1"}
