@@ -211,7 +211,8 @@ def _copy_tickets(gen: Generator, tenant_ids: list[int], start: int, count: int,
 def _ingest_stream(tenant_id: int, prefix: str, count: int, seed: int) -> float:
     """Push `count` generated SDP request objects through the import path; return the seconds it took."""
     from tickets.models import Tenant, Ticket
-    from tickets.services import ticket_bulk_upsert, ticket_fields_from_sdp
+    from tickets.sdp.mapping import ticket_fields_from_sdp
+    from tickets.services import ticket_bulk_upsert
 
     gen = Generator(seed)
     tenant = Tenant.objects.only("id", "slug").get(pk=tenant_id)

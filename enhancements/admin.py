@@ -18,9 +18,9 @@ from django.utils.safestring import SafeString, mark_safe
 from enhancements import services
 from enhancements.dashboard import chart_svg, dashboard_build
 from enhancements.models import ApiToken, Enhancement, Feedback
-from enhancements.render import ticket_url
 from tickets.admin import CappedCountPaginator, secret_once_response
 from tickets.models import Tenant
+from tickets.sdp.links import ticket_url
 
 S = Enhancement.Status
 BADGE_COLOURS = {

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from django.utils.html import escape, format_html, format_html_join
 
 from tickets.models import Tenant
+from tickets.sdp.links import ticket_url
 
 MARKER_PREFIX = "ticket-enhancer:"
 
@@ -20,16 +21,6 @@ def marker(enhancement_id: str) -> str:
 def note_has_marker(description: str, enhancement_id: str) -> bool:
     """Return whether an SDP note's description carries this enhancement's marker or reference."""
     return str(enhancement_id) in (description or "")
-
-
-def ticket_url(tenant: Tenant, sdp_id: str) -> str:
-    """Return the technician-facing URL of a request in the tenant's SDP, or "" without a base URL."""
-    base = (tenant.sdp_base_url or "").rstrip("/")
-    if not base:
-        return ""
-    if tenant.sdp_auth_type == Tenant.AuthType.ZOHO_OAUTH:
-        return f"{base}/ui/requests/{sdp_id}/details"
-    return f"{base}/WorkOrder.do?woMode=viewWO&woID={sdp_id}"
 
 
 def _safe_href(url: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from enhancements.models import Enhancement, Feedback
-from enhancements.render import ticket_url
+from tickets.sdp.links import ticket_url
 
 
 class TicketSummarySerializer(serializers.Serializer):

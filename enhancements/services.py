@@ -26,8 +26,10 @@ from enhancements.models import ApiToken, Enhancement, Feedback
 from enhancements.render import marker, note_has_marker, note_render
 from project.logging import log_context
 from tickets.models import Tenant, Ticket
-from tickets.servicedesk import ServiceDeskError, backoff_delay
-from tickets.services import servicedesk_client, ticket_fields_from_sdp, ticket_refresh_from_sdp, ticket_upsert
+from tickets.sdp.auth import servicedesk_client
+from tickets.sdp.client import ServiceDeskError, backoff_delay
+from tickets.sdp.mapping import ticket_fields_from_sdp
+from tickets.services import ticket_refresh_from_sdp, ticket_upsert
 
 if TYPE_CHECKING:
     from django_q.brokers import Broker
@@ -268,7 +270,7 @@ def _post_timed(enhancement: Enhancement, timings: dict[str, int]) -> str:
 def enhancement_post(*, enhancement: Enhancement) -> str:
     """Post the note to SDP exactly once; return "posted". Raises ServiceDeskError."""
     tenant, ticket = enhancement.tenant, enhancement.ticket
-    with servicedesk_client(tenant) as client:
+    with servicedesk_client(tenant=tenant) as client:
         if enhancement.post_started_at:
             # An earlier post had an unclear outcome: look for our marker before posting again.
             for note in client.list_notes(ticket.sdp_id):

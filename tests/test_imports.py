@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from tests.fakes.sdp import sdp_time
 from tickets.imports import articles_import, assets_import_csv, tickets_import_from_sdp
 from tickets.models import Asset, KnowledgeArticle, Ticket, TicketImport
-from tickets.servicedesk import ServiceDeskError
+from tickets.sdp.client import ServiceDeskError
 from tickets.services import ticket_upsert
 
 pytestmark = pytest.mark.django_db
@@ -296,7 +296,9 @@ def test_a_zoho_tenant_imports_history_after_its_access_token_expired(make_tenan
             Tenant.objects.filter(pk=tenant.pk).update(sdp_token_expires_at=timezone.now() - timedelta(minutes=5))
             sdp.api_key = "1000.only-zoho-knows-the-next-one"  # SDP Cloud no longer accepts the stored token
             out = io.StringIO()
-            call_command("import_tickets", "cloudy", "--since", "30d", "--no-progress", stdout=out, stderr=io.StringIO())
+            call_command(
+                "import_tickets", "cloudy", "--since", "30d", "--no-progress", stdout=out, stderr=io.StringIO()
+            )
     assert "3 new, 0 updated, 0 unchanged, 0 skipped" in out.getvalue()
     assert sorted(Ticket.objects.filter(tenant=tenant).values_list("sdp_id", flat=True)) == sorted(ids)
     assert accounts.issued == ["1000.access1"]

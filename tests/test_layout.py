@@ -35,4 +35,4 @@ def test_only_the_sdp_package_constructs_the_sdp_client():
         if SDP_PACKAGE not in path.parents
         for line in _constructs(ast.parse(path.read_text()), "ServiceDeskClient")
     ]
-    assert not offenders, f"construct the SDP client with tickets.sdp.servicedesk_client(), not at {offenders}"
+    assert not offenders, f"construct the SDP client with tickets.sdp.auth.servicedesk_client(), not at {offenders}"

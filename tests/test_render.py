@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from enhancements.render import marker, note_has_marker, note_render, ticket_url
+from enhancements.render import marker, note_has_marker, note_render
 from tests.test_hostile import assert_inert, dom
 from tickets.models import Tenant
+from tickets.sdp.links import ticket_url
 
 ENHANCEMENT_ID = "0b7e8a52-3c1d-4f7e-9a55-2f4c1e9d8a10"
 OUTPUT = {

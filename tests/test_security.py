@@ -20,7 +20,7 @@ from enhancements import services
 from enhancements.models import Enhancement
 from tests.fakes.sdp import FakeServiceDesk
 from tickets.models import Tenant
-from tickets.servicedesk import ServiceDeskClient, ServiceDeskError, check_base_url
+from tickets.sdp.client import ServiceDeskClient, ServiceDeskError, check_base_url
 from tickets.services import tenant_create_or_update
 
 pytestmark = pytest.mark.django_db

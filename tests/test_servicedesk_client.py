@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import load_fixture
 from tests.fakes.sdp import FakeServiceDesk
-from tickets.servicedesk import ServiceDeskClient, ServiceDeskError, check_base_url
+from tickets.sdp.client import ServiceDeskClient, ServiceDeskError, check_base_url
 
 
 def _client(fake: FakeServiceDesk, **kwargs) -> ServiceDeskClient:

@@ -13,8 +13,8 @@ from tests.conftest import load_fixture
 from tests.fakes.sdp import FakeServiceDesk
 from tests.fakes.zoho import FakeZohoAccounts
 from tickets.models import Tenant
-from tickets.servicedesk import ServiceDeskError
-from tickets.services import servicedesk_client
+from tickets.sdp.auth import servicedesk_client
+from tickets.sdp.client import ServiceDeskError
 
 pytestmark = pytest.mark.django_db
 
@@ -49,13 +49,13 @@ def _tenant(sdp, accounts, **fields) -> Tenant:
 def test_a_token_without_known_expiry_is_renewed_before_use(cloud):
     sdp, accounts = cloud
     tenant = _tenant(sdp, accounts)
-    with servicedesk_client(tenant) as client:
+    with servicedesk_client(tenant=tenant) as client:
         assert client.get_request("104321")["id"] == "104321"
     tenant.refresh_from_db()
     assert accounts.issued == ["1000.access1"] and tenant.sdp_api_key == "1000.access1"
     assert tenant.sdp_token_expires_at > timezone.now() + timedelta(minutes=50)
     # Still fresh: the next client reuses it without asking Zoho again.
-    with servicedesk_client(tenant) as client:
+    with servicedesk_client(tenant=tenant) as client:
         client.get_request("104321")
     assert accounts.issued == ["1000.access1"]
     refresh = [r for r in accounts.requests_log if r.method == "POST"][0]
@@ -97,7 +97,7 @@ def test_zoho_unreachable_is_transient(cloud):
     tenant = _tenant(sdp, accounts)
     accounts.stop()
     with pytest.raises(ServiceDeskError) as caught:
-        servicedesk_client(tenant)
+        servicedesk_client(tenant=tenant)
     assert not caught.value.permanent
 
 
@@ -105,7 +105,7 @@ def test_a_tenant_without_a_refresh_token_uses_its_key_as_given(cloud):
     sdp, accounts = cloud
     tenant = _tenant(sdp, accounts, zoho_refresh_token="", sdp_api_key="1000.expired")
     sdp.api_key = "1000.newer"  # SDP has expired the stored token
-    with servicedesk_client(tenant) as client, pytest.raises(ServiceDeskError) as caught:
+    with servicedesk_client(tenant=tenant) as client, pytest.raises(ServiceDeskError) as caught:
         client.get_request("104321")
     assert caught.value.permanent and caught.value.status == 401
     assert accounts.issued == []

@@ -18,8 +18,9 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
-from tickets.servicedesk import ServiceDeskError, check_base_url
-from tickets.services import servicedesk_client, tenant_create_or_update, webhook_secret_key, webhook_url
+from tickets.sdp.auth import servicedesk_client
+from tickets.sdp.client import ServiceDeskError, check_base_url
+from tickets.services import tenant_create_or_update, webhook_secret_key, webhook_url
 
 
 class CappedCountPaginator(Paginator):
@@ -61,7 +62,7 @@ def secret_once_response(
 def connection_test(tenant: Tenant) -> tuple[bool, str]:
     """Call the tenant's SDP once (list one request); return success and the exact outcome."""
     try:
-        with servicedesk_client(tenant) as client:
+        with servicedesk_client(tenant=tenant) as client:
             page = client.list_requests(row_count=1, sort_order="desc")
     except ServiceDeskError as exc:
         return False, f"{tenant.slug}: connection failed: {exc}"

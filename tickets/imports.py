@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket, TicketImport
-from tickets.servicedesk import ServiceDeskClient, ServiceDeskError, backoff_delay
-from tickets.services import article_upsert, asset_upsert, ticket_bulk_upsert, ticket_fields_from_sdp
+from tickets.sdp.auth import servicedesk_client
+from tickets.sdp.client import ServiceDeskError, backoff_delay
+from tickets.sdp.mapping import sdp_ms, sdp_time, ticket_fields_from_sdp
+from tickets.services import article_upsert, asset_upsert, ticket_bulk_upsert
 from tickets.text import html_to_text
 
 logger = logging.getLogger(__name__)
@@ -73,18 +75,6 @@ class TicketImportReport(ImportReport):
     since: datetime | None = None
     until: datetime | None = None
     resumed_from: datetime | None = None
-
-
-def _ms(moment: datetime) -> str:
-    return str(int(moment.timestamp() * 1000))
-
-
-def _from_ms(value: Any) -> datetime | None:
-    raw = value.get("value") if isinstance(value, dict) else value
-    try:
-        return datetime.fromtimestamp(int(str(raw)) / 1000, tz=UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
 
 
 def _patiently(call: Callable[[], Any], *, what: str, backoff_base: float) -> Any:
@@ -136,16 +126,11 @@ def tickets_import_from_sdp(
         {
             "field": "resolved_time",
             "condition": "between",
-            "values": [_ms(start), _ms(run.until)],
+            "values": [sdp_ms(start), sdp_ms(run.until)],
             "logical_operator": "AND",
         },
     ]
-    client = ServiceDeskClient(
-        base_url=tenant.sdp_base_url,
-        api_key=tenant.sdp_api_key,
-        auth_type=tenant.sdp_auth_type,
-        backoff_base=backoff_base,
-    )
+    client = servicedesk_client(tenant=tenant, backoff_base=backoff_base)
     done = 0
     with client:
         start_index = 1
@@ -186,7 +171,7 @@ def tickets_import_from_sdp(
                     continue
                 items.append((sdp_id, fields))
                 raws[sdp_id] = request
-                last_resolved = _from_ms(row.get("resolved_time") or request.get("resolved_time")) or last_resolved
+                last_resolved = sdp_time(row.get("resolved_time") or request.get("resolved_time")) or last_resolved
             with transaction.atomic():
                 result = ticket_bulk_upsert(tenant=tenant, items=items, source=Ticket.Source.IMPORT)
                 report.created += len(result.created)

@@ -6,23 +6,18 @@ import base64
 import json
 import secrets
 import string
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 from django.conf import settings
-from django.core.cache import cache
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
-from tickets.servicedesk import ServiceDeskClient, ServiceDeskError, check_base_url
-from tickets.text import html_to_text
-
-_TICKET_LIMITS = {f.name: f.max_length for f in Ticket._meta.get_fields() if getattr(f, "max_length", None)}
+from tickets.sdp.auth import servicedesk_client
+from tickets.sdp.client import check_base_url
+from tickets.sdp.mapping import ticket_fields_from_sdp
 
 
 # --- tenants ----------------------------------------------------------------------------------
@@ -120,159 +115,7 @@ def webhook_url(tenant: Tenant) -> str:
     return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/webhook/servicedesk/{tenant.slug}/"
 
 
-def servicedesk_client(tenant: Tenant) -> ServiceDeskClient:
-    """Return an SDP client for the tenant (raises ServiceDeskError when not configured)."""
-    if not tenant.can_refresh_token:
-        return ServiceDeskClient(
-            base_url=tenant.sdp_base_url, api_key=tenant.sdp_api_key, auth_type=tenant.sdp_auth_type
-        )
-    return ServiceDeskClient(
-        base_url=tenant.sdp_base_url,
-        api_key=tenant_access_token(tenant=tenant),
-        auth_type=tenant.sdp_auth_type,
-        token_refresher=lambda rejected: tenant_access_token(tenant=tenant, rejected=rejected),
-    )
-
-
-# --- SDP Cloud access tokens ------------------------------------------------------------------
-TOKEN_REFRESH_MARGIN = timedelta(minutes=2)
-_REFRESH_LOCK_SECONDS = 30
-
-
-def _token_is_fresh(tenant: Tenant) -> bool:
-    expires = tenant.sdp_token_expires_at
-    return bool(tenant.sdp_api_key and expires and expires > timezone.now() + TOKEN_REFRESH_MARGIN)
-
-
-def tenant_access_token(*, tenant: Tenant, rejected: str | None = None) -> str:
-    """Return a usable SDP Cloud access token for the tenant, renewing it with Zoho when it expires.
-
-    `rejected` is a token SDP just refused: it is renewed even if its expiry says otherwise. Zoho allows
-    about ten new access tokens per ten minutes per refresh token, so one worker renews while the others
-    wait for its result (a cache lock shared by every process).
-    """
-    if not tenant.can_refresh_token:
-        return tenant.sdp_api_key
-    tenant.refresh_from_db(fields=["sdp_api_key", "sdp_token_expires_at"])
-    if tenant.sdp_api_key != rejected and _token_is_fresh(tenant):
-        return tenant.sdp_api_key
-    lock = f"zoho-token-refresh:{tenant.pk}"
-    if not cache.add(lock, "1", timeout=_REFRESH_LOCK_SECONDS):
-        deadline = time.monotonic() + _REFRESH_LOCK_SECONDS
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            tenant.refresh_from_db(fields=["sdp_api_key", "sdp_token_expires_at"])
-            if tenant.sdp_api_key != rejected and _token_is_fresh(tenant):
-                return tenant.sdp_api_key
-        raise ServiceDeskError(
-            "Another worker is renewing the SDP Cloud access token; retrying later.", permanent=False
-        )
-    try:
-        token, expires_in = _zoho_refresh(tenant)
-    finally:
-        cache.delete(lock)
-    tenant.sdp_api_key = token
-    tenant.sdp_token_expires_at = timezone.now() + timedelta(seconds=expires_in)
-    tenant.save(update_fields=["sdp_api_key", "sdp_token_expires_at", "updated_at"])
-    return token
-
-
-def _zoho_refresh(tenant: Tenant) -> tuple[str, int]:
-    """Return (access token, seconds valid) from the tenant's Zoho accounts server."""
-    accounts = (tenant.zoho_accounts_url or "https://accounts.zoho.com").rstrip("/")
-    check_base_url(accounts)
-    try:
-        # Zoho reads the parameters from the query or the form body; the body keeps secrets out of URLs
-        # that proxies log.
-        response = httpx.post(
-            f"{accounts}/oauth/v2/token",
-            data={
-                "refresh_token": tenant.zoho_refresh_token,
-                "client_id": tenant.zoho_client_id,
-                "client_secret": tenant.zoho_client_secret,
-                "grant_type": "refresh_token",
-            },
-            timeout=settings.SDP_TIMEOUT,
-            follow_redirects=False,
-        )
-    except httpx.HTTPError as exc:
-        raise ServiceDeskError(
-            f"Could not reach Zoho accounts to renew the SDP Cloud token: {exc}", permanent=False
-        ) from exc
-    if response.status_code == 429 or response.status_code >= 500:
-        raise ServiceDeskError(
-            f"Zoho accounts could not renew the SDP Cloud token right now (HTTP {response.status_code}).",
-            permanent=False,
-        )
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    token = body.get("access_token") if isinstance(body, dict) else None
-    if not token:
-        reason = body.get("error") if isinstance(body, dict) else None
-        raise ServiceDeskError(
-            f"Zoho refused to renew the SDP Cloud access token ({reason or f'HTTP {response.status_code}'}); "
-            "check the tenant's Zoho refresh token, client id and client secret.",
-            permanent=True,
-        )
-    try:
-        expires_in = int(body.get("expires_in") or 3600)
-    except (TypeError, ValueError):
-        expires_in = 3600
-    return str(token), expires_in
-
-
 # --- tickets ----------------------------------------------------------------------------------
-def _name(value: Any) -> str:
-    if isinstance(value, dict):
-        return str(value.get("name") or "")
-    return str(value) if isinstance(value, str) else ""
-
-
-def _time(value: Any) -> datetime | None:
-    raw = value.get("value") if isinstance(value, dict) else value
-    try:
-        return datetime.fromtimestamp(int(str(raw)) / 1000, tz=UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
-
-
-def _clip(field: str, value: str) -> str:
-    limit = _TICKET_LIMITS.get(field)
-    return value[:limit] if limit else value
-
-
-def ticket_fields_from_sdp(request: dict[str, Any]) -> dict[str, Any]:
-    """Return Ticket field values for the keys present in an SDP v3 request object."""
-    fields: dict[str, Any] = {}
-    if "subject" in request:
-        fields["subject"] = html_to_text(str(request.get("subject") or ""))
-    if "description" in request:
-        fields["description"] = html_to_text(str(request.get("description") or ""))
-    for key, field in (("status", "status"), ("priority", "priority"), ("category", "category")):
-        if key in request:
-            fields[field] = _name(request.get(key))
-    if "technician" in request:
-        fields["technician"] = _name(request.get("technician"))
-    if "requester" in request:
-        requester = request.get("requester") or {}
-        fields["requester_name"] = _name(requester)
-        fields["requester_email"] = str(requester.get("email_id") or "") if isinstance(requester, dict) else ""
-    if "resolution" in request:
-        resolution = request.get("resolution")
-        content = resolution.get("content") if isinstance(resolution, dict) else resolution
-        fields["resolution"] = html_to_text(str(content or ""))
-    if "created_time" in request:
-        fields["sdp_created_at"] = _time(request.get("created_time"))
-    resolved = request.get("resolved_time") or request.get("completed_time")
-    if resolved:
-        fields["resolved_at"] = _time(resolved)
-    if "status" in fields:
-        fields["is_resolved"] = fields["status"] in Ticket.RESOLVED_STATUSES
-    return {k: _clip(k, v) if isinstance(v, str) else v for k, v in fields.items()}
-
-
 def ticket_upsert(
     *, tenant: Tenant, sdp_id: str, fields: dict[str, Any], source: str, raw: dict[str, Any] | None = None
 ) -> tuple[Ticket, bool]:
@@ -295,7 +138,7 @@ def ticket_upsert(
 
 def ticket_refresh_from_sdp(*, ticket: Ticket) -> Ticket:
     """Fetch the ticket from the tenant's SDP and store what it says; return the ticket."""
-    with servicedesk_client(ticket.tenant) as client:
+    with servicedesk_client(tenant=ticket.tenant) as client:
         request = client.get_request(ticket.sdp_id)
     ticket, _ = ticket_upsert(
         tenant=ticket.tenant,

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tickets.models import Tenant
-from tickets.servicedesk import ServiceDeskError
+from tickets.sdp.client import ServiceDeskError
 from tickets.services import tenant_create_or_update, webhook_secret_key, webhook_url
 
 

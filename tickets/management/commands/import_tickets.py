@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from tickets.imports import tickets_import_from_sdp
 from tickets.models import Tenant
-from tickets.servicedesk import ServiceDeskError
+from tickets.sdp.client import ServiceDeskError
 
 _RELATIVE = re.compile(r"^(\d+)([dhw])$")
 
@@ -26,7 +26,7 @@ def parse_moment(value: str, *, now: datetime) -> datetime:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise CommandError(f"{value!r} is neither a duration like 90d/12h/2w nor an ISO date(-time).") from None
-    return moment if timezone.is_aware(moment) else moment.replace(tzinfo=timezone.utc)
+    return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
 
 
 class Command(BaseCommand):
