@@ -121,3 +121,63 @@ def test_concurrent_deliveries_of_one_request_make_one_enhancement(tmp_path):
     ids = {body["enhancement_id"] for _, _, body in answers}
     assert len(ids) == 1
     assert Enhancement.objects.filter(ticket__sdp_id="777").count() == 1
+
+
+def test_transport_edge_cases_over_real_http(tmp_path):
+    """Chunked bodies, non-UTF-8 bodies and signature lists as gunicorn really hands them to Django."""
+    import base64
+    import hashlib
+    import hmac
+    import http.client
+    from urllib.parse import urlsplit
+
+    result = tenant_create_or_update(slug="edge", name="Edge")
+    key = base64.b64decode(result.secret.removeprefix("whsec_"))
+
+    def sign(msg_id: bytes, timestamp: int, body: bytes) -> str:
+        mac = hmac.new(key, msg_id + b"." + str(timestamp).encode() + b"." + body, hashlib.sha256).digest()
+        return "v1," + base64.b64encode(mac).decode()
+
+    def send(body: bytes, headers: dict[str, str | bytes], *, chunked: bool = False) -> tuple[int, dict]:
+        parts = urlsplit(stack.base_url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            conn.putrequest("POST", "/webhook/servicedesk/edge/")
+            for name, value in {"Content-Type": "application/json", **headers}.items():
+                conn.putheader(name, value)
+            if chunked:
+                conn.putheader("Transfer-Encoding", "chunked")
+                conn.endheaders()
+                for start in range(0, len(body), 7):
+                    piece = body[start : start + 7]
+                    conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+                conn.send(b"0\r\n\r\n")
+            else:
+                conn.putheader("Content-Length", str(len(body)))
+                conn.endheaders(body)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    now = int(time.time())
+    with running_stack(tmp_path, worker=False) as stack:
+        body = b'{"request": {"id": "1", "subject": "chunked"}}'
+        headers = {"webhook-id": "msg_c", "webhook-timestamp": str(now), "webhook-signature": sign(b"msg_c", now, body)}
+        status, answer = send(body, headers, chunked=True)
+        assert (status, answer["error"]) == (411, "length_required")
+
+        body = b'{"request": {"id": "2", "subject": "caf\xe9"}}'
+        headers = {"webhook-id": "msg_l", "webhook-timestamp": str(now), "webhook-signature": sign(b"msg_l", now, body)}
+        assert send(body, headers)[1]["error"] == "invalid_json"
+
+        # A webhook-id in UTF-8 bytes: the signature is over those bytes, as sent.
+        body = b'{"request": {"id": "3", "subject": "utf-8 id"}}'
+        msg_id = "msg_\u00e9t\u00e9".encode()
+        signature = "v2,xyz v1,@@ " + sign(msg_id, now, body)
+        status, answer = send(
+            body, {"webhook-id": msg_id, "webhook-timestamp": str(now), "webhook-signature": signature}
+        )
+        assert status == 202, answer
+    assert Enhancement.objects.filter(ticket__sdp_id="3").count() == 1
+    assert not Enhancement.objects.filter(ticket__sdp_id__in=["1", "2"]).exists()

@@ -112,12 +112,127 @@ def test_deeply_nested_object_is_400_invalid_payload(client, tenant):
     assert_nothing_stored()
 
 
-def test_invalid_utf8_is_refused(client, tenant, make_tenant):
-    body = b'{"request": {"id": "1", "subject": "caf\xe9 \xff\xfe"}}'
-    # Standard Webhooks signs text: a body that is not UTF-8 cannot carry a valid signature.
-    assert_error(post_raw(client, "acme", body, **sign_raw(tenant.secret, body)), 401, "invalid_signature")
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"request": {"id": "1", "subject": "caf\xe9 \xff\xfe"}}', id="latin-1-bytes"),
+        pytest.param(b'{"request": {"id": "1", "subject": "\xed\xa0\x80"}}', id="encoded-surrogate"),
+        pytest.param(b'{"request": {"id": "1", "subject": "\xc0\xaf"}}', id="overlong"),
+        pytest.param(b'{"request": {"id": "1", "subject": "\xe2\x82"}}', id="truncated-sequence"),
+    ],
+)
+def test_invalid_utf8_with_a_valid_signature_is_400_invalid_json_in_both_modes(client, tenant, make_tenant, body):
+    # The signature is over bytes: a correctly signed body that is not UTF-8 is authentic but not JSON.
+    assert_error(post_raw(client, "acme", body, **sign_raw(tenant.secret, body)), 400, "invalid_json")
     token = make_tenant("tok", webhook_auth=Tenant.WebhookAuth.TOKEN)
     assert_error(post_raw(client, "tok", body, HTTP_X_SERVICEDESK_TOKEN=token.secret), 400, "invalid_json")
+    # Without valid credentials it stays a 401: nothing about the body is revealed.
+    other = make_tenant("other").secret
+    assert_error(post_raw(client, "acme", body, **sign_raw(other, body)), 401, "invalid_signature")
+    assert_error(post_raw(client, "tok", body, HTTP_X_SERVICEDESK_TOKEN=other), 401, "invalid_signature")
+    assert_nothing_stored()
+
+
+# Parsed by every JSON parser, but no database can store it: a 503 would make the sender retry forever.
+UNSTORABLE = [
+    pytest.param('"x": NaN', "request.x", "NaN", id="nan"),
+    pytest.param('"x": Infinity', "request.x", "Infinity", id="infinity"),
+    pytest.param('"x": -Infinity', "request.x", "-Infinity", id="minus-infinity"),
+    pytest.param('"x": 1e400', "request.x", "Infinity", id="beyond-float-range"),
+    pytest.param('"x": -1.5E+999', "request.x", "-Infinity", id="beyond-float-range-negative"),
+    pytest.param('"x": [1, {"y": [NaN]}]', "request.x.1.y.0", "NaN", id="nested-in-lists"),
+    pytest.param('"subject": NaN', "request.subject", "NaN", id="in-a-validated-field"),
+    pytest.param('"priority": {"name": 1e999}', "request.priority.name", "Infinity", id="in-a-nested-field"),
+]
+
+
+@pytest.mark.parametrize(("member", "path", "kind"), UNSTORABLE)
+@pytest.mark.parametrize("event", ["request_created", "request_resolved"])
+def test_numbers_no_database_can_store_are_400_naming_them(client, tenant, make_tenant, member, path, kind, event):
+    body = ('{"event": "' + event + '", "request": {"id": "1", ' + member + "}}").encode()
+    response = assert_error(post_raw(client, "acme", body, **sign_raw(tenant.secret, body)), 400, "invalid_payload")
+    assert path in response["detail"] and kind in response["detail"], response
+    assert path in json.dumps(response["fields"])
+    token = make_tenant("tok", webhook_auth=Tenant.WebhookAuth.TOKEN)
+    response = post_raw(client, "tok", body, HTTP_X_SERVICEDESK_TOKEN=token.secret)
+    assert_error(response, 400, "invalid_payload")
+    assert_nothing_stored()
+
+
+@pytest.mark.parametrize("where", ["event", "delivery_id"])
+def test_unstorable_numbers_outside_the_request_object_are_400_too(client, make_tenant, where):
+    token = make_tenant("tok", webhook_auth=Tenant.WebhookAuth.TOKEN)
+    body = ('{"' + where + '": NaN, "request": {"id": "1", "subject": "s"}}').encode()
+    response = post_raw(client, "tok", body, HTTP_X_SERVICEDESK_TOKEN=token.secret)
+    response = assert_error(response, 400, "invalid_payload")
+    assert where in response["detail"]
+    assert_nothing_stored()
+
+
+def test_numbers_the_databases_can_store_are_kept(tenant, post_webhook):
+    body = b'{"request": {"id": "1", "subject": "s", "big": 1%s, "small": 1e-400, "max": 1.7976931348623157e308}}' % (
+        b"0" * 400
+    )
+    response = post_webhook("acme", body, secret=tenant.secret)
+    assert response.status_code == 202, response.content
+    raw = Ticket.objects.get(sdp_id="1").raw
+    assert (raw["big"], raw["small"], raw["max"]) == (10**400, 0.0, 1.7976931348623157e308)
+
+
+def test_an_sdp_answer_no_database_can_store_is_repaired_not_retried_forever(make_tenant, post_webhook, sdp):
+    # The worker fetches what a minimal webhook lacks; SDP's answer is parsed by the same json module.
+    result = make_tenant("acme", sdp_base_url=sdp.url, sdp_api_key=sdp.api_key)
+    sdp.add_request(
+        {
+            "id": "77",
+            "subject": "Printer\x00 jam \ud800",
+            "description": "<p>Tray 2 jams</p>",
+            "udf_fields": {"udf_cost": float("nan"), "udf_big": float("inf"), "keep": 1.5},
+        }
+    )
+    enhancement_id = post_webhook("acme", {"request": {"id": "77"}}, secret=result.secret).json()["enhancement_id"]
+    assert services.enhancement_process(enhancement_id=enhancement_id) == Enhancement.Status.POSTED
+    enhancement = Enhancement.objects.get(pk=enhancement_id)
+    assert enhancement.attempts == 1 and enhancement.error == ""
+    ticket = Ticket.objects.get(sdp_id="77")
+    assert ticket.subject == "Printer jam \ufffd"
+    assert ticket.raw["udf_fields"] == {"udf_cost": None, "udf_big": None, "keep": 1.5}
+
+
+def test_a_value_the_database_refuses_is_400_not_a_503_retried_forever(client, tenant, settings):
+    # Defence in depth behind storable_json: a data error (SQLSTATE class 22) is about the value, so retrying
+    # cannot fix it. A trigger stands in for whatever value a future schema refuses.
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLSTATE data exceptions from a trigger need PostgreSQL")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION te_refuse() RETURNS trigger AS $$ BEGIN IF NEW.subject = 'poison' THEN "
+            "RAISE EXCEPTION 'refused' USING ERRCODE = '22023'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            "CREATE TRIGGER te_refuse BEFORE INSERT ON tickets_ticket FOR EACH ROW EXECUTE FUNCTION te_refuse()"
+        )
+    body = b'{"request": {"id": "1", "subject": "poison"}}'
+    assert_error(post_raw(client, "acme", body, **sign_raw(tenant.secret, body)), 400, "invalid_payload")
+    body = b'{"request": {"id": "2", "subject": "fine"}}'
+    assert post_raw(client, "acme", body, **sign_raw(tenant.secret, body)).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "webhook_id",
+    [
+        pytest.param("msg_\x00a", id="nul"),
+        pytest.param("msg_\x01a", id="control"),
+        pytest.param("msg_\x7fa", id="delete"),
+    ],
+)
+def test_a_webhook_id_that_cannot_be_stored_is_400(client, tenant, webhook_id):
+    body = b'{"request": {"id": "1"}}'
+    response = post_raw(client, "acme", body, **sign_raw(tenant.secret, body, msg_id=webhook_id))
+    body = assert_error(response, 400, "invalid_payload")
+    assert "webhook-id" in body["fields"]
     assert_nothing_stored()
 
 
@@ -187,12 +302,18 @@ def test_declared_oversize_is_413_before_reading(client, tenant):
     assert_nothing_stored()
 
 
-def test_oversize_body_without_content_length_is_never_read(client, tenant):
-    # A chunked upload reaches Django without CONTENT_LENGTH; WSGI then gives the view no body at all, so
-    # nothing big is read into memory and the signature (over the real body) does not match.
-    body = json.dumps({"request": {"id": "1", "description": "x" * (django_settings.WEBHOOK_MAX_BYTES * 2)}}).encode()
-    response = post_raw(client, "acme", body, CONTENT_LENGTH="", **sign_raw(tenant.secret, body))
-    assert_error(response, 401, "invalid_signature")
+@pytest.mark.parametrize("size", [100, django_settings.WEBHOOK_MAX_BYTES * 2])
+@pytest.mark.parametrize("transfer_encoding", ["chunked", "gzip, chunked"])
+def test_a_body_without_content_length_is_411_and_never_read(client, tenant, make_tenant, size, transfer_encoding):
+    # A chunked upload reaches Django without CONTENT_LENGTH and WSGI gives the view no body at all: ask for
+    # a length (411) rather than blame a signature that was never checked against the real body.
+    body = json.dumps({"request": {"id": "1", "description": "x" * size}}).encode()
+    extra = {"HTTP_TRANSFER_ENCODING": transfer_encoding}
+    response = post_raw(client, "acme", body, CONTENT_LENGTH="", **extra, **sign_raw(tenant.secret, body))
+    assert "Content-Length" in assert_error(response, 411, "length_required")["detail"]
+    token = make_tenant("tok", webhook_auth=Tenant.WebhookAuth.TOKEN)
+    response = post_raw(client, "tok", body, CONTENT_LENGTH="", HTTP_X_SERVICEDESK_TOKEN=token.secret, **extra)
+    assert_error(response, 411, "length_required")
     assert_nothing_stored()
 
 
@@ -306,6 +427,72 @@ def test_signature_over_a_different_body_is_401(client, tenant, tamper):
     body = json.dumps({"request": {"id": "1"}}).encode()
     headers = sign_raw(tenant.secret, body)
     assert_error(post_raw(client, "acme", tamper(body), **headers), 401, "invalid_signature")
+    assert_nothing_stored()
+
+
+def _signature(secret: str, body: bytes, msg_id: str, timestamp: int) -> str:
+    return sign_raw(secret, body, msg_id=msg_id, timestamp=timestamp)["HTTP_WEBHOOK_SIGNATURE"]
+
+
+@pytest.mark.parametrize(
+    "listing",
+    [
+        pytest.param("{valid}", id="one"),
+        pytest.param("v1,{other} {valid}", id="an-older-secret-first"),
+        pytest.param("{valid} v1,{other}", id="valid-first"),
+        pytest.param("v2,abc {valid}", id="unknown-version-first"),
+        pytest.param("v1,not*base64 {valid}", id="malformed-base64-first"),
+        pytest.param("v1 {valid}", id="no-comma-first"),
+        pytest.param("v1,a,b {valid}", id="two-commas-first"),
+        pytest.param("v1,{short} {valid}", id="truncated-first"),
+        pytest.param("{valid}  v1,{other}", id="double-space"),
+    ],
+)
+def test_a_signature_header_listing_several_signatures_verifies_when_any_is_valid(client, tenant, make_tenant, listing):
+    # Standard Webhooks: the header is a space-delimited list (a sender signs with old and new secrets
+    # during a rotation); one valid v1 signature is enough, and malformed entries are skipped, not fatal.
+    other = make_tenant("other").secret
+    body = b'{"request": {"id": "1"}}'
+    msg_id, timestamp = f"msg_{uuid.uuid4().hex}", int(time.time())
+    valid = _signature(tenant.secret, body, msg_id, timestamp)
+    header = listing.format(
+        valid=valid, other=_signature(other, body, msg_id, timestamp).split(",")[1], short=valid.split(",")[1][:20]
+    )
+    response = post_raw(
+        client,
+        "acme",
+        body,
+        HTTP_WEBHOOK_ID=msg_id,
+        HTTP_WEBHOOK_TIMESTAMP=str(timestamp),
+        HTTP_WEBHOOK_SIGNATURE=header,
+    )
+    assert response.status_code == 202, (header, response.content)
+
+
+@pytest.mark.parametrize(
+    "listing",
+    [
+        pytest.param("v1,{other}", id="another-secret"),
+        pytest.param("v1,{other} v1,{other}", id="two-wrong"),
+        pytest.param("v2,{valid}", id="right-mac-wrong-version"),
+        pytest.param("v1,{short}", id="truncated"),
+        pytest.param("v1,{valid}x", id="trailing-garbage"),
+        pytest.param("", id="empty"),
+        pytest.param(" ", id="blank"),
+        pytest.param("v1,", id="empty-signature"),
+    ],
+)
+def test_a_signature_header_with_no_valid_signature_is_401(client, tenant, make_tenant, listing):
+    other = make_tenant("other").secret
+    body = b'{"request": {"id": "1"}}'
+    msg_id, timestamp = f"msg_{uuid.uuid4().hex}", int(time.time())
+    valid = _signature(tenant.secret, body, msg_id, timestamp).split(",")[1]
+    header = listing.format(
+        valid=valid, other=_signature(other, body, msg_id, timestamp).split(",")[1], short=valid[:20]
+    )
+    headers = {"HTTP_WEBHOOK_ID": msg_id, "HTTP_WEBHOOK_TIMESTAMP": str(timestamp), "HTTP_WEBHOOK_SIGNATURE": header}
+    response = post_raw(client, "acme", body, **headers)
+    assert_error(response, 401, "invalid_signature")
     assert_nothing_stored()
 
 
@@ -574,7 +761,17 @@ def test_sql_like_strings_are_stored_verbatim_and_break_nothing(tenant, post_web
 
 
 # --- property: no input makes the webhook answer 500 ---------------------------------------------------
-_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=40))
+# Every float (NaN and the infinities included: Python's json writes them as NaN/Infinity, which it also reads),
+# integers beyond 64 bits, and text with NUL characters and unpaired surrogates: each has its documented answer.
+_json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=2**63, max_value=10**400),
+    st.floats(),
+    st.text(max_size=40),
+    st.text(st.sampled_from("a\x00\ud800\udfff\ud83d\ude00é"), max_size=6),
+)
 _json = st.recursive(
     _json_leaf,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
@@ -603,6 +800,9 @@ _body = st.one_of(
     _json.map(lambda p: json.dumps(p).encode()),
     st.binary(max_size=300),
     st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    # Numbers beyond float range and JSON written in every nesting depth around the limit.
+    st.integers(min_value=300, max_value=1000).map(lambda e: b'{"request": {"id": "1", "x": 1e%d}}' % e),
+    st.integers(min_value=28, max_value=36).map(lambda d: b'{"request": {"id": "1", "x": %s}}' % (b"[" * d + b"]" * d)),
 )
 _header_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=80)
 _headers = st.dictionaries(
@@ -624,7 +824,7 @@ _content_type = st.one_of(
     st.sampled_from(["application/json", "application/json; charset=latin-1", "text/plain", "", "x+json"]),
     _header_text,
 )
-ALLOWED_ANSWERS = {200, 202, 400, 401, 403, 404, 413, 415, 429}
+ALLOWED_ANSWERS = {200, 202, 400, 401, 403, 404, 411, 413, 415, 429}
 
 
 @hypothesis_settings(

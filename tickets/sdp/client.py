@@ -19,6 +19,8 @@ import certifi
 import httpx
 from django.conf import settings
 
+from tickets.storable import storable_json
+
 logger = logging.getLogger(__name__)
 
 ACCEPT = "application/vnd.manageengine.sdp.v3+json"
@@ -346,7 +348,8 @@ class ServiceDeskClient:
     def _parse(self, response: httpx.Response) -> dict[str, Any]:
         code = response.status_code
         try:
-            body = response.json()
+            # SDP's JSON can hold what no database stores (NaN, \u0000, lone surrogates): repair it here, once.
+            body = storable_json(response.json(), repair=True)
         except ValueError:
             body = None
         if 300 <= code < 400:
