@@ -176,7 +176,8 @@ def test_numbers_the_databases_can_store_are_kept(tenant, post_webhook):
     response = post_webhook("acme", body, secret=tenant.secret)
     assert response.status_code == 202, response.content
     raw = Ticket.objects.get(sdp_id="1").raw
-    assert (raw["big"], raw["small"], raw["max"]) == (10**400, 0.0, 1.7976931348623157e308)
+    # jsonb keeps numbers as numeric and gives 1.79e308 back written out as an integer: equal in value.
+    assert (raw["big"], raw["small"], float(raw["max"])) == (10**400, 0.0, 1.7976931348623157e308)
 
 
 def test_an_sdp_answer_no_database_can_store_is_repaired_not_retried_forever(make_tenant, post_webhook, sdp):
