@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError, DataError, IntegrityError
+from django.db import DatabaseError, DataError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -221,9 +221,10 @@ def servicedesk_webhook(request: HttpRequest, tenant_slug: str) -> JsonResponse:
         if not delivery_id and data.get("delivery_id"):
             delivery_id = str(data["delivery_id"])
         return handler(tenant, data, delivery_id, request)
-    except (DataError, IntegrityError):
-        # The database refused a value of this body (not a duplicate: those are answered above). Retrying the
-        # same body cannot succeed, so it is not a 503; storable_json is meant to catch these first.
+    except DataError:
+        # The database refused a value of this body (SQLSTATE class 22: data exception). Retrying the same body
+        # cannot succeed, so it is not a 503; storable_json is meant to catch these first. (An IntegrityError
+        # that is not a duplicate stays a 503: it can come from a racing delivery that rolled back.)
         logger.exception("the database refused a value of an authenticated webhook")
         return error_response(
             "invalid_payload",
