@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from django.utils.html import escape, format_html, format_html_join
 
+from enhancements.storms import lead_paragraphs
 from tickets.models import Tenant
 from tickets.sdp.links import ticket_url
 
@@ -54,7 +55,8 @@ def note_render(
     """Return the note HTML; every piece of ticket or model text is escaped."""
     subjects = {item["sdp_id"]: item.get("subject", "") for item in context.get("similar_tickets", [])}
     related = [str(t) for t in output.get("related_tickets", [])]
-    parts = [format_html("<p><b>Ticket Enhancer summary</b></p><p>{}</p>", output.get("summary", ""))]
+    parts = lead_paragraphs(tenant=tenant, context=context, output=output)
+    parts.append(format_html("<p><b>Ticket Enhancer summary</b></p><p>{}</p>", output.get("summary", "")))
     if output.get("probable_causes"):
         parts.append(format_html("<p><b>Probable causes</b></p>{}", _list(output["probable_causes"])))
     if output.get("suggested_steps"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from clusters.services import followup_sweep
 from enhancements import services
 from enhancements.models import Enhancement
 from project.logging import log_context
@@ -16,5 +17,7 @@ def process_enhancement(enhancement_id: str) -> str:
 
 
 def sweep() -> dict[str, int]:
-    """Re-enqueue due, lost or stuck enhancements."""
-    return services.enhancement_sweep()
+    """Re-enqueue due, lost or stuck enhancements and cluster follow-up notes."""
+    result = services.enhancement_sweep()
+    result["followups"] = followup_sweep()
+    return result

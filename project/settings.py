@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_q",
     "tickets",
+    "clusters",
     "enhancements",
 ]
 

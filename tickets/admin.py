@@ -116,6 +116,10 @@ class TenantForm(forms.ModelForm):
             "webhook_auth",
             "llm_model",
             "rate_limit_per_minute",
+            "cluster_window_minutes",
+            "cluster_threshold",
+            "refresh_interval_minutes",
+            "vip_requesters",
             "zoho_accounts_url",
             "zoho_client_id",
         ]
@@ -188,6 +192,17 @@ class TenantAdmin(admin.ModelAdmin):
             ("ServiceDesk Plus API", {"fields": sdp}),
             ("SDP Cloud token renewal (Zoho OAuth)", {"fields": zoho, "classes": ["collapse"]}),
             ("Limits and model", {"fields": ["llm_model", "rate_limit_per_minute"]}),
+            (
+                "Outage clusters, updates and urgency",
+                {
+                    "fields": [
+                        "cluster_window_minutes",
+                        "cluster_threshold",
+                        "refresh_interval_minutes",
+                        "vip_requesters",
+                    ]
+                },
+            ),
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Tenant | None = None) -> tuple[str, ...]:
@@ -242,6 +257,10 @@ class TenantAdmin(admin.ModelAdmin):
             rotate_secret=bool(data.get("rotate_webhook_secret")),
             llm_model=data["llm_model"],
             rate_limit_per_minute=data["rate_limit_per_minute"],
+            cluster_window_minutes=data["cluster_window_minutes"],
+            cluster_threshold=data["cluster_threshold"],
+            refresh_interval_minutes=data["refresh_interval_minutes"],
+            vip_requesters=data["vip_requesters"],
             zoho_accounts_url=data["zoho_accounts_url"],
             zoho_client_id=data["zoho_client_id"],
             zoho_client_secret=data.get("new_zoho_client_secret") or None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -50,6 +51,27 @@ class Tenant(models.Model):
     enabled = models.BooleanField(default=True)
     llm_model = models.CharField("LLM model override", max_length=100, blank=True)
     rate_limit_per_minute = models.PositiveIntegerField(default=600, help_text="0 disables the limit.")
+    # Outage clusters, refreshed notes and urgency cues (issue 14).
+    cluster_window_minutes = models.PositiveIntegerField(
+        default=30,
+        validators=[MinValueValidator(1), MaxValueValidator(24 * 60)],
+        help_text="New tickets about the same problem within this many minutes form an outage cluster.",
+    )
+    cluster_threshold = models.PositiveIntegerField(
+        default=3,
+        validators=[MinValueValidator(2), MaxValueValidator(1000)],
+        help_text="How many such tickets make a cluster.",
+    )
+    refresh_interval_minutes = models.PositiveIntegerField(
+        default=15,
+        help_text="When a ticket gains information, at most one updated note per ticket per this many minutes; "
+        "0 turns refreshing off.",
+    )
+    vip_requesters = models.TextField(
+        "VIP requesters",
+        blank=True,
+        help_text="One email address or full name per line; their tickets get a VIP badge.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -106,7 +128,11 @@ class Ticket(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "sdp_id"], name="ticket_unique_per_tenant")]
-        indexes = [models.Index(fields=["tenant", "is_resolved"], name="ticket_tenant_resolved")]
+        indexes = [
+            models.Index(fields=["tenant", "is_resolved"], name="ticket_tenant_resolved"),
+            # The repeated-problem cue looks up a requester's recent tickets.
+            models.Index(fields=["tenant", "requester_email", "created_at"], name="ticket_tenant_requester"),
+        ]
         ordering = ["-sdp_created_at", "-id"]
 
     def __str__(self) -> str:

@@ -63,6 +63,10 @@ def tenant_create_or_update(
     zoho_client_id: str | None = None,
     zoho_client_secret: str | None = None,
     zoho_refresh_token: str | None = None,
+    cluster_window_minutes: int | None = None,
+    cluster_threshold: int | None = None,
+    refresh_interval_minutes: int | None = None,
+    vip_requesters: str | None = None,
 ) -> TenantResult:
     """Create the tenant, or update only the given fields of an existing one."""
     for url in (sdp_base_url, zoho_accounts_url):
@@ -86,6 +90,10 @@ def tenant_create_or_update(
         "zoho_client_id": zoho_client_id,
         "zoho_client_secret": zoho_client_secret,
         "zoho_refresh_token": zoho_refresh_token,
+        "cluster_window_minutes": cluster_window_minutes,
+        "cluster_threshold": cluster_threshold,
+        "refresh_interval_minutes": refresh_interval_minutes,
+        "vip_requesters": vip_requesters,
     }
     for field, value in updates.items():
         if value is not None:

@@ -48,6 +48,8 @@ NoteKey = Literal["request_note", "note"]
 _REQUEST = re.compile(r"^/api/v3/requests/(?P<id>[^/]+)/?$")
 _NOTES = re.compile(r"^/api/v3/requests/(?P<id>[^/]+)/notes/?$")
 _REQUESTS = re.compile(r"^/api/v3/requests/?$")
+_LINKS = re.compile(r"^/api/v3/requests/(?P<id>[^/]+)/link_requests/?$")
+_CONVERSATIONS = re.compile(r"^/api/v3/requests/(?P<id>[^/]+)/conversations/?$")
 
 SUCCESS = {"status_code": 2000, "status": "success"}
 
@@ -101,6 +103,11 @@ class FakeServiceDesk(FakeServer):
         self.note_key: NoteKey = note_key
         self.requests: dict[str, dict[str, Any]] = {}
         self.notes: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.links: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.conversations: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+        # Called (outside the lock) with (request id, event) after every stored note or request edit, the way an
+        # SDP custom trigger on edit would call the webhook.
+        self.on_change: Any = None
         self._ids = itertools.count(200001)
         self._note_ids = itertools.count(700001)
 
@@ -177,6 +184,8 @@ class FakeServiceDesk(FakeServer):
             super().reset()
             self.requests.clear()
             self.notes.clear()
+            self.links.clear()
+            self.conversations.clear()
 
     # -- HTTP --------------------------------------------------------------------------------------------------
 
@@ -208,6 +217,12 @@ class FakeServiceDesk(FakeServer):
         try:
             if _REQUESTS.match(path):
                 return self._only(request, "GET") or self._list_requests(request)
+            if match := _LINKS.match(path):
+                if request.method == "POST":
+                    return self._link_requests(match["id"], request)
+                return self._only(request, "GET") or self._list_links(match["id"])
+            if match := _CONVERSATIONS.match(path):
+                return self._only(request, "GET") or self._list_conversations(match["id"], request)
             if match := _NOTES.match(path):
                 if request.method == "POST":
                     return self._add_note(match["id"], request)
@@ -330,6 +345,7 @@ class FakeServiceDesk(FakeServer):
                 else:
                     stored[key] = value
             answer = copy.deepcopy(stored)
+        self._changed(request_id, "edit")
         return Reply.json(200, {"request": answer, "response_status": SUCCESS})
 
     def _add_note(self, request_id: str, request: RecordedRequest) -> Reply:
@@ -367,6 +383,7 @@ class FakeServiceDesk(FakeServer):
         }
         with self._lock:
             self.notes[request_id].append(stored)
+        self._changed(request_id, "note")
         return copy.deepcopy(stored)
 
     def _list_notes(self, request_id: str, request: RecordedRequest) -> Reply:
@@ -385,6 +402,72 @@ class FakeServiceDesk(FakeServer):
         if list_info.get("get_total_count") in (True, "true"):
             info["total_count"] = len(notes)
         return Reply.json(200, {"request_notes": page, "list_info": info, "response_status": [SUCCESS]})
+
+    # -- linked requests and conversations ----------------------------------------------------------------------
+
+    def _link_requests(self, request_id: str, request: RecordedRequest) -> Reply:
+        if self._find(request_id) is None:
+            return self._not_found(request_id)
+        links = self._form_input(request).get("link_requests")
+        if not isinstance(links, list) or not links:
+            raise _BadInputError("Mandatory field link_requests missing", field="link_requests", code=4012)
+        added = []
+        with self._lock:
+            for item in links:
+                other = str(((item or {}).get("linked_request") or {}).get("id") or "")
+                if other not in self.requests:
+                    raise _BadInputError(f"Request {other or '?'} not found", field="linked_request", code=4007)
+                if other == request_id:
+                    raise _BadInputError("A request cannot be linked to itself", field="linked_request", code=4001)
+                known = {link["linked_request"]["id"] for link in self.links[request_id]}
+                if other not in known:
+                    link = {"linked_request": {"id": other}, "comments": str(item.get("comments") or "")}
+                    self.links[request_id].append(link)
+                    added.append(copy.deepcopy(link))
+        return Reply.json(200, {"link_requests": added, "response_status": SUCCESS})
+
+    def _list_links(self, request_id: str) -> Reply:
+        if self._find(request_id) is None:
+            return self._not_found(request_id)
+        with self._lock:
+            links = copy.deepcopy(self.links.get(request_id, []))
+        return Reply.json(200, {"link_requests": links, "response_status": [SUCCESS]})
+
+    def add_conversation(
+        self, request_id: str | int, description: str, *, sender: str = "requester@example.com", name: str = "Requester"
+    ) -> dict[str, Any]:
+        """Store a requester reply in the request's conversations (as an e-mail reply to the request would)."""
+        item = {
+            "id": str(next(self._note_ids)),
+            "type": "reply",
+            "from": {"name": name, "email_id": sender},
+            "description": description,
+            "sent_time": sdp_time(),
+        }
+        with self._lock:
+            self.conversations[str(request_id)].append(item)
+        self._changed(str(request_id), "reply")
+        return copy.deepcopy(item)
+
+    def _list_conversations(self, request_id: str, request: RecordedRequest) -> Reply:
+        list_info = self._query_list_info(request)
+        if self._find(request_id) is None:
+            return self._not_found(request_id)
+        with self._lock:
+            rows = copy.deepcopy(self.conversations.get(request_id, []))
+        start_index, row_count = self._page(list_info)
+        page = rows[start_index - 1 : start_index - 1 + row_count]
+        info = {
+            "has_more_rows": start_index - 1 + row_count < len(rows),
+            "start_index": start_index,
+            "row_count": len(page),
+        }
+        return Reply.json(200, {"conversations": page, "list_info": info, "response_status": [SUCCESS]})
+
+    def _changed(self, request_id: str, event: str) -> None:
+        callback = self.on_change
+        if callback is not None:
+            callback(request_id, event)
 
 
 # -- search criteria -------------------------------------------------------------------------------------------

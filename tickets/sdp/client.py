@@ -263,6 +263,32 @@ class ServiceDeskClient:
             raise ServiceDeskError("SDP accepted the note but returned no note object.", permanent=False, unclear=True)
         return created
 
+    def link_requests(self, request_id: str, linked_ids: list[str], *, comments: str = "") -> dict[str, Any]:
+        """Link requests to request_id (POST /requests/{id}/link_requests) and return SDP's answer."""
+        links = [{"linked_request": {"id": str(other)}, "comments": comments} for other in linked_ids]
+        # Linking twice is harmless (SDP keeps one link), so a retry after an unclear outcome is safe.
+        return self._call(
+            "POST", f"/requests/{request_id}/link_requests", input_data={"link_requests": links}, idempotent=True
+        )
+
+    def list_conversations(self, request_id: str) -> list[dict[str, Any]]:
+        """Return the request's conversations (requester replies and e-mails; SDP lists notes separately)."""
+        rows: list[dict[str, Any]] = []
+        start = 1
+        for _ in range(20):
+            body = self._call(
+                "GET",
+                f"/requests/{request_id}/conversations",
+                input_data={"list_info": {"row_count": MAX_ROW_COUNT, "start_index": start}},
+                idempotent=True,
+            )
+            page = self._page(body, "conversations")
+            rows.extend(page.rows)
+            if not page.has_more_rows or not page.rows:
+                break
+            start = page.start_index + page.row_count
+        return rows
+
     # --- plumbing ---------------------------------------------------------------------------
     def _page(self, body: dict[str, Any], key: str, fallback_key: str | None = None) -> Page:
         rows = body.get(key)

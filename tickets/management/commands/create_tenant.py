@@ -27,6 +27,12 @@ class Command(BaseCommand):
         zoho.add_argument("--zoho-client-id")
         zoho.add_argument("--zoho-client-secret")
         zoho.add_argument("--zoho-refresh-token")
+        storms = parser.add_argument_group("Outage clusters and refreshed notes")
+        storms.add_argument("--cluster-window", type=int, dest="cluster_window_minutes", help="minutes (default 30)")
+        storms.add_argument("--cluster-threshold", type=int, help="tickets that make a cluster (default 3)")
+        storms.add_argument(
+            "--refresh-interval", type=int, dest="refresh_interval_minutes", help="minutes between updated notes"
+        )
         parser.add_argument("--webhook-secret", help="Use this secret instead of generating one")
         parser.add_argument("--rotate-secret", action="store_true", help="Generate a new webhook secret")
         review = parser.add_mutually_exclusive_group()
@@ -53,6 +59,9 @@ class Command(BaseCommand):
                 zoho_client_id=options["zoho_client_id"],
                 zoho_client_secret=options["zoho_client_secret"],
                 zoho_refresh_token=options["zoho_refresh_token"],
+                cluster_window_minutes=options["cluster_window_minutes"],
+                cluster_threshold=options["cluster_threshold"],
+                refresh_interval_minutes=options["refresh_interval_minutes"],
             )
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
