@@ -15,6 +15,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join, linebreaks
 from django.utils.safestring import SafeString, mark_safe
 
+from clusters.services import open_cluster_count
 from enhancements import services
 from enhancements.dashboard import chart_svg, dashboard_build
 from enhancements.models import ApiToken, Enhancement, Feedback
@@ -610,6 +611,10 @@ class EnhancementAdmin(admin.ModelAdmin):
             "p95": _seconds(board.p95_seconds),
             "failure_rate": "—" if board.failure_rate is None else f"{board.failure_rate:.1%}",
             "helpful_rate": "—" if board.helpful_rate is None else f"{board.helpful_rate:.0%}",
+            "open_clusters": open_cluster_count(tenant=selected),
+            "clusters_url": reverse("admin:clusters_outagecluster_changelist")
+            + "?status__exact=open"
+            + (f"&tenant__id__exact={selected.pk}" if selected else ""),
             "queue_url": reverse("admin:enhancements_enhancement_changelist")
             + "?status__exact=awaiting_review"
             + (f"&tenant__id__exact={selected.pk}" if selected else ""),

@@ -28,6 +28,8 @@ ROLES: dict[str, list[str]] = {
         "enhancements.rerun_enhancement",
         "enhancements.view_feedback",
         "enhancements.add_feedback",
+        "clusters.view_outagecluster",
+        "clusters.change_outagecluster",
     ],
     OPERATOR: [
         *(f"tickets.{action}_{model}" for model in ("tenant", "ticket", "asset", "knowledgearticle")
@@ -57,6 +59,10 @@ def roles_sync(*, apps: Any = global_apps) -> None:
         permissions = []
         for item in dotted:
             app_label, codename = item.split(".", 1)
+            try:
+                apps.get_model(app_label, codename.split("_", 1)[1])
+            except LookupError:
+                continue  # a model a later migration adds; that migration syncs the roles again
             # get(), not filter(): a renamed model must fail the migration loudly, not drop a permission.
             permissions.append(permission_model.objects.get(content_type__app_label=app_label, codename=codename))
         group, _ = group_model.objects.get_or_create(name=group_name)

@@ -362,6 +362,10 @@ def _tenant_form(**overrides):
         "webhook_auth": "hmac",
         "llm_model": "",
         "rate_limit_per_minute": "600",
+        "cluster_window_minutes": "30",
+        "cluster_threshold": "3",
+        "refresh_interval_minutes": "15",
+        "vip_requesters": "",
         "new_sdp_api_key": "",
         "new_webhook_secret": "",
     }

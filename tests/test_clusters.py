@@ -252,3 +252,39 @@ def test_clustering_quality_on_the_labelled_storm_set(make_tenant):
     # Never across tenants.
     for cluster in OutageCluster.objects.all():
         assert {m.tenant_id for m in cluster.members.all()} == {cluster.tenant_id}
+
+
+# --- the admin's "Open clusters" view -------------------------------------------------------------------------------
+def test_a_support_lead_sees_open_clusters_and_dismisses_splits_and_links(sdp_tenant, sdp, post_webhook, client):
+    from tests.review_helpers import operator, support_lead
+
+    for n, (subject, body) in enumerate(VPN):
+        _process(_deliver(post_webhook, sdp_tenant, sdp, _request(f"k{n}", subject, body, n * 3)))
+    cluster = OutageCluster.objects.get()
+    client.force_login(support_lead())
+
+    listing = client.get("/admin/clusters/outagecluster/")
+    assert listing.status_code == 302 and listing["Location"].endswith("?status__exact=open")
+    page = client.get("/admin/clusters/outagecluster/?status__exact=open").content.decode()
+    assert "Open clusters" in page and "#k0" in page and "#k3" in page and "<svg" in page and "vpn" in page
+    dashboard = client.get("/admin/enhancements/enhancement/dashboard/").content.decode()
+    assert 'id="te-clusters"' in dashboard and ">1</a>" in dashboard.split('id="te-clusters"')[1][:200]
+
+    detail = client.get(f"/admin/clusters/outagecluster/{cluster.pk}/change/").content.decode()
+    assert "Split out" in detail and "Dismiss" in detail and "Link the requests" in detail
+    assert client.get(f"/admin/clusters/outagecluster/{cluster.pk}/dismiss/").status_code == 403  # POST only
+
+    member = cluster.members.order_by("at").last()
+    client.post(f"/admin/clusters/outagecluster/{cluster.pk}/split/?ticket={member.ticket_id}")
+    cluster.refresh_from_db()
+    assert cluster.size == 3
+    client.post(f"/admin/clusters/outagecluster/{cluster.pk}/link/")
+    assert [link["linked_request"]["id"] for link in sdp.links["k0"]] == ["k1", "k2"]
+    client.post(f"/admin/clusters/outagecluster/{cluster.pk}/dismiss/")
+    cluster.refresh_from_db()
+    assert cluster.status == "dismissed" and cluster.dismissed_by is not None
+
+    # An operator (no cluster permissions) can neither see nor act.
+    client.force_login(operator())
+    assert client.get("/admin/clusters/outagecluster/?status__exact=open").status_code == 403
+    assert client.post(f"/admin/clusters/outagecluster/{cluster.pk}/dismiss/").status_code == 403
