@@ -58,6 +58,12 @@ def _ticket_cell(candidate: ClusterCandidate) -> SafeString:
     return format_html("{} {}", link, ticket.subject[:80])
 
 
+def _followup_label(candidate: ClusterCandidate) -> str:
+    if not candidate.followup_status:
+        return "said in its own note"
+    return candidate.get_followup_status_display()
+
+
 @admin.register(OutageCluster)
 class OutageClusterAdmin(admin.ModelAdmin):
     """Support leads see each storm as one row and act on it."""
@@ -147,8 +153,7 @@ class OutageClusterAdmin(admin.ModelAdmin):
             '<button type="submit" class="button" formmethod="post" formaction="{}?ticket={}">Split out</button>'
             "</td></tr>",
             (
-                (_ticket_cell(m), f"{m.at:%Y-%m-%d %H:%M}", m.get_followup_status_display() if m.followup_status else "in its note",
-                 split, m.ticket_id)
+                (_ticket_cell(m), f"{m.at:%Y-%m-%d %H:%M}", _followup_label(m), split, m.ticket_id)
                 for m in self._members(obj)
             ),
         )  # fmt: skip
