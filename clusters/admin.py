@@ -15,7 +15,7 @@ from django.utils.safestring import SafeString
 
 from clusters import services
 from clusters.models import ClusterCandidate, OutageCluster
-from clusters.urls_sdp import ticket_url
+from clusters.render import ticket_link_html
 
 CHART_BUCKETS = 12
 
@@ -52,10 +52,7 @@ def arrivals_svg(times: list[Any], *, width: int = 360, height: int = 60) -> Saf
 
 def _ticket_cell(candidate: ClusterCandidate) -> SafeString:
     ticket = candidate.ticket
-    url = ticket_url(ticket.tenant, ticket.sdp_id)
-    label = f"#{ticket.sdp_id}"
-    link = format_html('<a href="{}" target="_blank">{}</a>', url, label) if url else label
-    return format_html("{} {}", link, ticket.subject[:80])
+    return format_html("{} {}", ticket_link_html(ticket.tenant, ticket.sdp_id), ticket.subject[:80])
 
 
 def _followup_label(candidate: ClusterCandidate) -> str:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.utils.html import escape, format_html, format_html_join
+from django.utils.safestring import SafeString
 
-from clusters.urls_sdp import ticket_url
 from tickets.models import Tenant
+from tickets.sdp.links import ticket_url
 
 
-def _link(tenant: Tenant, sdp_id: str) -> str:
+def ticket_link_html(tenant: Tenant, sdp_id: str) -> SafeString:
+    """Return "#id" as escaped HTML, linked to the request in the tenant's SDP when the URL is http(s)."""
     url = ticket_url(tenant, sdp_id)
+    if urlsplit(url).scheme.lower() not in ("http", "https"):
+        url = ""
     label = f"#{sdp_id}"
-    return str(format_html('<a href="{}" target="_blank">{}</a>', url, label)) if url else str(escape(label))
+    return format_html('<a href="{}" target="_blank">{}</a>', url, label) if url else escape(label)
 
 
 def mention_text(mention: dict[str, Any]) -> str:
@@ -35,7 +40,9 @@ def _sentence(mention: dict[str, Any], listed: str) -> str:
 
 def mention_html(tenant: Tenant, mention: dict[str, Any]) -> str:
     """Return the cluster paragraph of a note; ticket subjects and ids are escaped."""
-    listed = str(format_html_join(", ", "{}", ((_link(tenant, str(o["sdp_id"])),) for o in mention["others"])))
+    listed = str(
+        format_html_join(", ", "{}", ((ticket_link_html(tenant, str(o["sdp_id"])),) for o in mention["others"]))
+    )
     # The sentence's own words are ours; only the links carry ticket data, already escaped.
     text = escape(_sentence(mention, "\x00")).replace("\x00", listed)
     return f'<p style="color:#b71c1c"><b>Probable outage:</b> {text}</p>'

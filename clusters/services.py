@@ -16,13 +16,14 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.html import escape, format_html, format_html_join
+from django.utils.safestring import SafeString
 
 from clusters.models import ClusterCandidate, OutageCluster
+from clusters.render import ticket_link_html
 from clusters.similarity import Signature, compare, signature
-from clusters.urls_sdp import ticket_url
 from tickets.models import Tenant, Ticket
-from tickets.servicedesk import ServiceDeskError
-from tickets.services import servicedesk_client
+from tickets.sdp.auth import servicedesk_client
+from tickets.sdp.client import ServiceDeskError
 
 if TYPE_CHECKING:
     from django_q.brokers import Broker
@@ -41,11 +42,9 @@ FOLLOWUP_MAX_ATTEMPTS = 6
 MARKER_PREFIX = "ticket-enhancer:"  # the prefix every note of ours carries (enhancements.render uses it too)
 
 
-def ticket_link(ticket: Ticket) -> str:
+def ticket_link(ticket: Ticket) -> SafeString:
     """Return "#id" linked to the request in the tenant's SDP (escaped HTML)."""
-    url = ticket_url(ticket.tenant, ticket.sdp_id)
-    label = f"#{ticket.sdp_id}"
-    return str(format_html('<a href="{}" target="_blank">{}</a>', url, label)) if url else str(escape(label))
+    return ticket_link_html(ticket.tenant, ticket.sdp_id)
 
 
 def followup_marker(followup_id: str) -> str:
@@ -280,7 +279,7 @@ def followup_post(*, candidate_id: int) -> str:
         return ""
     marker_id = str(row.followup_id)
     try:
-        with servicedesk_client(row.tenant) as client:
+        with servicedesk_client(tenant=row.tenant) as client:
             if attempts > 1:
                 for note in client.list_notes(row.ticket.sdp_id):
                     if marker_id in str(note.get("description", "")):
@@ -365,7 +364,7 @@ def cluster_link_requests(*, cluster_id: str) -> LinkResult:
     first, others = members[0].ticket, [m.ticket.sdp_id for m in members[1:]]
     comment = f"Ticket Enhancer outage cluster {cluster.pk}: these requests look like one problem."
     try:
-        with servicedesk_client(cluster.tenant) as client:
+        with servicedesk_client(tenant=cluster.tenant) as client:
             client.link_requests(first.sdp_id, others, comments=comment)
     except ServiceDeskError as exc:
         OutageCluster.objects.filter(pk=cluster.pk).update(link_error=f"ServiceDesk Plus: {exc}"[:2000])

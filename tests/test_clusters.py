@@ -89,7 +89,7 @@ def test_a_burst_forms_one_cluster_and_the_first_tickets_get_exactly_one_follow_
     assert third.index("Probable outage") < third.index("Ticket Enhancer summary")
     assert "2 other tickets in the last 4 minutes look like the same problem: " in third
     assert "#900" in third and "#901" in third and "Probably one outage." in third
-    assert "woID=900" in third  # linked to the request in SDP
+    assert f'<a href="{sdp.url}/WorkOrder.do?woMode=viewWO&amp;woID=900" target="_blank">#900</a>' in third
     assert "3 other tickets" in fourth and "#902" in fourth
 
     # The first two got no follow-up yet (it is queued); posting them twice still posts each once.
@@ -101,6 +101,7 @@ def test_a_burst_forms_one_cluster_and_the_first_tickets_get_exactly_one_follow_
         assert len(notes) == 2, notes
         assert "probable outage" in notes[1]["description"].lower()
         assert "ticket-enhancer:followup-" in notes[1]["description"]
+        assert 'target="_blank">#902</a>' in notes[1]["description"]
     assert len(sdp.notes["902"]) == 1 and len(sdp.notes["903"]) == 1  # their own notes said it
 
     cluster = OutageCluster.objects.get()
