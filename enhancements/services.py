@@ -30,7 +30,7 @@ from tickets.models import Tenant, Ticket
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import ServiceDeskError, backoff_delay
 from tickets.sdp.mapping import ticket_fields_from_sdp
-from tickets.services import ticket_refresh_from_sdp, ticket_upsert
+from tickets.services import ticket_refresh_from_sdp
 
 if TYPE_CHECKING:
     from django_q.brokers import Broker
@@ -146,16 +146,6 @@ def enhancement_rerun(*, enhancement: Enhancement) -> Enhancement:
         )
         transaction.on_commit(lambda: enhancement_enqueue(enhancement_id=str(new.pk)))
     return new
-
-
-def ticket_store_resolved(*, tenant: Tenant, request: dict[str, Any]) -> Ticket:
-    """Upsert a resolved or closed ticket into the searchable history."""
-    fields = ticket_fields_from_sdp(request)
-    fields["is_resolved"] = True
-    ticket, _ = ticket_upsert(
-        tenant=tenant, sdp_id=str(request["id"]), fields=fields, source=Ticket.Source.WEBHOOK, raw=request
-    )
-    return ticket
 
 
 # --- processing -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from clusters.services import followup_sweep
 from enhancements import services
 from enhancements.models import Enhancement
 from project.logging import log_context
+from tickets.history import ticket_fetch_sweep
 
 
 def process_enhancement(enhancement_id: str) -> str:
@@ -17,7 +18,8 @@ def process_enhancement(enhancement_id: str) -> str:
 
 
 def sweep() -> dict[str, int]:
-    """Re-enqueue due, lost or stuck enhancements and cluster follow-up notes."""
+    """Re-enqueue due, lost or stuck enhancements, cluster follow-up notes and SDP fetches of resolved tickets."""
     result = services.enhancement_sweep()
     result["followups"] = followup_sweep()
+    result["fetches"] = ticket_fetch_sweep()
     return result

@@ -22,6 +22,7 @@ from enhancements import services, signatures
 from enhancements.models import Enhancement
 from project.errors import DB_RETRY_AFTER_SECONDS, error_response
 from project.metrics import count_webhook_answers
+from tickets import history
 from tickets.models import Tenant
 from tickets.sdp.schema import WebhookSerializer
 from tickets.storable import UnstorableValue, storable_json
@@ -103,7 +104,15 @@ def _request_created(tenant: Tenant, data: dict[str, Any], delivery_id: str, req
 
 
 def _request_resolved(tenant: Tenant, data: dict[str, Any], delivery_id: str, request: HttpRequest) -> JsonResponse:
-    ticket = services.ticket_store_resolved(tenant=tenant, request=data["request"])
+    try:
+        ticket = history.ticket_store_resolved(tenant=tenant, request=data["request"])
+    except history.IncompleteHistoryError as exc:
+        fields = {
+            "request": {
+                name: ["Required when the tenant has no SDP credentials."] for name in ("subject", "description")
+            }
+        }
+        return error_response("invalid_payload", str(exc), status=400, fields=fields)
     return JsonResponse({"status": "stored", "ticket": ticket.sdp_id}, status=200)
 
 

@@ -17,7 +17,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
+from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket, TicketFetch
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import ServiceDeskError, check_base_url
 from tickets.services import tenant_create_or_update, webhook_secret_key, webhook_url
@@ -353,7 +353,17 @@ class TicketAdmin(admin.ModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
-    readonly_fields = ("raw", "created_at", "updated_at")
+    readonly_fields = ("sdp_fetch", "raw", "created_at", "updated_at")
+
+    @admin.display(description="fetch from SDP")
+    def sdp_fetch(self, obj: Ticket) -> str:
+        """Say whether the text a minimal resolved event lacked is still being fetched, or why that stopped."""
+        fetch = TicketFetch.objects.filter(pk=obj.pk).first()
+        if fetch is None:
+            return "-"
+        if fetch.due_at is None:
+            return f"Gave up after {fetch.attempts} attempt(s): {fetch.error}"
+        return f"Due {fetch.due_at:%Y-%m-%d %H:%M:%S} UTC (attempts so far: {fetch.attempts}) {fetch.error}".strip()
 
 
 @admin.register(Asset)

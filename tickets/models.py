@@ -209,3 +209,19 @@ class TicketImport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant.slug}: {self.since:%Y-%m-%d} .. {self.until:%Y-%m-%d}"
+
+
+class TicketFetch(models.Model):
+    """A resolved ticket whose event carried only part of it: the worker fetches the rest from SDP."""
+
+    ticket = models.OneToOneField(Ticket, on_delete=models.CASCADE, primary_key=True, related_name="fetch")
+    due_at = models.DateTimeField(null=True, blank=True, help_text="Fetch after this; empty once it gave up.")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    error = models.CharField(max_length=500, blank=True, help_text="Why the last fetch from SDP failed.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["due_at"], condition=Q(due_at__isnull=False), name="ticketfetch_due")]
+
+    def __str__(self) -> str:
+        return f"fetch of {self.ticket}"

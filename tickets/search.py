@@ -385,7 +385,13 @@ def similar_tickets(
     if limit <= 0 or not text.strip():
         return []
     search = _pg_similar if connection.vendor == "postgresql" else _sqlite_similar
-    return [(ticket, round(min(score, 1.0), 4)) for ticket, score in search(tenant, text, limit, exclude_sdp_id)]
+    # A ticket with neither subject nor description (an import's or a minimal event's, its SDP fetch pending
+    # or failed) says nothing a technician can compare: it is never offered as history.
+    return [
+        (ticket, round(min(score, 1.0), 4))
+        for ticket, score in search(tenant, text, limit, exclude_sdp_id)
+        if ticket.is_complete
+    ]
 
 
 # --- assets -----------------------------------------------------------------------------------------------------
