@@ -45,13 +45,14 @@ def stem(word: str) -> str:
     return word
 
 
-def _words(text: str) -> list[str]:
+def content_words(text: str, cap: int = MAX_WORDS) -> list[str]:
+    """Return the distinct stemmed content words of text, in order (at most cap)."""
     out: dict[str, None] = {}
     for raw in _WORD.findall(text.lower()):
         if raw in STOPWORDS:
             continue
         out[stem(raw)] = None
-        if len(out) >= MAX_WORDS:
+        if len(out) >= cap:
             break
     return list(out)
 
@@ -90,8 +91,8 @@ class Signature:
 
 def signature(subject: str, description: str, *, asset_names: Iterable[str] = ()) -> Signature:
     """Return the signature of a ticket's text and the inventory names its context matched."""
-    subject_words = _words(subject)
-    words = list(dict.fromkeys([*subject_words, *_words(description[:4000])]))[:MAX_WORDS]
+    subject_words = content_words(subject)
+    words = list(dict.fromkeys([*subject_words, *content_words(description[:4000])]))[:MAX_WORDS]
     hosts = hosts_in(f"{subject}\n{description[:4000]}") | {n.lower().split(".", 1)[0] for n in asset_names if n}
     return Signature(words=words, subject_words=subject_words, hosts=sorted(hosts))
 

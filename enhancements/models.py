@@ -26,6 +26,7 @@ class Enhancement(models.Model):
     class Trigger(models.TextChoices):
         WEBHOOK = "webhook", "Webhook"
         RERUN = "rerun", "Re-run"
+        UPDATE = "update", "Ticket updated"
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
     FINAL_STATUSES = (Status.POSTED, Status.COMPLETED, Status.FAILED, Status.REJECTED)
@@ -130,3 +131,56 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class TicketUpdate(models.Model):
+    """One request_updated event: stored by the webhook, checked by the worker for new information.
+
+    Our own notes and field writes fire SDP's edit triggers too; the check compares content, not events, so they
+    end here as "unchanged" and never cause another enhancement.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Checking"
+        REFRESHED = "refreshed", "Refreshed (new enhancement)"
+        UNCHANGED = "unchanged", "No new information"
+        IGNORED = "ignored", "Ignored"
+        FAILED = "failed", "Failed"
+
+    ACTIVE_STATUSES = (Status.PENDING, Status.RUNNING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="ticket_updates")
+    sdp_id = models.CharField("SDP id", max_length=32)
+    delivery_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL skips the constraint
+    request_id = models.CharField(max_length=64, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    reason = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    received_at = models.DateTimeField(auto_now_add=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    enhancement = models.ForeignKey(
+        Enhancement, null=True, blank=True, on_delete=models.SET_NULL, related_name="ticket_updates"
+    )
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "delivery_id"],
+                condition=Q(delivery_id__isnull=False),
+                name="ticketupdate_unique_delivery",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="ticketupdate_status_next"),
+            models.Index(fields=["tenant", "sdp_id", "-received_at"], name="ticketupdate_ticket"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Update of #{self.sdp_id} ({self.get_status_display()})"

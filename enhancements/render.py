@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from django.utils.html import escape, format_html, format_html_join
 
-from enhancements.storms import lead_paragraphs
+from enhancements.extras import lead_paragraphs
 from tickets.models import Tenant
 from tickets.sdp.links import ticket_url
 

@@ -21,10 +21,10 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from enhancements.context import context_gather
+from enhancements.extras import pipeline_extras
 from enhancements.llm import enhancement_generate
 from enhancements.models import ApiToken, Enhancement, Feedback
 from enhancements.render import marker, note_has_marker, note_render
-from enhancements.storms import cluster_context
 from project.logging import log_context
 from tickets.models import Tenant, Ticket
 from tickets.sdp.auth import servicedesk_client
@@ -212,7 +212,7 @@ def _process(enhancement: Enhancement, timings: dict[str, int]) -> str:
     with _stage(timings, "context"):
         context = context_gather(ticket=ticket)
     with _stage(timings, "cluster"):
-        context.update(cluster_context(ticket=ticket, context=context))
+        context.update(pipeline_extras(enhancement=enhancement, ticket=ticket, context=context))
     with _stage(timings, "generate"):
         generation = enhancement_generate(tenant=tenant, ticket=ticket, context=context)
     with _stage(timings, "render"):

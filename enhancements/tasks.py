@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from clusters.services import followup_sweep
-from enhancements import services
-from enhancements.models import Enhancement
+from enhancements import services, updates
+from enhancements.models import Enhancement, TicketUpdate
 from project.logging import log_context
 from tickets.history import ticket_fetch_sweep
 
@@ -18,8 +18,16 @@ def process_enhancement(enhancement_id: str) -> str:
 
 
 def sweep() -> dict[str, int]:
-    """Re-enqueue due, lost or stuck enhancements, cluster follow-up notes and SDP fetches of resolved tickets."""
+    """Re-enqueue due, lost or stuck enhancements, cluster follow-ups, update checks and SDP fetches."""
     result = services.enhancement_sweep()
     result["followups"] = followup_sweep()
     result["fetches"] = ticket_fetch_sweep()
+    result["updates"] = updates.ticket_update_sweep()
     return result
+
+
+def process_ticket_update(update_id: str) -> str:
+    """Check one request_updated event for new information; return its resulting status."""
+    request_id = TicketUpdate.objects.filter(pk=update_id).values_list("request_id", flat=True).first()
+    with log_context(request_id=request_id or None):
+        return updates.ticket_update_process(update_id=update_id)

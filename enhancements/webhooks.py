@@ -18,7 +18,7 @@ from django.db import DatabaseError, DataError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from enhancements import services, signatures
+from enhancements import services, signatures, updates
 from enhancements.models import Enhancement
 from project.errors import DB_RETRY_AFTER_SECONDS, error_response
 from project.metrics import count_webhook_answers
@@ -116,10 +116,25 @@ def _request_resolved(tenant: Tenant, data: dict[str, Any], delivery_id: str, re
     return JsonResponse({"status": "stored", "ticket": ticket.sdp_id}, status=200)
 
 
+def _request_updated(tenant: Tenant, data: dict[str, Any], delivery_id: str, request: HttpRequest) -> JsonResponse:
+    outcome = updates.ticket_update_receive(
+        tenant=tenant,
+        request=data["request"],
+        delivery_id=delivery_id or None,
+        request_id=getattr(request, "request_id", ""),
+    )
+    if outcome.ignored:
+        return JsonResponse({"status": "ignored", "detail": outcome.ignored}, status=200)
+    if outcome.duplicate:
+        return JsonResponse({"status": "duplicate", "update_id": outcome.update_id}, status=200)
+    return JsonResponse({"status": "queued", "update_id": outcome.update_id}, status=202)
+
+
 EVENT_HANDLERS: dict[str, Callable[[Tenant, dict[str, Any], str, HttpRequest], JsonResponse]] = {
     "request_created": _request_created,
     "request_resolved": _request_resolved,
     "request_closed": _request_resolved,
+    "request_updated": _request_updated,
 }
 
 

@@ -105,7 +105,8 @@ def test_closed_event_stores_history(tenant, post_webhook):
 
 
 def test_unknown_event_is_ignored(tenant, post_webhook):
-    response = post_webhook("acme", load_fixture("webhook__request_updated"), secret=tenant.secret)
+    payload = {**load_fixture("webhook__request_updated"), "event": "request_deleted"}
+    response = post_webhook("acme", payload, secret=tenant.secret)
     assert response.status_code == 200 and response.json() == {"status": "ignored"}
     assert not Ticket.objects.exists()
 
