@@ -184,3 +184,14 @@ class TicketUpdate(models.Model):
 
     def __str__(self) -> str:
         return f"Update of #{self.sdp_id} ({self.get_status_display()})"
+
+
+class RateCounter(models.Model):
+    """A per-tenant webhook counter for one minute, used when there is no Redis (enhancements/ratelimit.py)."""
+
+    key = models.CharField(max_length=100, primary_key=True)
+    count = models.PositiveIntegerField(default=0)
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from clusters.services import followup_sweep
 from enhancements import services, updates
 from enhancements.models import Enhancement, TicketUpdate
+from enhancements.ratelimit import counters_expire
 from project.logging import log_context
 from tickets.history import ticket_fetch_sweep
 
@@ -23,6 +24,7 @@ def sweep() -> dict[str, int]:
     result["followups"] = followup_sweep()
     result["fetches"] = ticket_fetch_sweep()
     result["updates"] = updates.ticket_update_sweep()
+    counters_expire()
     return result
 
 

@@ -13,12 +13,11 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.core.cache import cache
 from django.db import DatabaseError, DataError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from enhancements import services, signatures, updates
+from enhancements import ratelimit, services, signatures, updates
 from enhancements.models import Enhancement
 from project.errors import DB_RETRY_AFTER_SECONDS, error_response
 from project.metrics import count_webhook_answers
@@ -67,8 +66,7 @@ def _count(key: str) -> int:
         pipe.incr(key)
         pipe.expire(key, 120, nx=True)
         return int(pipe.execute()[0])
-    cache.add(key, 0, timeout=120)
-    return cache.incr(key)
+    return ratelimit.counter_hit(key=key, ttl_seconds=120)
 
 
 def _rate_limited(tenant: Tenant) -> int | None:

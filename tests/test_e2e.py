@@ -181,3 +181,31 @@ def test_transport_edge_cases_over_real_http(tmp_path):
         assert status == 202, answer
     assert Enhancement.objects.filter(ticket__sdp_id="3").count() == 1
     assert not Enhancement.objects.filter(ticket__sdp_id__in=["1", "2"]).exists()
+
+
+@pytest.mark.parametrize("limit", [50])
+def test_rate_limit_holds_under_concurrency_without_redis(tmp_path, limit):
+    """The database-cache path (no REDIS_URL): 40 parallel senders get exactly `limit` webhooks in a minute."""
+    import concurrent.futures
+
+    from tickets.models import Tenant
+
+    result = tenant_create_or_update(slug="burst", name="Burst", rate_limit_per_minute=limit)
+    Tenant.objects.filter(pk=result.tenant.pk).update(rate_limit_per_minute=limit)
+    bodies = [json.dumps({"request": {"id": str(1000 + n), "subject": "Burst"}}).encode() for n in range(120)]
+    # Wait for the start of a fresh minute window if this one is nearly over: the count is per clock minute.
+    if time.time() % 60 > 45:
+        time.sleep(61 - time.time() % 60)
+
+    with running_stack(tmp_path, worker=False, REDIS_URL="") as stack:
+
+        def send(n: int):
+            return stack.request(
+                "POST", "/webhook/servicedesk/burst/", bodies[n], _signed(result.secret, bodies[n], f"msg_b_{n}")
+            )[0]
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+            statuses = list(pool.map(send, range(len(bodies))))
+    assert statuses.count(202) == limit, sorted(statuses)
+    assert statuses.count(429) == len(bodies) - limit, sorted(statuses)
+    assert Enhancement.objects.filter(tenant=result.tenant).count() == limit

@@ -251,6 +251,28 @@ def test_rate_limit_is_shared_through_redis(make_tenant, post_webhook):
     assert not Enhancement.objects.filter(ticket__sdp_id="2").exists()
 
 
+def test_rate_limit_without_redis_counts_in_one_database_row_per_minute(make_tenant, post_webhook, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from enhancements.models import RateCounter
+    from enhancements.tasks import sweep
+
+    settings.REDIS_URL = ""
+    result = make_tenant("acme")
+    Tenant.objects.filter(slug="acme").update(rate_limit_per_minute=3)
+    if time.time() % 60 > 55:
+        time.sleep(6)  # stay inside one rate-limit minute
+    answers = [post_webhook("acme", {"request": {"id": str(n)}}, secret=result.secret).status_code for n in range(5)]
+    assert answers == [202, 202, 202, 429, 429]
+    (counter,) = RateCounter.objects.all()
+    assert counter.count == 5 and counter.key.startswith(f"webhook-rate:{result.tenant.pk}:")
+    RateCounter.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    sweep()
+    assert not RateCounter.objects.exists()
+
+
 def test_rate_limit_zero_disables_it(make_tenant, post_webhook):
     result = make_tenant("acme")
     Tenant.objects.filter(slug="acme").update(rate_limit_per_minute=0)
