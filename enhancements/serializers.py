@@ -105,6 +105,20 @@ class EnhancementFilterSerializer(serializers.Serializer):
     created_after = serializers.DateTimeField(required=False, help_text="Created at or after (ISO 8601).")
     created_before = serializers.DateTimeField(required=False, help_text="Created before (ISO 8601).")
 
+    def to_internal_value(self, data: Any) -> Any:
+        """Refuse a parameter given with no value (`?date=`).
+
+        DRF reads an empty query value as "not given" (HTML form semantics), so `?date=` listed everything while
+        the schema says a date is required there; an empty filter is a client mistake worth naming.
+        """
+        values = data.getlist if hasattr(data, "getlist") else lambda name: [data[name]]
+        empty = sorted(name for name in self.fields if name in data and not any(values(name)))
+        if empty:
+            raise serializers.ValidationError(
+                {name: ["This parameter is empty: give a value or leave it out."] for name in empty}
+            )
+        return super().to_internal_value(data)
+
 
 class ErrorSerializer(serializers.Serializer):
     """The one error shape of every JSON answer (see project/errors.py)."""

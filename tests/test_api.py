@@ -107,7 +107,16 @@ def test_filters(acme, acme_api):
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("?status=bogus", "status"), ("?date=yesterday", "date"), ("?created_after=soon", "created_after")],
+    [
+        ("?status=bogus", "status"),
+        ("?date=yesterday", "date"),
+        ("?created_after=soon", "created_after"),
+        # An empty value is not "no filter" (DRF's form semantics listed everything for these).
+        ("?date=", "date"),
+        ("?created_after=&created_before=", "created_before"),
+        ("?tenant=", "tenant"),
+        ("?status=", "status"),
+    ],
 )
 def test_invalid_filters_are_400_with_fields(acme, acme_api, query, field):
     body = _error(acme_api.get(LIST + query), 400, "invalid_payload")
