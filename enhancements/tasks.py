@@ -7,6 +7,7 @@ from enhancements import services, updates
 from enhancements.models import Enhancement, TicketUpdate
 from enhancements.ratelimit import counters_expire
 from project.logging import log_context
+from tickets import indexing
 from tickets.history import ticket_fetch_sweep
 
 
@@ -19,11 +20,13 @@ def process_enhancement(enhancement_id: str) -> str:
 
 
 def sweep() -> dict[str, int]:
-    """Re-enqueue due, lost or stuck enhancements, cluster follow-ups, update checks and SDP fetches."""
+    """Re-enqueue due, lost or stuck enhancements, cluster follow-ups, update checks and SDP fetches; embed the
+    history tickets stored since the last sweep (e.g. by resolved events)."""
     result = services.enhancement_sweep()
     result["followups"] = followup_sweep()
     result["fetches"] = ticket_fetch_sweep()
     result["updates"] = updates.ticket_update_sweep()
+    result["embedded"] = indexing.tickets_embed_due()
     counters_expire()
     return result
 

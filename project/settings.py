@@ -234,6 +234,18 @@ LLM_TIMEOUT = env.float("LLM_TIMEOUT", default=30.0)
 LLM_REDACT = env.bool("LLM_REDACT", default=True)
 LLM_MAX_TICKET_CHARS = env.int("LLM_MAX_TICKET_CHARS", default=6000)
 SDP_TIMEOUT = env.float("SDP_TIMEOUT", default=15.0)
+# Embeddings for the similar-ticket search (tickets/embeddings.py): `local` = the static model shipped in the
+# wordllama wheel (no network), `openai` = any OpenAI-compatible /v1/embeddings, `off` = lexical search only.
+EMBEDDINGS_PROVIDER = env.str("EMBEDDINGS_PROVIDER", default="local")
+if EMBEDDINGS_PROVIDER not in {"local", "openai", "off"}:
+    raise ImproperlyConfigured(f"EMBEDDINGS_PROVIDER must be local, openai or off, not {EMBEDDINGS_PROVIDER!r}")
+EMBEDDINGS_MODEL = env.str("EMBEDDINGS_MODEL", default="")
+# Unset: the LLM's OPENAI_BASE_URL / OPENAI_API_KEY / LLM_TIMEOUT (resolved in tickets/embeddings.py).
+EMBEDDINGS_BASE_URL = env.str("EMBEDDINGS_BASE_URL", default="") or None
+EMBEDDINGS_API_KEY = secret("EMBEDDINGS_API_KEY", "")
+EMBEDDINGS_TIMEOUT = env.float("EMBEDDINGS_TIMEOUT", default=0.0) or None
+if EMBEDDINGS_TIMEOUT is not None and EMBEDDINGS_TIMEOUT < 0:
+    raise ImproperlyConfigured("EMBEDDINGS_TIMEOUT must be a positive number of seconds")
 SDP_ALLOW_INSECURE_URLS = env.bool("SDP_ALLOW_INSECURE_URLS", default=False)
 WEBHOOK_MAX_BYTES = env.int("WEBHOOK_MAX_BYTES", default=262144)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(WEBHOOK_MAX_BYTES, 2621440)

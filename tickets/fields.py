@@ -24,3 +24,28 @@ class EncryptedTextField(models.TextField):
         if value in (None, ""):
             return value
         return crypto.encrypt(value)
+
+
+class BitCodeField(models.BinaryField):
+    """Bytes stored as a bit string on PostgreSQL (`bit varying`, so `bit_count(a # b)` is their Hamming
+    distance without an extension) and as a blob elsewhere."""
+
+    def db_type(self, connection: Any) -> str:
+        """Return `bit varying` on PostgreSQL, the binary type elsewhere."""
+        return "bit varying" if connection.vendor == "postgresql" else super().db_type(connection)
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        """Return the value as PostgreSQL's bit-string text, or as bytes."""
+        if value is None:
+            return None
+        if connection.vendor == "postgresql":
+            return "".join(f"{byte:08b}" for byte in bytes(value))
+        return super().get_db_prep_value(value, connection, prepared)
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> bytes | None:
+        """Return the stored bits as bytes."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return int(value, 2).to_bytes(len(value) // 8, "big") if value else b""
+        return bytes(value)

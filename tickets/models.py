@@ -6,7 +6,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-from tickets.fields import EncryptedTextField
+from tickets.fields import BitCodeField, EncryptedTextField
 
 
 class Tenant(models.Model):
@@ -123,6 +123,13 @@ class Ticket(models.Model):
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.WEBHOOK)
     is_resolved = models.BooleanField(default=False, help_text="Resolved or closed: part of the searchable history.")
     raw = models.JSONField(default=dict, blank=True)
+    language = models.CharField(max_length=8, blank=True, help_text="Detected language (ISO 639-1), if known.")
+    # The embedding of subject + description (tickets/embeddings.py): int8-quantised, normalised vector, its
+    # sign bits for a Hamming prefilter, and which model made it (a ticket of another model is re-embedded).
+    embedding = models.BinaryField(null=True, blank=True, editable=False)
+    embedding_code = BitCodeField(null=True, blank=True, editable=False)
+    embedding_model = models.CharField(max_length=100, blank=True, editable=False)
+    embedding_dim = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

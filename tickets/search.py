@@ -14,16 +14,21 @@ scored, which keeps a search over a million tickets in milliseconds.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import re
 import time
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 from django.db import connection
 from django.db.models import Q
 
+from tickets import embeddings, semantic
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
+
+log = logging.getLogger(__name__)
 
 MIN_SCORE = 0.2  # the relevance floor: below it a ticket is not worth a technician's attention
 MAX_TERMS = 12
@@ -36,6 +41,23 @@ ABSENT_WEIGHT_CAP = 0.0  # share of the present terms' weight added for words th
 CANDIDATE_POSTINGS = 1000
 CANDIDATE_SHARE = 0.01
 MAX_QUERY_WORDS = 200
+# Hybrid search, calibrated on tests/fixtures/retrieval (a grid over these three, `manage.py retrieval_report`
+# for the figures): a cosine at or below SEMANTIC_LOW says nothing, one at SEMANTIC_HIGH or above is full semantic
+# evidence, which counts SEMANTIC_WEIGHT: a ticket sharing the query's rare terms (an error code, a host name, a
+# KB number) outranks one that is only about the same thing. The unrelated texts of the set stay below the floor.
+MODES = ("hybrid", "lexical", "semantic")
+LEXICAL_POOL = 20
+SEMANTIC_POOL = 20
+SEMANTIC_LOW = 0.30
+SEMANTIC_HIGH = 0.75
+SEMANTIC_WEIGHT = 0.8
+SEMANTIC_FLOOR = MIN_SCORE
+# Identifiers (error codes, KB numbers, host and asset names: letters and digits in one token) name the problem
+# or the machine exactly; a ticket sharing a rare one with the query gets this much more evidence.
+IDENTIFIER_WEIGHT = 0.5
+MAX_IDENTIFIERS = 4
+IDENTIFIER_MAX_TICKETS = 10  # an identifier in more of the tenant's tickets than this is not telling
+_IDENTIFIER = re.compile(r"(?<![\w.-])(?=[\w.-]*\d)(?=[\w.-]*[^\W\d_])[\w][\w.-]{2,60}[\w](?![\w-])", re.UNICODE)
 STATS_TTL = 600.0
 # Below this many tickets (or before the first ANALYZE), document frequencies are counted exactly.
 EXACT_STATS_BELOW = 2_000
@@ -378,20 +400,107 @@ def _sqlite_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str |
     return [(tickets[pk], score) for pk, score in ranked if pk in tickets]
 
 
+def _query_vector(text: str) -> np.ndarray | None:
+    """Return the query's embedding, or None when embeddings are off or the provider failed (lexical only)."""
+    if not embeddings.current_model():
+        return None
+    try:
+        return embeddings.text_embed([text])[0]
+    except embeddings.EmbeddingError as exc:
+        log.warning("query embedding failed, searching lexically only: %s", exc)
+        return None
+
+
+def semantic_relevance(cosine: float) -> float:
+    """Return the 0..1 relevance of a cosine similarity: 0 at SEMANTIC_LOW and below, 1 at SEMANTIC_HIGH and above."""
+    return min(1.0, max(0.0, (cosine - SEMANTIC_LOW) / (SEMANTIC_HIGH - SEMANTIC_LOW)))
+
+
+def fused_score(lexical: float, cosine: float | None) -> float:
+    """Return the hybrid score: how likely the ticket is relevant given either kind of evidence (0..1).
+
+    A probabilistic OR, 1 - (1 - lexical)(1 - semantic): strong evidence of either kind carries a ticket (a shared
+    error code or host name, or the same problem in other words), and both together rank above either alone. A
+    ticket without an embedding keeps its lexical score. The parts are computed alike on every database.
+    """
+    if cosine is None:
+        return lexical
+    return 1.0 - (1.0 - lexical) * (1.0 - SEMANTIC_WEIGHT * semantic_relevance(cosine))
+
+
+def identifiers_in(text: str) -> list[str]:
+    """Return the identifier-like tokens of text (0x80070035, KB5034441, LT-0738, fs01.corp.local), lower-case."""
+    found: dict[str, None] = {}
+    for token in _IDENTIFIER.findall(text):
+        token = token.lower().strip(".-")
+        if len(token) >= 4 and not re.fullmatch(r"\d+(st|nd|rd|th|am|pm|gb|mb|kb|tb|px|h|m|s)?", token):
+            found[token] = None
+    return list(found)[:MAX_IDENTIFIERS]
+
+
+def _identifier_matches(search, tenant: Tenant, text: str, exclude_sdp_id: str | None) -> dict[int, int]:  # noqa: ANN001
+    """Return {ticket id: how many of the query's rare identifiers it contains}."""
+    matches: Counter[int] = Counter()
+    for identifier in identifiers_in(text):
+        # One word: the lexical search then matches every ticket containing it (the word is its own query).
+        word = " ".join(_WORD.findall(identifier))
+        found = search(tenant, word, IDENTIFIER_MAX_TICKETS + 1, exclude_sdp_id)
+        if len(found) <= IDENTIFIER_MAX_TICKETS:
+            matches.update(ticket.pk for ticket, _ in found)
+    return dict(matches)
+
+
 def similar_tickets(
-    tenant: Tenant, text: str, *, limit: int = 5, exclude_sdp_id: str | None = None
+    tenant: Tenant, text: str, *, limit: int = 5, exclude_sdp_id: str | None = None, mode: str = "hybrid"
 ) -> list[tuple[Ticket, float]]:
-    """Return up to `limit` resolved tickets of the tenant most similar to text, best first, scored 0..1."""
+    """Return up to `limit` resolved tickets of the tenant most similar to text, best first, scored 0..1.
+
+    mode: "hybrid" (lexical and semantic candidates fused; the default), "lexical" or "semantic".
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if limit <= 0 or not text.strip():
         return []
     search = _pg_similar if connection.vendor == "postgresql" else _sqlite_similar
     # A ticket with neither subject nor description (an import's or a minimal event's, its SDP fetch pending
     # or failed) says nothing a technician can compare: it is never offered as history.
-    return [
-        (ticket, round(min(score, 1.0), 4))
-        for ticket, score in search(tenant, text, limit, exclude_sdp_id)
-        if ticket.is_complete
+    vector = None if mode == "lexical" else _query_vector(text)
+    if vector is None:
+        if mode == "semantic":
+            return []
+        return [
+            (ticket, round(min(score, 1.0), 4))
+            for ticket, score in search(tenant, text, limit, exclude_sdp_id)
+            if ticket.is_complete
+        ]
+    model = embeddings.current_model()
+    lexical = search(tenant, text, max(limit, LEXICAL_POOL), exclude_sdp_id) if mode == "hybrid" else []
+    lexical_scores = {ticket.pk: min(score, 1.0) for ticket, score in lexical}
+    near = semantic.nearest(tenant, vector, limit=max(limit, SEMANTIC_POOL) + 1, model=model)
+    near.update(semantic.cosines(tenant, [pk for pk in lexical_scores if pk not in near], vector, model=model))
+    if mode == "semantic":
+        scores = {pk: semantic_relevance(cosine) for pk, cosine in near.items()}
+    else:
+        identified = _identifier_matches(search, tenant, text, exclude_sdp_id)
+        near.update(semantic.cosines(tenant, [pk for pk in identified if pk not in near], vector, model=model))
+        scores = {}
+        for pk in {*lexical_scores, *near, *identified}:
+            score = fused_score(lexical_scores.get(pk, 0.0), near.get(pk))
+            if pk in identified:
+                score = 1.0 - (1.0 - score) * (1.0 - IDENTIFIER_WEIGHT)
+            scores[pk] = score
+    floor = MIN_SCORE if mode == "hybrid" else SEMANTIC_FLOOR
+    ranked = sorted(((pk, s) for pk, s in scores.items() if s >= floor), key=lambda pair: (-pair[1], -pair[0]))
+    tickets = Ticket.objects.filter(tenant=tenant).in_bulk([pk for pk, _ in ranked[: limit + 1]])
+    found = [
+        (tickets[pk], round(min(score, 1.0), 4))
+        for pk, score in ranked[: limit + 1]
+        if pk in tickets and tickets[pk].sdp_id != exclude_sdp_id and tickets[pk].is_complete
     ]
+    found.sort(
+        key=lambda pair: (-pair[1], -(pair[0].resolved_at.timestamp() if pair[0].resolved_at else 0), -pair[0].pk)
+    )
+    return found[:limit]
 
 
 # --- assets -----------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
+from tickets import indexing
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import check_base_url
@@ -137,6 +138,10 @@ def ticket_upsert(
         )
         if not created:
             changed = [k for k, v in defaults.items() if getattr(ticket, k) != v]
+            if {"subject", "description"} & set(changed) and ticket.embedding_model:
+                # The text changed: the stored embedding no longer says what the ticket is (the sweep re-embeds).
+                defaults.update(indexing.CLEARED)
+                changed += [*indexing.CLEARED]
             for key in changed:
                 setattr(ticket, key, defaults[key])
             if changed:
@@ -217,7 +222,7 @@ def ticket_bulk_upsert(
         stored = {
             row["sdp_id"]: row
             for row in Ticket.objects.filter(tenant=tenant, sdp_id__in=[sdp_id for sdp_id, _ in chunk]).values(
-                "sdp_id", *fields_in_chunk
+                "sdp_id", "embedding_model", *fields_in_chunk
             )
         }
         to_write: list[Ticket] = []
@@ -232,12 +237,14 @@ def ticket_bulk_upsert(
             else:
                 updated.append(sdp_id)
                 # Keep what this import does not know (e.g. a raw payload stored by the webhook).
-                values = {**{k: v for k, v in old.items() if k != "sdp_id"}, **values}
+                values = {**{k: v for k, v in old.items() if k not in ("sdp_id", "embedding_model")}, **values}
             to_write.append(Ticket(tenant=tenant, sdp_id=sdp_id, **values))
         if not to_write:
             continue
+        # Language and embedding are computed here, in the import, never in the webhook's hot path.
+        enriched = indexing.tickets_enrich(to_write)
         # One INSERT ... ON CONFLICT DO UPDATE per batch; only the columns this batch carries are replaced.
-        update_fields = [*(f for f in fields_in_chunk if f in _BULK_FIELDS), "updated_at"]
+        update_fields = [*(f for f in fields_in_chunk if f in _BULK_FIELDS), *enriched, "updated_at"]
         if connection.vendor == "postgresql":
             _pg_bulk_upsert(to_write, update_fields)
         else:

@@ -1,4 +1,4 @@
-"""A fake OpenAI-compatible Chat Completions API served over real HTTP on loopback.
+"""A fake OpenAI-compatible API (Chat Completions and Embeddings) served over real HTTP on loopback.
 
 Usage in a test::
 
@@ -11,6 +11,10 @@ By default the answer's message content is JSON built from the `json_schema` the
 filled, strings mention the ticket subject found in the user message, arrays of strings get two items, enums
 their first value, and arrays named like `related_tickets` get ids found in a context block of the prompt.
 
+`POST /v1/embeddings` answers deterministic unit vectors (hashed words: texts sharing words are near), of the
+model's documented size (1536 for text-embedding-3-small, `dimensions` honoured on text-embedding-3 models, 768
+for other names such as nomic-embed-text), as floats or base64 as asked, and rejects empty input like OpenAI.
+
 Injected failures (`fail_next(status=...)`): an HTTP status as an int (401, 429, 500, ... with OpenAI's error
 body; `Retry-After` when `retry_after` is given); "timeout" (answer normally after `delay` seconds);
 "invalid_json" (content that is not JSON); "schema_violation" (JSON without the required fields);
@@ -20,9 +24,13 @@ body; `Retry-After` when `retry_after` is given); "timeout" (answer normally aft
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import itertools
 import json
+import math
 import re
+import struct
 import sys
 import time
 import uuid
@@ -135,6 +143,8 @@ class FakeOpenAI(FakeServer):
                 return _error(401)
             model = {"id": "fake-model", "object": "model", "created": 0, "owned_by": "tests"}
             return Reply.json(200, {"object": "list", "data": [model]})
+        if path == "/v1/embeddings" and request.method == "POST":
+            return self._embeddings(request)
         if path != "/v1/chat/completions" or request.method != "POST":
             return _error(404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url")
         rejected = self._check(request)
@@ -145,6 +155,58 @@ class FakeOpenAI(FakeServer):
         if content is None:
             content = json.dumps(self._example(body))
         return Reply.json(200, self._completion(body, content), {"x-request-id": f"req_{uuid.uuid4().hex}"})
+
+    def _embeddings(self, request: RecordedRequest) -> Reply:
+        """Answer `POST /v1/embeddings` as OpenAI documents it (float or base64 vectors, usage, input checks)."""
+        if not self._authorised(request):
+            return _error(401)
+        body = request.json
+        if not isinstance(body, dict):
+            return _error(400, "We could not parse the JSON body of your request.")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return _error(400, "you must provide a model parameter", param="model")
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if (
+            not isinstance(texts, list)
+            or not texts
+            or len(texts) > 2048
+            or not all(isinstance(t, str) and t for t in texts)
+        ):
+            return _error(400, "'$.input' is invalid. Please check the API reference.", param="input")
+        dimensions = body.get("dimensions")
+        size = _EMBEDDING_SIZES.get(model, 768)
+        if dimensions is not None:
+            if (
+                not model.startswith("text-embedding-3")
+                or not isinstance(dimensions, int)
+                or not 1 <= dimensions <= size
+            ):
+                return _error(
+                    400, f"This model does not support specifying dimensions={dimensions!r}.", param="dimensions"
+                )
+            size = dimensions
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            return _error(400, "encoding_format must be float or base64", param="encoding_format")
+        data = []
+        for index, text in enumerate(texts):
+            vector = fake_embedding(text, size)
+            value: Any = vector
+            if encoding == "base64":
+                value = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": value})
+        tokens = sum(max(1, len(t) // 4) for t in texts)
+        return Reply.json(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
 
     def _authorised(self, request: RecordedRequest) -> bool:
         return request.headers.get("authorization") == f"Bearer {self.api_key}"
@@ -202,6 +264,25 @@ class FakeOpenAI(FakeServer):
             "service_tier": "default",
             "system_fingerprint": "fp_fake",
         }
+
+
+_EMBEDDING_SIZES = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+_EMBEDDING_WORD = re.compile(r"[^\W_]+")
+
+
+def fake_embedding(text: str, size: int) -> list[float]:
+    """Return a deterministic unit vector for text: hashed words (and their 4-letter prefixes), so texts sharing
+    words are near each other as with a real model; the same text always gives the same vector."""
+    vector = [0.0] * size
+    for word in _EMBEDDING_WORD.findall(text.lower()):
+        for feature in (word, word[:4]):
+            digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+            slot = int.from_bytes(digest[:4], "little") % size
+            vector[slot] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    if not any(vector):
+        vector[0], norm = 1.0, 1.0
+    return [v / norm for v in vector]
 
 
 def _error(

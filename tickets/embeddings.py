@@ -1,0 +1,218 @@
+"""Text embeddings for the similar-ticket search: one interface, providers chosen by settings.
+
+- `local` (the default): WordLlama's static 256-dimension model, whose weights and tokenizer ship inside the
+  `wordllama` wheel. Its loader looks for the tokenizer under a cache folder and otherwise downloads it, so it
+  is loaded with the installed package's own folder as the cache and downloads disabled: no network, ever.
+- `openai`: any OpenAI-compatible `POST /v1/embeddings` (OpenAI, Ollama, vLLM), with its own model, base URL
+  and key (EMBEDDINGS_*; the URL and key default to the LLM's).
+- `off`: no embeddings; the search is lexical only.
+
+`text_embed()` is the public entry point (L2-normalised float32 rows). A ticket stores its vector quantised to
+int8 (`vector_pack`), the model name and dimension, and a sign-bit code for a Hamming prefilter (`vector_code`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+MAX_CHARS = 4000  # what one ticket contributes: its subject and the start of its description
+OPENAI_BATCH = 128
+LOCAL_MODEL = "wordllama-l2_supercat-256"
+OPENAI_DEFAULT_MODEL = "text-embedding-3-small"
+
+
+class EmbeddingError(Exception):
+    """Embedding failed; `permanent` says whether retrying can help (bad key, unknown model) or not."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Provider(Protocol):
+    """Turns texts into L2-normalised float32 vectors of one model."""
+
+    model: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return one normalised row per text."""
+        ...
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return vectors / norms
+
+
+class LocalProvider:
+    """WordLlama's static model from the files inside the installed wheel (no download, no network)."""
+
+    model = LOCAL_MODEL
+
+    def __init__(self) -> None:
+        import wordllama
+        from wordllama import WordLlama
+
+        # The wheel holds weights/ and tokenizers/ in the package folder: use it as the cache, never download.
+        self._wl = WordLlama.load(
+            config="l2_supercat", dim=256, cache_dir=Path(wordllama.__file__).parent, disable_download=True
+        )
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return one normalised 256-dimension row per text."""
+        if not texts:
+            return np.zeros((0, 256), dtype=np.float32)
+        return _normalise(self._wl.embed([t[:MAX_CHARS] or " " for t in texts], norm=False, batch_size=256))
+
+
+class OpenAIProvider:
+    """Any OpenAI-compatible `/v1/embeddings` endpoint."""
+
+    def __init__(self, *, model: str, base_url: str | None, api_key: str, timeout: float) -> None:
+        import openai
+
+        self.model = model
+        self._openai = openai
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=2)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return one normalised row per text; raise EmbeddingError on a failed call."""
+        rows: list[list[float]] = []
+        for start in range(0, len(texts), OPENAI_BATCH):
+            batch = [t[:MAX_CHARS] or " " for t in texts[start : start + OPENAI_BATCH]]
+            try:
+                answer = self._client.embeddings.create(model=self.model, input=batch, encoding_format="float")
+            except self._openai.APIStatusError as exc:
+                permanent = exc.status_code in (400, 401, 403, 404)
+                raise EmbeddingError(f"embeddings endpoint answered {exc.status_code}", permanent=permanent) from exc
+            except self._openai.APIError as exc:
+                raise EmbeddingError(f"embeddings endpoint failed: {exc.__class__.__name__}") from exc
+            data = sorted(answer.data, key=lambda item: item.index)
+            if len(data) != len(batch):
+                raise EmbeddingError(f"embeddings endpoint returned {len(data)} vectors for {len(batch)} texts")
+            rows.extend(item.embedding for item in data)
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32)
+        return _normalise(np.array(rows, dtype=np.float32))
+
+
+_lock = threading.Lock()
+_providers: dict[tuple[Any, ...], Provider] = {}
+
+
+def _provider_key() -> tuple[Any, ...]:
+    kind = settings.EMBEDDINGS_PROVIDER
+    if kind == "openai":
+        return (
+            kind,
+            settings.EMBEDDINGS_MODEL or OPENAI_DEFAULT_MODEL,
+            settings.EMBEDDINGS_BASE_URL or settings.OPENAI_BASE_URL,
+            settings.EMBEDDINGS_API_KEY or settings.OPENAI_API_KEY,
+            settings.EMBEDDINGS_TIMEOUT or settings.LLM_TIMEOUT,
+        )
+    return (kind,)
+
+
+def provider() -> Provider | None:
+    """Return the configured provider (one per process, loaded on first use), or None when embeddings are off."""
+    key = _provider_key()
+    if key[0] == "off":
+        return None
+    with _lock:
+        found = _providers.get(key)
+        if found is None:
+            if key[0] == "openai":
+                found = OpenAIProvider(model=key[1], base_url=key[2], api_key=key[3], timeout=key[4])
+            else:
+                found = LocalProvider()
+            _providers[key] = found
+        return found
+
+
+def current_model() -> str:
+    """Return the name of the model the configured provider embeds with ("" when embeddings are off)."""
+    kind = settings.EMBEDDINGS_PROVIDER
+    if kind == "off":
+        return ""
+    if kind == "openai":
+        return settings.EMBEDDINGS_MODEL or OPENAI_DEFAULT_MODEL
+    return LOCAL_MODEL
+
+
+def text_embed(texts: Sequence[str]) -> np.ndarray:
+    """Return the L2-normalised float32 embeddings of texts (one row each) with the configured provider.
+
+    Raises EmbeddingError when the provider fails, ValueError when embeddings are off.
+    """
+    found = provider()
+    if found is None:
+        raise ValueError("embeddings are off (EMBEDDINGS_PROVIDER=off)")
+    return found.embed(list(texts))
+
+
+# --- storage ----------------------------------------------------------------------------------------------------
+def vector_pack(vector: np.ndarray) -> bytes:
+    """Return a normalised vector quantised to int8 (1 byte per dimension; cosine error well under 1%)."""
+    return np.clip(np.rint(vector * 127.0), -127, 127).astype(np.int8).tobytes()
+
+
+def vector_unpack(blob: bytes | memoryview) -> np.ndarray:
+    """Return the float32 vector of a packed one (not re-normalised: the scale is the same for every row)."""
+    return np.frombuffer(bytes(blob), dtype=np.int8).astype(np.float32) / 127.0
+
+
+def vectors_unpack(blobs: Iterable[bytes | memoryview], dim: int) -> np.ndarray:
+    """Return a matrix of packed vectors of one dimension (rows of another length are zero)."""
+    data = [bytes(b) for b in blobs]
+    joined = b"".join(b if len(b) == dim else bytes(dim) for b in data)
+    return np.frombuffer(joined, dtype=np.int8).reshape(len(data), dim).astype(np.float32) / 127.0
+
+
+def vector_code(vector: np.ndarray) -> bytes:
+    """Return the sign bits of the vector (dimension / 8 bytes): Hamming distance approximates the angle."""
+    return np.packbits(np.asarray(vector) > 0).tobytes()
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """What a ticket stores about its embedding."""
+
+    vector: bytes
+    code: bytes
+    model: str
+    dim: int
+
+    def fields(self) -> dict[str, Any]:
+        """Return the Ticket field values."""
+        return {
+            "embedding": self.vector,
+            "embedding_code": self.code,
+            "embedding_model": self.model,
+            "embedding_dim": self.dim,
+        }
+
+
+def embed_texts(texts: Sequence[str]) -> list[Embedded]:
+    """Return what each text's ticket stores (empty when embeddings are off); raise EmbeddingError."""
+    found = provider()
+    if found is None or not texts:
+        return []
+    vectors = found.embed(list(texts))
+    return [Embedded(vector_pack(v), vector_code(v), found.model, int(v.shape[0])) for v in vectors]
+
+
+def ticket_embedding_text(subject: str, description: str) -> str:
+    """Return the text a ticket is embedded by: what a new ticket says (its subject and description)."""
+    return f"{subject}\n{description}".strip()

@@ -1,0 +1,44 @@
+"""Measure the similar-ticket search on the labelled retrieval set: recall@1/@5 per kind and mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+
+from tickets.evaluation import report_markdown, retrieval_evaluate
+from tickets.search import MODES
+
+
+class Command(BaseCommand):
+    help = (
+        "Load the labelled retrieval set into this database (rolled back afterwards) and print recall@1 and "
+        "recall@5 per kind of query for the lexical, semantic and hybrid search."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--set",
+            dest="directory",
+            default=str(Path(settings.BASE_DIR) / "tests" / "fixtures" / "retrieval"),
+            help="Folder with tickets.json, queries.json and queries_extra.json.",
+        )
+        parser.add_argument("--modes", default=",".join(MODES), help=f"Comma-separated, of {', '.join(MODES)}.")
+        parser.add_argument("--misses", action="store_true", help="Also list the queries below recall@5 = 1.")
+
+    def handle(self, *args: Any, directory: str, modes: str, misses: bool, **options: Any) -> None:
+        path = Path(directory)
+        if not (path / "tickets.json").is_file():
+            raise CommandError(f"{path} has no tickets.json")
+        chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
+        unknown = [m for m in chosen if m not in MODES]
+        if unknown:
+            raise CommandError(f"unknown mode(s) {', '.join(unknown)}; use {', '.join(MODES)}")
+        report = retrieval_evaluate(directory=path, modes=chosen)
+        self.stdout.write(report_markdown(report, vendor=connection.vendor))
+        if misses:
+            for mode, by_kind in report.items():
+                self.stdout.write(f"{mode} misses: {' '.join(by_kind['all'].misses)}")
