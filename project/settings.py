@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -50,6 +51,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "django_q",
+    "axes",
     "tickets",
     "clusters",
     "enhancements",
@@ -65,7 +67,24 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a lockout raised during authentication into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# --- login protection (django-axes) ---------------------------------------------------------------
+# Wrong passwords for one user from one address lock that pair out for a while; a lockout by user alone
+# would let anyone lock a support lead out, by address alone would lock out an office behind one NAT.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "project.clientip.client_ip"
+# Log who failed from where (axes masks both by default); the password is never logged.
+AXES_SENSITIVE_PARAMETERS: list[str] = []
+# Proxies in front of gunicorn that append to X-Forwarded-For (1 behind the Kubernetes ingress, 0 when
+# gunicorn is reached directly); the client address is the entry that many places from the right.
+TRUSTED_PROXY_HOPS = env.int("TRUSTED_PROXY_HOPS", default=0)
 
 ROOT_URLCONF = "project.urls"
 WSGI_APPLICATION = "project.wsgi.application"
