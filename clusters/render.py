@@ -38,11 +38,12 @@ def _sentence(mention: dict[str, Any], listed: str) -> str:
     )
 
 
-def mention_html(tenant: Tenant, mention: dict[str, Any]) -> str:
+def mention_html(tenant: Tenant, mention: dict[str, Any], *, paragraph: bool = True) -> str:
     """Return the cluster paragraph of a note; ticket subjects and ids are escaped."""
     listed = str(
         format_html_join(", ", "{}", ((ticket_link_html(tenant, str(o["sdp_id"])),) for o in mention["others"]))
     )
     # The sentence's own words are ours; only the links carry ticket data, already escaped.
     text = escape(_sentence(mention, "\x00")).replace("\x00", listed)
-    return f'<p style="color:#b71c1c"><b>Probable outage:</b> {text}</p>'
+    line = f'<span style="color:#b71c1c"><b>Probable outage:</b> {text}</span>'
+    return f"<p>{line}</p>" if paragraph else line

@@ -18,6 +18,7 @@ from django.utils.safestring import SafeString, mark_safe
 from clusters.services import open_cluster_count
 from enhancements import services
 from enhancements.dashboard import chart_svg, dashboard_build
+from enhancements.extras import urgency_badges
 from enhancements.models import ApiToken, Enhancement, Feedback
 from tickets.admin import CappedCountPaginator, secret_once_response
 from tickets.models import Tenant
@@ -143,6 +144,7 @@ class EnhancementAdmin(admin.ModelAdmin):
         "ticket_column",
         "tenant",
         "status_column",
+        "urgency_column",
         "time_to_finish",
         "provider_model",
         "rating_column",
@@ -263,6 +265,11 @@ class EnhancementAdmin(admin.ModelAdmin):
         return status_badge(obj)
 
     @admin.display(description="Time to finish")
+    @admin.display(description="Urgency")
+    def urgency_column(self, obj: Enhancement) -> SafeString:
+        """Return the urgency cues as badges."""
+        return urgency_badges(obj.urgency)
+
     def time_to_finish(self, obj: Enhancement) -> str:
         """Return the time from the webhook to the final state."""
         if not obj.finished_at:

@@ -14,6 +14,7 @@ import openai
 from django.conf import settings
 
 from enhancements.redaction import redact
+from enhancements.urgency import LLM_SCHEMA as URGENCY_SCHEMA
 from tickets.models import Tenant, Ticket
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ OUTPUT_SCHEMA: dict[str, Any] = {
         "category_suggestion",
         "priority_suggestion",
         "confidence",
+        "urgency",
     ],
     "properties": {
         "summary": {"type": "string", "description": "Two or three sentences a technician reads first."},
@@ -42,6 +44,7 @@ OUTPUT_SCHEMA: dict[str, Any] = {
         "category_suggestion": {"type": "string"},
         "priority_suggestion": {"type": "string", "enum": ["Low", "Medium", "High", "Urgent", ""]},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "urgency": URGENCY_SCHEMA,
     },
 }
 

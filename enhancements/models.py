@@ -59,6 +59,7 @@ class Enhancement(models.Model):
     posted_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     timings = models.JSONField(default=dict, blank=True, help_text="Milliseconds per stage.")
+    urgency = models.JSONField(default=list, blank=True, help_text="Urgency cues: kind, label, evidence.")
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

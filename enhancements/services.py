@@ -21,7 +21,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from enhancements.context import context_gather
-from enhancements.extras import pipeline_extras
+from enhancements.extras import output_extras, pipeline_extras
 from enhancements.llm import enhancement_generate
 from enhancements.models import ApiToken, Enhancement, Feedback
 from enhancements.render import marker, note_has_marker, note_render
@@ -215,6 +215,8 @@ def _process(enhancement: Enhancement, timings: dict[str, int]) -> str:
         context.update(pipeline_extras(enhancement=enhancement, ticket=ticket, context=context))
     with _stage(timings, "generate"):
         generation = enhancement_generate(tenant=tenant, ticket=ticket, context=context)
+    generation.output = output_extras(context=context, generation=generation)
+    enhancement.urgency = generation.output.get("urgency_cues", [])
     with _stage(timings, "render"):
         note_html = note_render(
             tenant=tenant,
@@ -238,7 +240,8 @@ def _process(enhancement: Enhancement, timings: dict[str, int]) -> str:
     )
     now = timezone.now()
     generated = [
-        "context", "output", "provider", "model", "prompt_tokens", "completion_tokens", "note_html", "timings", "error"
+        "context", "output", "provider", "model", "prompt_tokens", "completion_tokens", "note_html", "timings", "error",
+        "urgency",
     ]  # fmt: skip
     if tenant.review_required:
         enhancement.status = Enhancement.Status.AWAITING_REVIEW
