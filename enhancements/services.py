@@ -430,24 +430,51 @@ def enhancement_approve(
             message=f"Nothing done: the enhancement is {_label(row)}{who}, not awaiting review.",
             enhancement_id=str(row.pk),
         )
-    row.refresh_from_db()
-    if not row.tenant.has_sdp_credentials:
-        Enhancement.objects.filter(pk=row.pk).update(status=Enhancement.Status.COMPLETED, finished_at=now)
-        return ReviewResult(
-            changed=True,
-            status=Enhancement.Status.COMPLETED,
-            message="Approved. The tenant has no SDP credentials (dry run), so the note was kept, not posted.",
-            enhancement_id=str(row.pk),
-        )
     try:
+        row.refresh_from_db()
+        if not row.tenant.has_sdp_credentials:
+            Enhancement.objects.filter(pk=row.pk).update(status=Enhancement.Status.COMPLETED, finished_at=now)
+            return ReviewResult(
+                changed=True,
+                status=Enhancement.Status.COMPLETED,
+                message="Approved. The tenant has no SDP credentials (dry run), so the note was kept, not posted.",
+                enhancement_id=str(row.pk),
+            )
         enhancement_post(enhancement=row)
     except ServiceDeskError as exc:
         return _post_failed(row, exc, approving=True)
+    except Exception as exc:
+        return _post_crashed(row, exc, approving=True)
     Enhancement.objects.filter(pk=row.pk, error__startswith=_POST_FAILED).update(error="")
     return ReviewResult(
         changed=True,
         status=Enhancement.Status.POSTED,
         message=f"Approved and posted to SDP request #{row.ticket.sdp_id}.",
+        enhancement_id=str(row.pk),
+    )
+
+
+def _post_crashed(row: Enhancement, exc: Exception, *, approving: bool) -> ReviewResult:
+    """Release a claimed row after an unexpected error, so it is never left claimed; say what happened."""
+    logger.exception("unexpected error while posting enhancement %s", row.pk)
+    reason = f"{exc.__class__.__name__}: {exc}"
+    if approving:
+        status = Enhancement.Status.AWAITING_REVIEW
+        Enhancement.objects.filter(pk=row.pk).update(
+            status=status, reviewed_by=None, reviewed_at=None, error=f"{_POST_FAILED}{reason}"[:2000]
+        )
+        then = "It is still awaiting review; approve it again to retry (a note already in SDP is not posted twice)."
+    else:
+        status = Enhancement.Status.FAILED
+        Enhancement.objects.filter(pk=row.pk).update(
+            status=status, finished_at=timezone.now(), error=f"Posting the note failed: {reason}"[:2000]
+        )
+        then = "It is marked failed; re-post it once the cause is fixed (a note already in SDP is not posted twice)."
+    return ReviewResult(
+        changed=True,
+        failed=True,
+        status=status,
+        message=f"Not posted: unexpected error ({reason}). {then}",
         enhancement_id=str(row.pk),
     )
 
@@ -572,6 +599,8 @@ def enhancement_repost(*, enhancement_id: str, user: AbstractBaseUser | None) ->
         enhancement_post(enhancement=row)
     except ServiceDeskError as exc:
         return _post_failed(row, exc, approving=False)
+    except Exception as exc:
+        return _post_crashed(row, exc, approving=False)
     Enhancement.objects.filter(pk=row.pk).update(error="")
     return ReviewResult(
         changed=True,

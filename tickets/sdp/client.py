@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import certifi
 import httpx
@@ -51,6 +51,45 @@ class ServiceDeskError(Exception):
         self.unclear = unclear
 
 
+def _usable_url(url: str) -> SplitResult:
+    """Return the parts of url; raise ServiceDeskError(permanent) for a URL no HTTP client can call.
+
+    Django's URLValidator accepts ports up to 99999 and urlsplit only complains when the port is read, so an
+    impossible URL used to be saved and then failed on every call as a ValueError (a 500 in the admin, five
+    "unexpected" retries in the worker).
+    """
+
+    def refuse(reason: str) -> ServiceDeskError:
+        return ServiceDeskError(f"The SDP URL {url!r} cannot be used: {reason}.", permanent=True)
+
+    if not isinstance(url, str) or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise refuse("it contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise refuse(f"{exc} (the port must be a number from 1 to 65535)" if "ort" in str(exc) else str(exc)) from exc
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise refuse("it is not an http(s) URL with a host name")
+    if port == 0:
+        raise refuse("port 0 (the port must be a number from 1 to 65535)")
+    if parts.username is not None or parts.password is not None:
+        raise refuse("it contains credentials (put the API key in the tenant's key field, never in the URL)")
+    if parts.query:
+        raise refuse("it has a query string (give the base URL only)")
+    if parts.fragment:
+        raise refuse("it has a fragment (give the base URL only)")
+    host = parts.hostname.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            host.encode("idna")
+        except UnicodeError as exc:
+            raise refuse(f"the host name is not valid ({exc})") from exc
+    return parts
+
+
 def check_base_url(url: str, *, allow_insecure: bool | None = None, resolve: bool = True) -> None:
     """Raise ServiceDeskError(permanent) unless url is an https URL on a public address.
 
@@ -58,9 +97,7 @@ def check_base_url(url: str, *, allow_insecure: bool | None = None, resolve: boo
     every call re-checks with resolution, so a name that later points inward is still refused.
     """
     allow = settings.SDP_ALLOW_INSECURE_URLS if allow_insecure is None else allow_insecure
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ServiceDeskError(f"The SDP URL {url!r} is not a valid http(s) URL.", permanent=True)
+    parts = _usable_url(url)
     if allow:
         return
     if parts.scheme != "https":
@@ -172,14 +209,18 @@ class ServiceDeskClient:
         self._api_key = api_key
         # Given the rejected token, returns a renewed one (SDP Cloud access tokens expire).
         self._token_refresher = token_refresher
-        self._client = httpx.Client(
-            base_url=base_url.rstrip("/") + "/api/v3",
-            headers={"Accept": ACCEPT, "User-Agent": "ticket-enhancer/1.0", **auth_header},
-            timeout=timeout or settings.SDP_TIMEOUT,
-            follow_redirects=False,
-            transport=transport,
-            verify=_ssl_context(),
-        )
+        try:
+            self._client = httpx.Client(
+                base_url=base_url.rstrip("/") + "/api/v3",
+                headers={"Accept": ACCEPT, "User-Agent": "ticket-enhancer/1.0", **auth_header},
+                timeout=timeout or settings.SDP_TIMEOUT,
+                follow_redirects=False,
+                transport=transport,
+                verify=_ssl_context(),
+            )
+        except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
+            # check_base_url should have caught it; whatever httpx still refuses is a configuration error.
+            raise ServiceDeskError(f"The SDP URL {base_url!r} cannot be used: {exc}.", permanent=True) from exc
 
     def __enter__(self) -> ServiceDeskClient:
         return self
@@ -361,6 +402,8 @@ class ServiceDeskClient:
             else:
                 # SDP takes input as a form field named input_data holding a JSON string.
                 response = self._client.request(method, path, data={"input_data": encoded or "{}"})
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise ServiceDeskError(f"The SDP URL cannot be called: {exc}", permanent=True) from exc
         except httpx.ConnectError as exc:
             raise ServiceDeskError(f"Could not connect to SDP: {exc}", permanent=False) from exc
         except httpx.TimeoutException as exc:
