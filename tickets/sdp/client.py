@@ -70,7 +70,7 @@ def _usable_url(url: str) -> SplitResult:
     except ValueError as exc:
         raise refuse(f"{exc} (the port must be a number from 1 to 65535)" if "ort" in str(exc) else str(exc)) from exc
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise refuse("it is not an http(s) URL with a host name")
+        raise refuse("it is not a valid http(s) URL with a host name")
     if port == 0:
         raise refuse("port 0 (the port must be a number from 1 to 65535)")
     if parts.username is not None or parts.password is not None:
