@@ -143,11 +143,15 @@ class Generator:
         return self.rng.choices(range(len(self.problems)), cum_weights=self.problem_cum)[0]
 
 
-# The index of migration 0002, dropped before a bulk COPY and built once after it.
+# The indexes of migrations 0002 and 0007, dropped before a bulk COPY and built once after it.
 INDEX_SQL = (
     "CREATE INDEX IF NOT EXISTS tickets_ticket_search_keys ON tickets_ticket"
     " USING gin (tickets_search_keys(tenant_id, search_document)) WITH (gin_pending_list_limit = 1024)"
     " WHERE is_resolved"
+)
+CODE_INDEX_SQL = (
+    "CREATE INDEX IF NOT EXISTS tickets_ticket_embedding_code ON tickets_ticket (tenant_id, embedding_model)"
+    " INCLUDE (id, embedding_code) WHERE is_resolved AND embedding_code IS NOT NULL"
 )
 
 
@@ -168,13 +172,28 @@ def _copy_tickets(gen: Generator, tenant_ids: list[int], start: int, count: int,
     """COPY `count` generated resolved tickets in; return the seconds it took."""
     from django.db import connection
 
+    from tickets import embeddings
+
     columns = (
         "tenant_id, sdp_id, subject, description, status, priority, category, requester_name, requester_email,"
-        " technician, resolution, sdp_created_at, resolved_at, source, is_resolved, raw, created_at, updated_at"
+        " technician, resolution, sdp_created_at, resolved_at, source, is_resolved, raw, created_at, updated_at,"
+        " embedding, embedding_code, embedding_model, embedding_dim, language"
     )
     base = datetime(2023, 1, 1, tzinfo=UTC)
     began = time.perf_counter()
     raw = connection.connection
+    batch: list[tuple] = []
+
+    def flush(copy) -> None:  # noqa: ANN001
+        # The history is embedded as the import path does it (subject + description, the configured model).
+        items = embeddings.embed_texts([embeddings.ticket_embedding_text(row[2], row[3]) for row in batch])
+        for row, item in zip(batch, items or [None] * len(batch), strict=True):
+            extra = (None, None, "", None, "")
+            if item is not None:
+                extra = (item.vector, "".join(f"{b:08b}" for b in item.code), item.model, item.dim, "")
+            copy.write_row((*row, *extra))
+        batch.clear()
+
     with raw.cursor() as cursor, cursor.copy(f"COPY tickets_ticket ({columns}) FROM STDIN") as copy:
         for number in range(start, start + count):
             tenant_id = tenant_ids[number % len(tenant_ids)]
@@ -182,7 +201,9 @@ def _copy_tickets(gen: Generator, tenant_ids: list[int], start: int, count: int,
             subject, description, resolution = gen.ticket(problem)
             labels.setdefault((tenant_id, problem), []).append(str(number))
             created = base + timedelta(minutes=number % 1_000_000)
-            copy.write_row(
+            if len(batch) >= 2000:
+                flush(copy)
+            batch.append(
                 (
                     tenant_id,
                     str(number),
@@ -204,6 +225,7 @@ def _copy_tickets(gen: Generator, tenant_ids: list[int], start: int, count: int,
                     created,
                 )
             )
+        flush(copy)
     raw.commit()
     return time.perf_counter() - began
 
@@ -327,13 +349,15 @@ def run(
             with connection.cursor() as cursor:
                 # The GIN index is built once after the bulk load: far faster than maintaining it row by row.
                 cursor.execute("DROP INDEX IF EXISTS tickets_ticket_search_keys")
+                cursor.execute("DROP INDEX IF EXISTS tickets_ticket_embedding_code")
             seconds = _copy_tickets(gen, tenant_ids, loaded, size - loaded, labels)
-            print(f"- COPY of {size - loaded:,} tickets (tsvector computed): {seconds:.0f} s")
+            print(f"- COPY of {size - loaded:,} tickets (tsvector computed, embedded): {seconds:.0f} s")
             loaded = size
             began = time.perf_counter()
             with connection.cursor() as cursor:
                 cursor.execute("SET maintenance_work_mem = '1GB'")
                 cursor.execute(INDEX_SQL)
+                cursor.execute(CODE_INDEX_SQL)
                 cursor.execute("VACUUM ANALYZE tickets_ticket")
             print(f"- GIN index build + VACUUM ANALYZE: {time.perf_counter() - began:.0f} s", flush=True)
         else:
@@ -358,17 +382,23 @@ def run(
         search._pg_sizes.clear()
         for tenant_id, _, text in query_texts[:20]:  # warm the caches as a running worker would have them
             search.similar_tickets(by_id[tenant_id], text)
+            search.similar_tickets(by_id[tenant_id], text, mode="lexical")
         load_before = os.getloadavg()[0]
         rows = []
         # similar_tickets() as shipped; the same without the postings budget (every essential term's postings
         # read: what the budget costs in recall); the naive baseline (on the first naive_queries queries).
         exhaustive = {"CANDIDATE_POSTINGS": 10**12, "CANDIDATE_SHARE": 1.0}
+        # Lexical and hybrid on the same queries in the same run (one after the other, under the same load).
         variants = [
-            ("similar_tickets(), first pass", {}, query_texts),
-            ("similar_tickets(), same queries again (warm cache)", {}, query_texts),
-            ("similar_tickets(), no postings budget", exhaustive, query_texts),
+            ("lexical, first pass", {}, query_texts, "lexical"),
+            ("hybrid, first pass", {}, query_texts, "hybrid"),
+            ("lexical, same queries again (warm cache)", {}, query_texts, "lexical"),
+            ("hybrid, same queries again (warm cache)", {}, query_texts, "hybrid"),
+            ("semantic only", {}, query_texts, "semantic"),
+            ("lexical, no postings budget", exhaustive, query_texts, "lexical"),
+            ("hybrid, no postings budget", exhaustive, query_texts, "hybrid"),
         ]
-        for name, overrides, texts in variants:
+        for name, overrides, texts, mode in variants:
             saved = {key: getattr(search, key) for key in overrides}
             for key, value in overrides.items():
                 setattr(search, key, value)
@@ -376,7 +406,7 @@ def run(
             for tenant_id, problem, text in texts:
                 relevant = set(labels[(tenant_id, problem)])
                 began = time.perf_counter()
-                found = [t.sdp_id for t, _ in search.similar_tickets(by_id[tenant_id], text)]
+                found = [t.sdp_id for t, _ in search.similar_tickets(by_id[tenant_id], text, mode=mode)]
                 samples.append((time.perf_counter() - began) * 1000)
                 hits.append(len(relevant & set(found)) / min(5, len(relevant)))
             for key, value in saved.items():
@@ -426,7 +456,40 @@ def run(
             table = cursor.fetchone()[0]
             cursor.execute("SELECT pg_size_pretty(pg_relation_size('tickets_ticket_search_keys'))")
             index = cursor.fetchone()[0]
-        print(f"- Sizes: table with TOAST and indexes {table}, GIN index {index}\n", flush=True)
+            cursor.execute("SELECT pg_size_pretty(pg_relation_size('tickets_ticket_embedding_code'))")
+            code_index = cursor.fetchone()[0]
+        print(f"- Sizes: table with TOAST and indexes {table}, GIN index {index}, code index {code_index}")
+        print(f"- Memory: {_worker_memory()}\n", flush=True)
+
+
+_RSS_SCRIPT = """
+import os, resource, django
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+django.setup()
+import enhancements.services, enhancements.tasks
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if os.environ.get("LOAD_MODELS"):
+    from tickets.embeddings import text_embed
+    from tickets.language import text_language
+    text_embed(["Outlook keeps asking for my password"])
+    text_language("Outlook keeps asking for my password")
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _worker_memory() -> str:
+    """Return the peak RSS of a process that loads what a worker loads, without and with the models (same run)."""
+    import subprocess
+
+    results = []
+    for load in ("", "1"):
+        env = dict(os.environ, LOAD_MODELS=load)
+        done = subprocess.run([sys.executable, "-c", _RSS_SCRIPT], env=env, capture_output=True, text=True, check=True)
+        results.append(int(done.stdout.split()[1]) / 1024)
+    return (
+        f"a process with Django and the pipeline imported peaks at {results[0]:.0f} MB RSS; with the embedding and"
+        f" language models loaded and used, {results[1]:.0f} MB (+{results[1] - results[0]:.0f} MB per worker process)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ from django.conf import settings
 
 log = logging.getLogger(__name__)
 
-MAX_CHARS = 4000  # what one ticket contributes: its subject and the start of its description
+MAX_CHARS = 2000  # what one ticket contributes: its subject and the start of its description
 OPENAI_BATCH = 128
 LOCAL_MODEL = "wordllama-l2_supercat-256"
 OPENAI_DEFAULT_MODEL = "text-embedding-3-small"
@@ -63,18 +63,41 @@ class LocalProvider:
 
     def __init__(self) -> None:
         import wordllama
+        from tokenizers import Tokenizer
         from wordllama import WordLlama
 
         # The wheel holds weights/ and tokenizers/ in the package folder: use it as the cache, never download.
-        self._wl = WordLlama.load(
+        wl = WordLlama.load(
             config="l2_supercat", dim=256, cache_dir=Path(wordllama.__file__).parent, disable_download=True
         )
+        # One zero row past the vocabulary: padding points there and adds nothing to a sum.
+        self._matrix = np.vstack([wl.embedding, np.zeros((1, wl.embedding.shape[1]), dtype=np.float32)])
+        self._pad = self._matrix.shape[0] - 1
+        # WordLlama's own embed() pads each batch to its longest text; a ticket history mixes one-liners with
+        # pasted logs, so texts are batched by length instead (the same mean of token vectors, much less padding).
+        self._tokenizer = Tokenizer.from_str(wl.tokenizer.to_str())
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Return one normalised 256-dimension row per text."""
+        """Return one normalised 256-dimension row per text (the mean of its token vectors)."""
+        out = np.zeros((len(texts), self._matrix.shape[1]), dtype=np.float32)
         if not texts:
-            return np.zeros((0, 256), dtype=np.float32)
-        return _normalise(self._wl.embed([t[:MAX_CHARS] or " " for t in texts], norm=False, batch_size=256))
+            return out
+        encoded = [
+            e.ids for e in self._tokenizer.encode_batch([t[:MAX_CHARS] for t in texts], add_special_tokens=False)
+        ]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), 64):
+            chunk = order[start : start + 64]
+            width = max(1, len(encoded[chunk[-1]]))
+            ids = np.full((len(chunk), width), self._pad, dtype=np.int64)
+            for row, index in enumerate(chunk):
+                tokens = encoded[index]
+                ids[row, : len(tokens)] = np.clip(tokens, 0, self._pad - 1)
+            lengths = np.array([max(1, len(encoded[i])) for i in chunk], dtype=np.float32)
+            out[chunk] = self._matrix[ids].sum(axis=1) / lengths[:, None]
+        return _normalise(out)
 
 
 class OpenAIProvider:

@@ -53,10 +53,11 @@ SEMANTIC_HIGH = 0.75
 SEMANTIC_WEIGHT = 0.8
 SEMANTIC_FLOOR = MIN_SCORE
 # Identifiers (error codes, KB numbers, host and asset names: letters and digits in one token) name the problem
-# or the machine exactly; a ticket sharing a rare one with the query gets this much more evidence.
+# or the machine exactly; a ticket containing the query's identifiers gets up to this much more evidence (in
+# proportion to the IDF-weighted share of them it has), even when it shares no other word.
 IDENTIFIER_WEIGHT = 0.5
 MAX_IDENTIFIERS = 4
-IDENTIFIER_MAX_TICKETS = 10  # an identifier in more of the tenant's tickets than this is not telling
+IDENTIFIER_MAX_TICKETS = 10  # the best matches of the query's identifiers that get the bonus
 _IDENTIFIER = re.compile(r"(?<![\w.-])(?=[\w.-]*\d)(?=[\w.-]*[^\W\d_])[\w][\w.-]{2,60}[\w](?![\w-])", re.UNICODE)
 STATS_TTL = 600.0
 # Below this many tickets (or before the first ANALYZE), document frequencies are counted exactly.
@@ -266,7 +267,9 @@ def _pg_count(cursor, tenant_id: int, terms: list[_Term]) -> None:  # noqa: ANN0
         term.df = df
 
 
-def _pg_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None) -> list[tuple[Ticket, float]]:
+def _pg_similar(
+    tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, any_term: bool = False
+) -> list[tuple[Ticket, float]]:
     with connection.cursor() as cursor:
         terms = _pg_query_terms(cursor, text)
         if not terms:
@@ -288,7 +291,7 @@ def _pg_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | Non
         terms, weight_sum = _select(terms, total)
         if not terms:
             return []
-        min_matched = _min_matched(len(query_terms))
+        min_matched = 1 if any_term else _min_matched(len(query_terms))
         prefix = f"{tenant.pk}:"
         clauses = [_tsquery_literal(prefix + t.key) for t in _candidate_terms(terms, weight_sum, total)]
         score_sql = " + ".join(
@@ -343,7 +346,9 @@ def _same_stem(a: str, b: str) -> bool:
     return prefix >= 3 and a[:prefix] == b[:prefix] and abs(len(a) - len(b)) <= 3
 
 
-def _sqlite_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None) -> list[tuple[Ticket, float]]:
+def _sqlite_similar(
+    tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, any_term: bool = False
+) -> list[tuple[Ticket, float]]:
     subject_words, body_words = _query_words(text)
     words: dict[str, _Term] = {w: _Term(w, True) for w in subject_words}
     for word in body_words:
@@ -375,7 +380,7 @@ def _sqlite_similar(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str |
             seen.setdefault(ids, []).append(term)
             term.df = len(rows)
             postings[word] = rows
-    min_matched = _min_matched(len(words))
+    min_matched = 1 if any_term else _min_matched(len(words))
     terms, weight_sum = _select(list(words.values()), total)
     if not terms:
         return []
@@ -411,12 +416,18 @@ def _query_vector(text: str) -> np.ndarray | None:
         return None
 
 
-def semantic_relevance(cosine: float) -> float:
-    """Return the 0..1 relevance of a cosine similarity: 0 at SEMANTIC_LOW and below, 1 at SEMANTIC_HIGH and above."""
-    return min(1.0, max(0.0, (cosine - SEMANTIC_LOW) / (SEMANTIC_HIGH - SEMANTIC_LOW)))
+def semantic_relevance(cosine: float, background: float | None = None) -> float:
+    """Return the 0..1 relevance of a cosine similarity: 0 at SEMANTIC_LOW (or at the background, when higher) and
+    below, rising by 1 / (SEMANTIC_HIGH - SEMANTIC_LOW) per unit of cosine.
+
+    The background is the cosine of the query's SEMANTIC_POOL-th nearest ticket: in a large history written in one
+    vocabulary every ticket is somewhat near, and only those clearly nearer than that say the same thing.
+    """
+    low = SEMANTIC_LOW if background is None else max(SEMANTIC_LOW, background)
+    return min(1.0, max(0.0, (cosine - low) / (SEMANTIC_HIGH - SEMANTIC_LOW)))
 
 
-def fused_score(lexical: float, cosine: float | None) -> float:
+def fused_score(lexical: float, cosine: float | None, background: float | None = None) -> float:
     """Return the hybrid score: how likely the ticket is relevant given either kind of evidence (0..1).
 
     A probabilistic OR, 1 - (1 - lexical)(1 - semantic): strong evidence of either kind carries a ticket (a shared
@@ -425,7 +436,7 @@ def fused_score(lexical: float, cosine: float | None) -> float:
     """
     if cosine is None:
         return lexical
-    return 1.0 - (1.0 - lexical) * (1.0 - SEMANTIC_WEIGHT * semantic_relevance(cosine))
+    return 1.0 - (1.0 - lexical) * (1.0 - SEMANTIC_WEIGHT * semantic_relevance(cosine, background))
 
 
 def identifiers_in(text: str) -> list[str]:
@@ -438,16 +449,13 @@ def identifiers_in(text: str) -> list[str]:
     return list(found)[:MAX_IDENTIFIERS]
 
 
-def _identifier_matches(search, tenant: Tenant, text: str, exclude_sdp_id: str | None) -> dict[int, int]:  # noqa: ANN001
-    """Return {ticket id: how many of the query's rare identifiers it contains}."""
-    matches: Counter[int] = Counter()
-    for identifier in identifiers_in(text):
-        # One word: the lexical search then matches every ticket containing it (the word is its own query).
-        word = " ".join(_WORD.findall(identifier))
-        found = search(tenant, word, IDENTIFIER_MAX_TICKETS + 1, exclude_sdp_id)
-        if len(found) <= IDENTIFIER_MAX_TICKETS:
-            matches.update(ticket.pk for ticket, _ in found)
-    return dict(matches)
+def _identifier_matches(search, tenant: Tenant, text: str, exclude_sdp_id: str | None) -> dict[int, float]:  # noqa: ANN001
+    """Return {ticket id: IDF-weighted share of the query's identifiers it contains} (one lexical lookup)."""
+    words = {word for identifier in identifiers_in(text) for word in _WORD.findall(identifier) if len(word) > 1}
+    if not words:
+        return {}
+    found = search(tenant, " ".join(sorted(words)), IDENTIFIER_MAX_TICKETS, exclude_sdp_id, any_term=True)
+    return {ticket.pk: min(score, 1.0) for ticket, score in found}
 
 
 def similar_tickets(
@@ -476,18 +484,20 @@ def similar_tickets(
     model = embeddings.current_model()
     lexical = search(tenant, text, max(limit, LEXICAL_POOL), exclude_sdp_id) if mode == "hybrid" else []
     lexical_scores = {ticket.pk: min(score, 1.0) for ticket, score in lexical}
-    near = semantic.nearest(tenant, vector, limit=max(limit, SEMANTIC_POOL) + 1, model=model)
+    pool = max(limit, SEMANTIC_POOL)
+    near = semantic.nearest(tenant, vector, limit=pool + 1, model=model)
+    background = min(near.values()) if len(near) > pool else None
     near.update(semantic.cosines(tenant, [pk for pk in lexical_scores if pk not in near], vector, model=model))
     if mode == "semantic":
-        scores = {pk: semantic_relevance(cosine) for pk, cosine in near.items()}
+        scores = {pk: semantic_relevance(cosine, background) for pk, cosine in near.items()}
     else:
         identified = _identifier_matches(search, tenant, text, exclude_sdp_id)
         near.update(semantic.cosines(tenant, [pk for pk in identified if pk not in near], vector, model=model))
         scores = {}
         for pk in {*lexical_scores, *near, *identified}:
-            score = fused_score(lexical_scores.get(pk, 0.0), near.get(pk))
+            score = fused_score(lexical_scores.get(pk, 0.0), near.get(pk), background)
             if pk in identified:
-                score = 1.0 - (1.0 - score) * (1.0 - IDENTIFIER_WEIGHT)
+                score = 1.0 - (1.0 - score) * (1.0 - IDENTIFIER_WEIGHT * identified[pk])
             scores[pk] = score
     floor = MIN_SCORE if mode == "hybrid" else SEMANTIC_FLOOR
     ranked = sorted(((pk, s) for pk, s in scores.items() if s >= floor), key=lambda pair: (-pair[1], -pair[0]))

@@ -15,7 +15,7 @@ from django.db import connection
 from tickets import embeddings
 from tickets.models import Tenant, Ticket
 
-PREFILTER = 400  # codes kept by the Hamming scan for float re-scoring (recall of the true top 10 ~0.99)
+PREFILTER = 200  # codes kept by the Hamming scan for float re-scoring
 
 
 def _rows(sql: str, params: list[object]) -> list[tuple]:
