@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import Q
@@ -21,6 +22,8 @@ from django.utils.safestring import SafeString
 from clusters.models import ClusterCandidate, OutageCluster
 from clusters.render import ticket_link_html
 from clusters.similarity import Signature, compare, signature
+from tickets import embeddings
+from tickets.indexing import ticket_index
 from tickets.models import Tenant, Ticket
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import ServiceDeskError
@@ -81,10 +84,12 @@ def _minutes(first: datetime, last: datetime) -> int:
     return max(1, math.ceil((last - first).total_seconds() / 60))
 
 
-def _embedding(ticket: Ticket) -> list[float] | None:
-    """Return the ticket's stored embedding when the embeddings feature provides one."""
-    vector = getattr(ticket, "embedding", None)
-    return list(vector) if vector else None
+def _embedding(ticket: Ticket) -> np.ndarray | None:
+    """Return the ticket's stored embedding when it is from the configured model (tickets/embeddings.py)."""
+    model = embeddings.current_model()
+    if not model or ticket.embedding is None or ticket.embedding_model != model:
+        return None
+    return embeddings.vector_unpack(ticket.embedding)
 
 
 def _mention(cluster: OutageCluster, row: ClusterCandidate) -> ClusterMention:
@@ -128,6 +133,9 @@ def cluster_check(*, ticket: Ticket, asset_names: list[str] | tuple[str, ...] = 
     and queues one follow-up note for each earlier member (their notes were written before it existed).
     """
     tenant = ticket.tenant
+    # Embed the new ticket first (outside the transaction: the provider may be remote); a failure leaves the
+    # comparison to words and hosts.
+    ticket = ticket_index(ticket=ticket)
     sig = signature(ticket.subject, ticket.description, asset_names=asset_names)
     sig.embedding = _embedding(ticket)
     at = _ticket_time(ticket)
