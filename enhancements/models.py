@@ -196,3 +196,12 @@ class RateCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.count}"
+
+
+# Triage's records live in their own module; importing them here registers them with this app.
+from enhancements.triage.models import (  # noqa: E402, F401
+    SdpChoice,
+    TriageCalibration,
+    TriageDecision,
+    TriageSetting,
+)

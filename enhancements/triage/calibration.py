@@ -1,0 +1,238 @@
+"""Calibration and the leave-one-out report: how often the vote is right at each confidence, per field.
+
+Leave-one-out: every resolved ticket of the tenant (or a sample) is triaged from the others (the search
+excludes it), and the suggestion is compared with the value it ended with. That gives (raw score, right?)
+pairs per field. An isotonic (monotone) regression fitted by pool-adjacent-violators maps a raw score to the
+share of suggestions at that score that were right: a confidence of 0.8 then means "right about 80% of the
+time on this tenant's history". The report's figures use cross-fitting (each fold is mapped by a fit on the
+other folds), so they do not flatter the calibration with its own training data.
+
+Pool-adjacent-violators is twenty lines; scikit-learn's IsotonicRegression would bring scipy and numpy into the
+image for it, so it is written here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from django.utils import timezone
+
+from enhancements.triage.engine import VOTE_FIELDS, Neighbour, neighbours_find, ticket_final_fields, votes_all
+from enhancements.triage.models import TriageCalibration
+from tickets.models import Tenant, Ticket
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+BINS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0001)
+FOLDS = 5
+MIN_SAMPLES = 30  # below this a field's calibration is not trusted for writing
+TARGET_ACCURACY = 0.9
+MAX_POINTS = 24
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """A monotone map from raw vote score to probability, by linear interpolation between fitted points."""
+
+    points: tuple[tuple[float, float], ...]
+    samples: int = 0
+
+    def __call__(self, raw: float) -> float:
+        """Return the calibrated probability of a raw score."""
+        if not self.points:
+            return raw
+        xs = [p[0] for p in self.points]
+        i = bisect.bisect_left(xs, raw)
+        if i <= 0:
+            return self.points[0][1]
+        if i >= len(xs):
+            return self.points[-1][1]
+        (x0, y0), (x1, y1) = self.points[i - 1], self.points[i]
+        return y0 if x1 == x0 else y0 + (y1 - y0) * (raw - x0) / (x1 - x0)
+
+    @property
+    def trusted(self) -> bool:
+        """Return whether enough history was behind the fit to let it gate writes."""
+        return self.samples >= MIN_SAMPLES
+
+
+def isotonic_fit(pairs: Iterable[tuple[float, bool]]) -> Calibrator:
+    """Return the isotonic fit of right/wrong against raw score (pool-adjacent-violators, smoothed)."""
+    data = sorted((float(x), 1.0 if y else 0.0) for x, y in pairs)
+    if not data:
+        return Calibrator(points=())
+    prior = sum(y for _, y in data) / len(data)
+    # blocks: [sum of y, count, sum of x]
+    blocks: list[list[float]] = []
+    for x, y in data:
+        blocks.append([y, 1.0, x])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            y2, n2, x2 = blocks.pop()
+            blocks[-1][0] += y2
+            blocks[-1][1] += n2
+            blocks[-1][2] += x2
+    # A block of three tickets is not evidence of 100%: shrink each block towards the overall rate.
+    points: list[tuple[float, float]] = []
+    best = 0.0
+    for total, count, xsum in blocks:
+        value = (total + 2 * prior) / (count + 2)
+        best = max(best, value)  # smoothing must not undo the monotone order
+        points.append((xsum / count, best))
+    while len(points) > MAX_POINTS:
+        # Merge the closest pair of neighbouring points (keeps the curve's shape, bounds the stored size).
+        i = min(range(len(points) - 1), key=lambda k: points[k + 1][0] - points[k][0])
+        (x0, y0), (x1, y1) = points[i], points[i + 1]
+        points[i : i + 2] = [((x0 + x1) / 2, (y0 + y1) / 2)]
+    return Calibrator(points=tuple((round(x, 5), round(y, 5)) for x, y in points), samples=len(data))
+
+
+def calibrator_for(*, tenant: Tenant, field: str, cache: dict[str, Calibrator] | None = None) -> Calibrator:
+    """Return the tenant's stored calibration of a field (an empty, untrusted one when never fitted)."""
+    if cache is not None and field in cache:
+        return cache[field]
+    row = TriageCalibration.objects.filter(tenant=tenant, field=field).first()
+    result = Calibrator(points=tuple(tuple(p) for p in row.points), samples=row.samples) if row else Calibrator(())
+    if cache is not None:
+        cache[field] = result
+    return result
+
+
+# --- leave-one-out ----------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """One ticket's leave-one-out result for one field."""
+
+    raw: float | None  # None: no suggestion
+    right: bool
+
+
+def _threshold_rows(confidences: Sequence[tuple[float | None, bool]], total: int) -> list[dict[str, float | int]]:
+    rows = []
+    for threshold in THRESHOLDS:
+        chosen = [right for conf, right in confidences if conf is not None and conf >= threshold]
+        rows.append(
+            {
+                "threshold": threshold,
+                "suggested": len(chosen),
+                "coverage": round(len(chosen) / total, 4) if total else 0.0,
+                "accuracy": round(sum(chosen) / len(chosen), 4) if chosen else None,
+            }
+        )
+    return rows
+
+
+def _bins(confidences: Sequence[tuple[float | None, bool]]) -> list[dict[str, float | int | None]]:
+    rows = []
+    for low, high in zip(BINS, BINS[1:], strict=False):
+        inside = [(c, r) for c, r in confidences if c is not None and low <= c < high]
+        rows.append(
+            {
+                "from": low,
+                "to": min(high, 1.0),
+                "count": len(inside),
+                "mean_confidence": round(sum(c for c, _ in inside) / len(inside), 4) if inside else None,
+                "accuracy": round(sum(r for _, r in inside) / len(inside), 4) if inside else None,
+            }
+        )
+    return rows
+
+
+def _advised(rows: list[dict[str, float | int]], target: float) -> float | None:
+    for row in rows:
+        accuracy = row["accuracy"]
+        if accuracy is not None and accuracy >= target and int(row["suggested"]) >= 20:
+            return float(row["threshold"])
+    return None
+
+
+def field_report(outcomes: list[Outcome], *, target: float = TARGET_ACCURACY) -> tuple[Calibrator, dict]:
+    """Return the fitted calibrator of one field and its report (accuracy/coverage per threshold, bins)."""
+    total = len(outcomes)
+    pairs = [(o.raw, o.right) for o in outcomes if o.raw is not None]
+    calibrator = isotonic_fit(pairs)
+    # Cross-fitted confidences: fold k is mapped by a fit on the other folds.
+    indexed = [(i, o) for i, o in enumerate(outcomes) if o.raw is not None]
+    confidences: list[tuple[float | None, bool]] = [(None, o.right) for o in outcomes if o.raw is None]
+    for fold in range(FOLDS):
+        train = [(o.raw, o.right) for i, o in indexed if i % FOLDS != fold]
+        fitted = isotonic_fit(train)  # type: ignore[arg-type]
+        confidences += [(fitted(o.raw), o.right) for i, o in indexed if i % FOLDS == fold]  # type: ignore[arg-type]
+    suggested = [r for c, r in confidences if c is not None]
+    rows = _threshold_rows(confidences, total)
+    report = {
+        "tickets": total,
+        "suggested": len(suggested),
+        "accuracy_all": round(sum(suggested) / len(suggested), 4) if suggested else None,
+        "thresholds": rows,
+        "calibration": _bins(confidences),
+        "advised_threshold": _advised(rows, target),
+        "target_accuracy": target,
+    }
+    return calibrator, report
+
+
+def leave_one_out(
+    *,
+    tenant: Tenant,
+    sample: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[Outcome]]:
+    """Return, per vote field, each resolved ticket's outcome when triaged from the tenant's other tickets."""
+    tickets = Ticket.objects.filter(tenant=tenant, is_resolved=True).order_by("id")
+    if sample:
+        # An even spread over the history rather than the oldest N.
+        count = tickets.count()
+        step = max(1, count // sample)
+        ids = list(tickets.values_list("id", flat=True)[::step][:sample])
+        tickets = Ticket.objects.filter(id__in=ids).order_by("id")
+    outcomes: dict[str, list[Outcome]] = {name: [] for name in VOTE_FIELDS}
+    rows = list(tickets)
+    for done, ticket in enumerate(rows, 1):
+        truth = ticket_final_fields(ticket)
+        neighbours: list[Neighbour] = neighbours_find(tenant=tenant, ticket=ticket)
+        votes = votes_all(neighbours=neighbours)
+        for name in VOTE_FIELDS:
+            if not truth.get(name):
+                continue
+            suggestion = votes.get(name)
+            if name == "subcategory":
+                # Right means the pair: a subcategory under the wrong category is wrong.
+                right = bool(
+                    suggestion
+                    and suggestion.value == truth[name]
+                    and votes.get("category")
+                    and votes["category"].value == truth["category"]
+                )
+            else:
+                right = bool(suggestion and suggestion.value == truth[name])
+            outcomes[name].append(Outcome(raw=suggestion.raw_score if suggestion else None, right=right))
+        if progress:
+            progress(done, len(rows))
+    return outcomes
+
+
+def triage_report_build(
+    *, tenant: Tenant, sample: int | None = None, save: bool = True, target: float = TARGET_ACCURACY
+) -> dict:
+    """Run leave-one-out over the tenant's history, fit and (by default) store the calibrations; return the report."""
+    started = time.perf_counter()
+    outcomes = leave_one_out(tenant=tenant, sample=sample)
+    fields: dict[str, dict] = {}
+    for name, items in outcomes.items():
+        calibrator, report = field_report(items, target=target)
+        fields[name] = report
+        if save:
+            TriageCalibration.objects.update_or_create(
+                tenant=tenant,
+                field=name,
+                defaults={"points": [list(p) for p in calibrator.points], "samples": calibrator.samples,
+                          "report": report},
+            )  # fmt: skip
+    return {
+        "tenant": tenant.slug,
+        "generated_at": timezone.now().isoformat(),
+        "seconds": round(time.perf_counter() - started, 2),
+        "fields": fields,
+    }
