@@ -13,6 +13,12 @@ the others a failed envelope, `Retry-After` when `retry_after` is given, `body` 
 "throttle_4015" (HTTP 400, inner code 4015); "throttle_4015_200" (the same envelope with HTTP 200);
 "timeout" (answer only after `delay` seconds; `process=True` stores the side effect first, `process=False`
 stores nothing and finally answers 504); "disconnect" (close the connection without an answer).
+
+Lists (`set_choices(...)`): categories, subcategories (filterable by `category.id`), priorities, support groups
+and technicians answer `GET /api/v3/<list>` with paging like requests. Once a list is set, `PUT
+/api/v3/requests/{id}` refuses a value outside it (HTTP 400, inner code 4001 naming the field) as SDP does, and a
+subcategory that is not under the request's category. `updates[request_id]` keeps every accepted PUT with its
+`update_reason`. `groups_path="groups"` serves groups where older on-premises builds do (`/api/v3/groups`).
 """
 
 from __future__ import annotations
@@ -50,6 +56,16 @@ _NOTES = re.compile(r"^/api/v3/requests/(?P<id>[^/]+)/notes/?$")
 _REQUESTS = re.compile(r"^/api/v3/requests/?$")
 _LINKS = re.compile(r"^/api/v3/requests/(?P<id>[^/]+)/link_requests/?$")
 _CONVERSATIONS = re.compile(r"^/api/v3/requests/(?P<id>[^/]+)/conversations/?$")
+_LIST = re.compile(r"^/api/v3/(?P<kind>categories|subcategories|priorities|support_groups|groups|technicians)/?$")
+# Request fields that name a record of a list: the PUT refuses values outside the list.
+LINKED_FIELDS = {
+    "category": "categories",
+    "subcategory": "subcategories",
+    "priority": "priorities",
+    "group": "support_groups",
+    "technician": "technicians",
+}
+INVALID_VALUE = 4001
 
 SUCCESS = {"status_code": 2000, "status": "success"}
 
@@ -88,6 +104,7 @@ class FakeServiceDesk(FakeServer):
         portal: str | None = None,
         *,
         note_key: NoteKey = "request_note",
+        groups_path: Literal["support_groups", "groups"] = "support_groups",
         latency: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -108,6 +125,10 @@ class FakeServiceDesk(FakeServer):
         # Called (outside the lock) with (request id, event) after every stored note or request edit, the way an
         # SDP custom trigger on edit would call the webhook.
         self.on_change: Any = None
+        self.lists: dict[str, list[dict[str, Any]]] = {}
+        self.updates: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.groups_path = groups_path
+        self._list_ids = itertools.count(9001)
         self._ids = itertools.count(200001)
         self._note_ids = itertools.count(700001)
 
@@ -149,6 +170,70 @@ class FakeServiceDesk(FakeServer):
         """Store a note as if it had been added earlier (e.g. by a previous, timed-out attempt) and return it."""
         return self._store_note(str(request_id), {"description": description, **fields})
 
+    def set_choices(
+        self,
+        *,
+        categories: dict[str, list[str]] | None = None,
+        priorities: list[str] | None = None,
+        groups: dict[str, str] | list[str] | None = None,
+        technicians: dict[str, list[str]] | list[str] | None = None,
+    ) -> None:
+        """Define the instance's lists: categories with their subcategories, priorities, groups, technicians.
+
+        `groups` maps a name to a description (or lists names); `technicians` maps a group to its members.
+        """
+        with self._lock:
+            if categories is not None:
+                self.lists["categories"], self.lists["subcategories"] = [], []
+                for name, subs in categories.items():
+                    category = {"id": str(next(self._list_ids)), "name": name, "deleted": False}
+                    self.lists["categories"].append(category)
+                    for sub in subs:
+                        self.lists["subcategories"].append(
+                            {
+                                "id": str(next(self._list_ids)),
+                                "name": sub,
+                                "deleted": False,
+                                "category": {"id": category["id"], "name": name},
+                            }
+                        )
+            if priorities is not None:
+                self.lists["priorities"] = [
+                    {"id": str(next(self._list_ids)), "name": name, "color": "#888888"} for name in priorities
+                ]
+            if groups is not None:
+                described = groups if isinstance(groups, dict) else dict.fromkeys(groups, "")
+                self.lists["support_groups"] = [
+                    {"id": str(next(self._list_ids)), "name": name, "description": text, "deleted": False}
+                    for name, text in described.items()
+                ]
+            if technicians is not None:
+                members = technicians if isinstance(technicians, dict) else {"": technicians}
+                rows: dict[str, dict[str, Any]] = {}
+                for group, names in members.items():
+                    for name in names:
+                        row = rows.setdefault(
+                            name,
+                            {
+                                "id": str(next(self._list_ids)),
+                                "name": name,
+                                "email_id": name.lower().replace(" ", ".") + "@msp.example",
+                                "status": "ACTIVE",
+                                "support_groups": [],
+                            },
+                        )
+                        if group:
+                            row["support_groups"].append({"name": group})
+                self.lists["technicians"] = list(rows.values())
+
+    def edit_request(self, request_id: str | int, **fields: Any) -> None:
+        """Change fields of a stored request as a person in SDP's UI would (a name becomes `{"name": ...}`)."""
+        with self._lock:
+            stored = self.requests[str(request_id)]
+            for key, value in fields.items():
+                stored[key] = {"name": value} if isinstance(value, str) and key in LINKED_FIELDS else value
+        self._changed(str(request_id), "edit")
+
     def fail_next(
         self,
         count: int = 1,
@@ -186,6 +271,8 @@ class FakeServiceDesk(FakeServer):
             self.notes.clear()
             self.links.clear()
             self.conversations.clear()
+            self.lists.clear()
+            self.updates.clear()
 
     # -- HTTP --------------------------------------------------------------------------------------------------
 
@@ -223,6 +310,8 @@ class FakeServiceDesk(FakeServer):
                 return self._only(request, "GET") or self._list_links(match["id"])
             if match := _CONVERSATIONS.match(path):
                 return self._only(request, "GET") or self._list_conversations(match["id"], request)
+            if match := _LIST.match(path):
+                return self._only(request, "GET") or self._list_choices(match["kind"], request)
             if match := _NOTES.match(path):
                 if request.method == "POST":
                     return self._add_note(match["id"], request)
@@ -331,19 +420,72 @@ class FakeServiceDesk(FakeServer):
             info["total_count"] = len(rows)
         return Reply.json(200, {"requests": page, "list_info": info, "response_status": [SUCCESS]})
 
+    def _list_choices(self, kind: str, request: RecordedRequest) -> Reply:
+        if kind in ("support_groups", "groups"):
+            if kind != self.groups_path:
+                return Reply.json(404, failed_envelope("Invalid URL", code=4007))
+            kind = "support_groups"
+        list_info = self._query_list_info(request)
+        with self._lock:
+            rows = [copy.deepcopy(row) for row in self.lists.get(kind, [])]
+        criteria = list_info.get("search_criteria")
+        if criteria:
+            rows = [row for row in rows if _matches_all(row, criteria)]
+        start_index, row_count = self._page(list_info)
+        page = rows[start_index - 1 : start_index - 1 + row_count]
+        info: dict[str, Any] = {
+            "has_more_rows": start_index - 1 + row_count < len(rows),
+            "start_index": start_index,
+            "row_count": len(page),
+        }
+        key = self.groups_path if kind == "support_groups" else kind
+        return Reply.json(200, {key: page, "list_info": info, "response_status": [SUCCESS]})
+
+    def _resolve_linked(self, key: str, value: Any, category: Any) -> dict[str, Any]:
+        """Return the list record a PUT value names, or raise SDP's invalid-value error."""
+        rows = self.lists.get(LINKED_FIELDS[key])
+        if value is None or rows is None:
+            return value
+        if not isinstance(value, dict) or not (value.get("id") or value.get("name")):
+            raise _BadInputError(f"Invalid value for {key}", field=key, code=INVALID_VALUE)
+        for row in rows:
+            if (value.get("id") and str(value["id"]) == row["id"]) or (
+                not value.get("id") and str(value.get("name", "")).lower() == row["name"].lower()
+            ):
+                if key == "subcategory":
+                    parent = _name_of(category)
+                    if parent and row["category"]["name"].lower() != parent.lower():
+                        raise _BadInputError(
+                            f"Subcategory {row['name']} does not belong to category {parent}",
+                            field=key,
+                            code=INVALID_VALUE,
+                        )
+                return {"id": row["id"], "name": row["name"]}
+        raise _BadInputError(f"Invalid value for {key}: {value}", field=key, code=INVALID_VALUE)
+
     def _update_request(self, request_id: str, request: RecordedRequest) -> Reply:
         changes = self._form_input(request).get("request")
         if not isinstance(changes, dict):
             raise _BadInputError("Mandatory field request missing", field="request", code=4012)
+        changes = dict(changes)
+        reason = changes.pop("update_reason", None)
+        if reason is not None and not isinstance(reason, str):
+            raise _BadInputError("update_reason must be a string", field="update_reason", code=INVALID_VALUE)
         with self._lock:
             stored = self.requests.get(request_id)
             if stored is None:
                 return self._not_found(request_id)
-            for key, value in changes.items():
+            category = changes.get("category", stored.get("category"))
+            resolved = {
+                key: self._resolve_linked(key, value, category) if key in LINKED_FIELDS else value
+                for key, value in changes.items()
+            }
+            for key, value in resolved.items():
                 if key == "udf_fields" and isinstance(value, dict):
                     stored.setdefault("udf_fields", {}).update(value)
                 else:
                     stored[key] = value
+            self.updates[request_id].append({"changes": copy.deepcopy(resolved), "update_reason": reason})
             answer = copy.deepcopy(stored)
         self._changed(request_id, "edit")
         return Reply.json(200, {"request": answer, "response_status": SUCCESS})
@@ -471,6 +613,10 @@ class FakeServiceDesk(FakeServer):
 
 
 # -- search criteria -------------------------------------------------------------------------------------------
+
+
+def _name_of(value: Any) -> str:
+    return str(value.get("name") or "") if isinstance(value, Mapping) else ""
 
 
 def _field_value(row: Mapping[str, Any], dotted: str) -> Any:

@@ -330,6 +330,45 @@ class ServiceDeskClient:
             start = page.start_index + page.row_count
         return rows
 
+    def list_all(
+        self, path: str, key: str, *, search_criteria: list[dict[str, Any]] | None = None, max_pages: int = 100
+    ) -> list[dict[str, Any]]:
+        """Return every row of a v3 list endpoint (e.g. `/categories`, key `categories`), all pages."""
+        rows: list[dict[str, Any]] = []
+        start = 1
+        for _ in range(max_pages):
+            list_info: dict[str, Any] = {"row_count": MAX_ROW_COUNT, "start_index": start}
+            if search_criteria:
+                list_info["search_criteria"] = search_criteria
+            body = self._call("GET", path, input_data={"list_info": list_info}, idempotent=True)
+            page = self._page(body, key)
+            rows.extend(page.rows)
+            if not page.has_more_rows or not page.rows:
+                break
+            start = page.start_index + page.row_count
+        return rows
+
+    def update_request(self, request_id: str, fields: dict[str, Any], *, reason: str = "") -> dict[str, Any]:
+        """Change fields of a request (`PUT /requests/{id}`) and return SDP's request object.
+
+        `reason` goes in `update_reason` (shown in the request's history); builds that reject the key as
+        extra get the update once more without it. Like a note, the PUT is retried here only when SDP certainly
+        did not act on it; an unclear outcome goes back to the caller, who reads the request before writing
+        again (a person may have changed the field meanwhile).
+        """
+        changes = dict(fields, update_reason=reason) if reason else dict(fields)
+        try:
+            body = self._call("PUT", f"/requests/{request_id}", input_data={"request": changes})
+        except ServiceDeskError as exc:
+            if reason and exc.status == 400 and ("update_reason" in str(exc) or "EXTRA_KEY" in str(exc)):
+                body = self._call("PUT", f"/requests/{request_id}", input_data={"request": dict(fields)})
+            else:
+                raise
+        request = body.get("request")
+        if not isinstance(request, dict):
+            raise ServiceDeskError("SDP accepted the update but returned no request object.", permanent=False)
+        return request
+
     # --- plumbing ---------------------------------------------------------------------------
     def _page(self, body: dict[str, Any], key: str, fallback_key: str | None = None) -> Page:
         rows = body.get(key)

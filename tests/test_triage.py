@@ -1,0 +1,386 @@
+"""Triage that acts: every rule, against the SDP fake over real HTTP, on the tenant's real history and search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from django.core.management import call_command
+
+from enhancements.models import Enhancement
+from enhancements.triage import tasks
+from enhancements.triage.choices import choices_for, choices_refresh
+from enhancements.triage.models import SdpChoice, TriageCalibration, TriageDecision, TriageMode
+from enhancements.triage.services import (
+    triage_acceptance_record,
+    triage_decide,
+    triage_setting_update,
+    triage_sweep,
+    triage_undo,
+)
+from tests.fakes.sdp import FakeServiceDesk
+from tests.fixtures.triage.load import labelled_load, labelled_set
+from tickets.models import Tenant, Ticket
+
+pytestmark = pytest.mark.django_db
+
+DATA = labelled_set()
+Outcome = TriageDecision.Outcome
+
+NEW_REQUEST = {
+    "id": "555001",
+    "subject": "VPN keeps disconnecting on my laptop",
+    "description": "<p>The FortiClient VPN drops every few minutes since this morning, my RDP session is lost.</p>",
+    "status": {"name": "Open"},
+    "priority": {"name": "Medium"},
+    "requester": {"name": "Dana Whitfield", "email_id": "dana@northwind.example"},
+}
+
+
+def _set_choices(sdp, **overrides):
+    choices = DATA["choices"]
+    sdp.set_choices(
+        categories=overrides.get("categories", choices["subcategory"]),
+        priorities=choices["priority"],
+        groups=choices["group"],
+        technicians=choices["technician"],
+    )
+
+
+@dataclass(frozen=True)
+class Northwind:
+    tenant: Tenant
+    secret: str
+    sdp: FakeServiceDesk
+
+
+@pytest.fixture
+def northwind(make_tenant, sdp):
+    """A tenant with credentials, its labelled history, its SDP lists cached and a fitted-looking calibration."""
+    result = make_tenant("northwind", sdp_base_url=sdp.url, sdp_api_key=sdp.api_key)
+    tenant = result.tenant
+    labelled_load(tenant)
+    _set_choices(sdp)
+    choices_refresh(tenant=tenant)
+    # A calibration that maps the vote's raw score to itself, stored as triage_report would store one: these
+    # tests are about the rules; tests/test_triage_quality.py fits real calibrations on the labelled set.
+    for name in ("category", "subcategory", "priority", "group", "technician"):
+        TriageCalibration.objects.create(tenant=tenant, field=name, points=[[0.0, 0.0], [1.0, 1.0]], samples=100)
+    sdp.add_request(NEW_REQUEST)
+    return Northwind(tenant=tenant, secret=result.secret, sdp=sdp)
+
+
+def _enhancement(post_webhook, tenant_result, request=NEW_REQUEST) -> Enhancement:
+    response = post_webhook(tenant_result.tenant.slug, {"request": request}, secret=tenant_result.secret)
+    assert response.status_code == 202, response.content
+    return Enhancement.objects.get(pk=response.json()["enhancement_id"])
+
+
+def _decisions(enhancement) -> dict[str, TriageDecision]:
+    return {d.field: d for d in TriageDecision.objects.filter(enhancement=enhancement)}
+
+
+def _puts(sdp, request_id="555001"):
+    return [r for r in sdp.requests_log if r.method == "PUT" and r.path.endswith(f"/requests/{request_id}")]
+
+
+def _apply_all(tenant, threshold=0.5, **modes):
+    for field in ("category", "priority", "group", "technician"):
+        triage_setting_update(tenant=tenant, field=field, mode=modes.get(field, TriageMode.APPLY), threshold=threshold)
+
+
+# --- choices --------------------------------------------------------------------------------------------------
+def test_sdp_lists_are_fetched_cached_and_refreshed_keeping_lead_descriptions(northwind):
+    tenant, sdp = northwind.tenant, northwind.sdp
+    cached = choices_for(tenant=tenant)
+    assert cached.names["category"] == set(DATA["choices"]["subcategory"])
+    assert cached.subcategories_of["Network"] == {"VPN", "Wi-Fi", "Firewall", "Internet"}
+    assert cached.names["priority"] == {"Low", "Medium", "High", "Urgent"}
+    assert "NET" in cached.names["group"] and "Tom Becker" in cached.names["technician"]
+    assert cached.technician_groups["Tom Becker"] == {"NET"}
+    # Every list was read through the v3 list endpoints, subcategories per category.
+    paths = {r.path for r in sdp.requests_log if r.method == "GET"}
+    assert {"/api/v3/categories", "/api/v3/subcategories", "/api/v3/priorities", "/api/v3/support_groups"} <= paths
+
+    SdpChoice.objects.filter(tenant=tenant, kind="group", name="NET").update(description="network team, VPN")
+    sdp.set_choices(groups={"M365": "", "DESK": ""})  # NET was removed in SDP
+    result = choices_refresh(tenant=tenant)
+    assert result.deactivated >= 1
+    net = SdpChoice.objects.get(tenant=tenant, kind="group", name="NET")
+    assert (net.active, net.description) == (False, "network team, VPN")
+    assert "NET" not in choices_for(tenant=tenant).names["group"]
+
+
+def test_groups_come_from_the_older_groups_endpoint_when_support_groups_is_missing(make_tenant):
+    with FakeServiceDesk(api_key="k", groups_path="groups") as sdp:
+        tenant = make_tenant("old", sdp_base_url=sdp.url, sdp_api_key="k").tenant
+        sdp.set_choices(categories={"Network": ["VPN"]}, priorities=["Low"], groups=["NET"], technicians=[])
+        choices_refresh(tenant=tenant)
+    assert choices_for(tenant=tenant).names["group"] == {"NET"}
+
+
+def test_refresh_command_and_schedules(northwind, capsys):
+    from django_q.models import Schedule
+
+    call_command("refresh_sdp_lists", "northwind")
+    assert "Fetched" in capsys.readouterr().out
+    schedules = dict(Schedule.objects.values_list("name", "func"))
+    assert schedules["triage-refresh-sdp-lists"] == "enhancements.triage.tasks.refresh_choices"
+    assert schedules["triage-sweep"] == "enhancements.triage.tasks.sweep"
+
+
+# --- modes and thresholds -------------------------------------------------------------------------------------
+def test_default_is_suggest_everything_recorded_nothing_written(northwind, post_webhook):
+    enhancement = _enhancement(post_webhook, northwind)
+    decisions = {d.field: d for d in triage_decide(enhancement=enhancement)}
+
+    assert set(decisions) == {"category", "priority", "group", "technician"}
+    assert decisions["category"].value == "Network" and decisions["category"].subvalue == "VPN"
+    assert decisions["group"].value == "NET"
+    assert all(d.outcome == Outcome.SUGGESTED and d.mode == TriageMode.SUGGEST for d in decisions.values())
+    assert all(0 < d.confidence <= 1 for d in decisions.values())
+    tasks.apply_decisions(str(enhancement.pk))
+    assert _puts(northwind.sdp) == []
+
+
+def test_off_field_gets_no_decision(northwind, post_webhook):
+    triage_setting_update(tenant=northwind.tenant, field="technician", mode=TriageMode.OFF)
+    enhancement = _enhancement(post_webhook, northwind)
+    assert "technician" not in {d.field for d in triage_decide(enhancement=enhancement)}
+
+
+def test_apply_writes_empty_fields_in_one_put_with_an_update_reason(northwind, post_webhook):
+    tenant, sdp = northwind.tenant, northwind.sdp
+    _apply_all(tenant, technician=TriageMode.SUGGEST)
+    triage_setting_update(tenant=tenant, field="priority", mode=TriageMode.SUGGEST)
+    enhancement = _enhancement(post_webhook, northwind)
+    triage_decide(enhancement=enhancement)
+    assert {d.field: d.outcome for d in _decisions(enhancement).values()} == {
+        "category": Outcome.PENDING, "group": Outcome.PENDING,
+        "priority": Outcome.SUGGESTED, "technician": Outcome.SUGGESTED,
+    }  # fmt: skip
+
+    tasks.apply_decisions(str(enhancement.pk))
+
+    stored = sdp.requests["555001"]
+    assert stored["group"]["name"] == "NET"
+    assert (stored["category"]["name"], stored["subcategory"]["name"]) == ("Network", "VPN")
+    assert stored["priority"] == {"name": "Medium"}  # suggest mode: untouched
+    assert "technician" not in stored
+    assert len(_puts(sdp)) == 1
+    (update,) = sdp.updates["555001"]
+    assert "Ticket Enhancer" in update["update_reason"] and str(enhancement.pk) in update["update_reason"]
+    decisions = _decisions(enhancement)
+    assert decisions["group"].outcome == Outcome.APPLIED and decisions["group"].previous_value == ""
+    assert decisions["group"].written_at and decisions["group"].write_started_at
+    assert "threshold" in decisions["group"].reason
+
+
+def test_below_threshold_is_not_written(northwind, post_webhook):
+    _apply_all(northwind.tenant, threshold=1.0)
+    enhancement = _enhancement(post_webhook, northwind)
+    decisions = triage_decide(enhancement=enhancement)
+    assert {d.outcome for d in decisions} == {Outcome.LOW_CONFIDENCE}
+    assert "below the threshold" in decisions[0].reason
+    tasks.apply_decisions(str(enhancement.pk))
+    assert _puts(northwind.sdp) == []
+
+
+def test_uncalibrated_tenant_never_writes_offline_suggestions(northwind, post_webhook):
+    TriageCalibration.objects.filter(tenant=northwind.tenant).delete()
+    _apply_all(northwind.tenant, threshold=0.0)
+    enhancement = _enhancement(post_webhook, northwind)
+    decisions = triage_decide(enhancement=enhancement)
+    assert {d.outcome for d in decisions} == {Outcome.LOW_CONFIDENCE}
+    assert "triage_report" in decisions[0].reason
+
+
+def test_a_value_outside_the_sdp_list_is_never_written(northwind, post_webhook):
+    tenant, sdp = northwind.tenant, northwind.sdp
+    _apply_all(tenant)
+    # SDP no longer lists NET: the vote may not pick it, and nothing outside the list is written.
+    groups = {k: v for k, v in DATA["choices"]["group"].items() if k != "NET"}
+    sdp.set_choices(groups=groups)
+    choices_refresh(tenant=tenant)
+    enhancement = _enhancement(post_webhook, northwind)
+    decisions = {d.field: d for d in triage_decide(enhancement=enhancement)}
+    assert decisions.get("group") is None or decisions["group"].value != "NET"
+    tasks.apply_decisions(str(enhancement.pk))
+    assert sdp.requests["555001"].get("group", {}).get("name") != "NET"
+
+
+def test_sdp_refusing_a_value_fails_the_write_permanently(northwind, post_webhook):
+    tenant, sdp = northwind.tenant, northwind.sdp
+    _apply_all(tenant, category=TriageMode.OFF, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = _enhancement(post_webhook, northwind)
+    triage_decide(enhancement=enhancement)
+    # Between our cache refresh and the write, SDP dropped the group: SDP answers 400 naming the field.
+    sdp.set_choices(groups={"M365": ""})
+    tasks.apply_decisions(str(enhancement.pk))
+    decision = _decisions(enhancement)["group"]
+    assert decision.outcome == Outcome.FAILED
+    assert "group" in decision.reason and "Invalid value" in decision.reason
+    assert "group" not in sdp.requests["555001"]
+
+
+# --- never overwrite a person ---------------------------------------------------------------------------------
+def test_a_field_a_person_set_before_the_webhook_is_left_alone(northwind, post_webhook):
+    _apply_all(northwind.tenant)
+    request = dict(NEW_REQUEST, group={"name": "DESK"})
+    northwind.sdp.add_request(request)
+    enhancement = _enhancement(post_webhook, northwind, request)
+    decision = {d.field: d for d in triage_decide(enhancement=enhancement)}["group"]
+    assert decision.outcome == Outcome.HUMAN_SET and decision.seen_value == "DESK"
+
+
+def test_a_human_change_racing_our_write_wins(northwind, post_webhook):
+    tenant, sdp = northwind.tenant, northwind.sdp
+    _apply_all(tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = _enhancement(post_webhook, northwind)
+    triage_decide(enhancement=enhancement)
+    # A technician routes the ticket in SDP after we decided and before the write task runs.
+    sdp.edit_request("555001", group="M365")
+    tasks.apply_decisions(str(enhancement.pk))
+
+    stored = sdp.requests["555001"]
+    assert stored["group"] == {"name": "M365"}
+    decisions = _decisions(enhancement)
+    assert decisions["group"].outcome == Outcome.HUMAN_SET and decisions["group"].previous_value == "M365"
+    assert decisions["category"].outcome == Outcome.APPLIED  # the field nobody touched is still written
+    (put,) = _puts(sdp)
+    assert "group" not in put.form["input_data"]
+
+
+def test_the_tenant_default_counts_as_unset(northwind, post_webhook):
+    tenant, sdp = northwind.tenant, northwind.sdp
+    _apply_all(tenant, category=TriageMode.OFF, group=TriageMode.OFF, technician=TriageMode.OFF, threshold=0.0)
+    # "Medium" is what SDP gives every new request here: without the default it counts as a person's choice.
+    enhancement = _enhancement(post_webhook, northwind)
+    assert triage_decide(enhancement=enhancement)[0].outcome == Outcome.HUMAN_SET
+
+    triage_setting_update(tenant=tenant, field="priority", default_value="Medium")
+    assert triage_decide(enhancement=enhancement)[0].outcome == Outcome.PENDING
+    tasks.apply_decisions(str(enhancement.pk))
+    decision = _decisions(enhancement)["priority"]
+    assert decision.outcome == Outcome.APPLIED and decision.previous_value == "Medium"
+    assert sdp.requests["555001"]["priority"]["name"] == decision.value
+
+
+# --- exactly once ---------------------------------------------------------------------------------------------
+def test_a_write_that_timed_out_but_landed_is_not_sent_again(northwind, post_webhook, settings):
+    tenant, sdp = northwind.tenant, northwind.sdp
+    settings.SDP_TIMEOUT = 0.5
+    _apply_all(tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = _enhancement(post_webhook, northwind)
+    triage_decide(enhancement=enhancement)
+    sdp.fail_next(status="timeout", method="PUT", delay=1.5, process=True)
+
+    result = tasks.apply_decisions(str(enhancement.pk))
+    assert result == {"retry": 2}
+    decision = _decisions(enhancement)["group"]
+    assert decision.outcome == Outcome.PENDING and decision.write_started_at
+    assert "will retry" in decision.reason
+
+    TriageDecision.objects.filter(enhancement=enhancement).update(next_attempt_at=None)
+    TriageDecision.objects.filter(enhancement=enhancement).update(created_at=decision.created_at.replace(year=2020))
+    assert triage_sweep() == 1
+    decisions = _decisions(enhancement)
+    assert {d.outcome for d in decisions.values()} == {Outcome.APPLIED}
+    assert len(_puts(sdp)) == 1  # the second attempt read SDP, found our value and did not write again
+    assert decisions["group"].previous_value == ""
+
+
+def test_a_person_changing_the_field_during_an_unclear_write_wins(northwind, post_webhook, settings):
+    tenant, sdp = northwind.tenant, northwind.sdp
+    settings.SDP_TIMEOUT = 0.5
+    _apply_all(tenant, category=TriageMode.OFF, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = _enhancement(post_webhook, northwind)
+    triage_decide(enhancement=enhancement)
+    sdp.fail_next(status="timeout", method="PUT", delay=1.5, process=False)
+    tasks.apply_decisions(str(enhancement.pk))
+    sdp.edit_request("555001", group="DESK")
+
+    tasks.apply_decisions(str(enhancement.pk))
+    decision = _decisions(enhancement)["group"]
+    assert decision.outcome == Outcome.HUMAN_SET and "unclear" in decision.reason
+    assert sdp.requests["555001"]["group"] == {"name": "DESK"}
+    assert len(_puts(sdp)) == 1
+
+
+def test_deciding_twice_does_not_touch_a_written_field(northwind, post_webhook):
+    _apply_all(northwind.tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = _enhancement(post_webhook, northwind)
+    triage_decide(enhancement=enhancement)
+    tasks.apply_decisions(str(enhancement.pk))
+    triage_decide(enhancement=enhancement)
+    tasks.apply_decisions(str(enhancement.pk))
+    assert {d.outcome for d in _decisions(enhancement).values()} == {Outcome.APPLIED}
+    assert len(_puts(northwind.sdp)) == 1
+
+
+# --- undo -----------------------------------------------------------------------------------------------------
+def test_undo_writes_the_previous_value_back_and_says_so_in_a_note(northwind, post_webhook, admin_user):
+    tenant, sdp = northwind.tenant, northwind.sdp
+    _apply_all(tenant, category=TriageMode.OFF, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    triage_setting_update(tenant=tenant, field="group", default_value="DESK")
+    request = dict(NEW_REQUEST, group={"name": "DESK"})
+    sdp.add_request(request)
+    enhancement = _enhancement(post_webhook, northwind, request)
+    triage_decide(enhancement=enhancement)
+    tasks.apply_decisions(str(enhancement.pk))
+    decision = _decisions(enhancement)["group"]
+    assert decision.outcome == Outcome.APPLIED and (decision.previous_value, decision.value) == ("DESK", "NET")
+    assert sdp.requests["555001"]["group"]["name"] == "NET"
+
+    result = triage_undo(decision_id=decision.pk, user=admin_user)
+    assert result.undone, result.message
+    assert sdp.requests["555001"]["group"]["name"] == "DESK"
+    note = sdp.notes["555001"][-1]
+    assert "undid" in note["description"] and "Support group" in note["description"]
+    assert "admin" in note["description"] and note["show_to_requester"] is False
+    decision.refresh_from_db()
+    assert decision.outcome == Outcome.UNDONE and decision.undone_by == admin_user and decision.undo_note_id
+    assert "undo" in sdp.updates["555001"][-1]["update_reason"]
+    assert not triage_undo(decision_id=decision.pk, user=admin_user).undone  # once
+
+
+def test_undo_never_overwrites_a_later_human_change(northwind, post_webhook, admin_user):
+    _apply_all(northwind.tenant, priority=TriageMode.OFF, technician=TriageMode.OFF, category=TriageMode.OFF)
+    enhancement = _enhancement(post_webhook, northwind)
+    triage_decide(enhancement=enhancement)
+    tasks.apply_decisions(str(enhancement.pk))
+    northwind.sdp.edit_request("555001", group="INFRA")
+    decision = _decisions(enhancement)["group"]
+    result = triage_undo(decision_id=decision.pk, user=admin_user)
+    assert not result.undone and "INFRA" in result.message
+    assert northwind.sdp.requests["555001"]["group"] == {"name": "INFRA"}
+
+
+# --- acceptance -----------------------------------------------------------------------------------------------
+def test_acceptance_when_the_ticket_is_resolved(northwind, post_webhook):
+    tenant, sdp = northwind.tenant, northwind.sdp
+    _apply_all(tenant, priority=TriageMode.SUGGEST, technician=TriageMode.SUGGEST)
+    enhancement = _enhancement(post_webhook, northwind)
+    triage_decide(enhancement=enhancement)
+    tasks.apply_decisions(str(enhancement.pk))
+    suggested_technician = _decisions(enhancement)["technician"].value
+
+    # A technician keeps our group, changes our category, assigns the suggested technician; SDP resolves it.
+    resolved = dict(
+        sdp.requests["555001"],
+        status={"name": "Resolved"},
+        category={"name": "Software"},
+        subcategory={"name": "Installation"},
+        technician={"name": suggested_technician},
+        resolution={"content": "Reinstalled the VPN client."},
+    )
+    response = post_webhook("northwind", {"event": "request_resolved", "request": resolved}, secret=northwind.secret)
+    assert response.status_code == 200
+    triage_acceptance_record(ticket=Ticket.objects.get(tenant=tenant, sdp_id="555001"))
+
+    decisions = _decisions(enhancement)
+    assert decisions["group"].acceptance == TriageDecision.Acceptance.KEPT and decisions["group"].correct
+    assert decisions["category"].acceptance == TriageDecision.Acceptance.CHANGED
+    assert decisions["category"].final_value == "Software" and decisions["category"].correct is False
+    assert decisions["technician"].acceptance == TriageDecision.Acceptance.NEVER_APPLIED
+    assert decisions["technician"].correct is True
