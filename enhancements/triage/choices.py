@@ -17,8 +17,8 @@ from django.utils import timezone
 
 from enhancements.triage.models import SdpChoice, TriageField, TriageMode, TriageSetting
 from tickets.models import Tenant
-from tickets.servicedesk import ServiceDeskClient, ServiceDeskError
-from tickets.services import servicedesk_client
+from tickets.sdp.auth import servicedesk_client
+from tickets.sdp.client import ServiceDeskClient, ServiceDeskError
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def choices_fetch(*, tenant: Tenant, technicians: bool | None = None) -> list[Ro
     if technicians is None:
         technicians = _technicians_enabled(tenant)
     rows: list[Row] = []
-    with servicedesk_client(tenant) as client:
+    with servicedesk_client(tenant=tenant) as client:
         categories = _rows(Kind.CATEGORY, client.list_all("/categories", "categories"))
         rows += categories
         for category in categories:

@@ -31,8 +31,8 @@ from enhancements.triage.choices import Choices, choices_for
 from enhancements.triage.engine import Neighbour, Suggestion, neighbours_find, ticket_final_fields, votes_all
 from enhancements.triage.models import TriageDecision, TriageField, TriageMode, TriageSetting
 from tickets.models import Tenant, Ticket
-from tickets.servicedesk import ServiceDeskError, backoff_delay
-from tickets.services import servicedesk_client
+from tickets.sdp.auth import servicedesk_client
+from tickets.sdp.client import ServiceDeskError, backoff_delay
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def _apply(enhancement_id: str) -> dict[str, int]:
     to_write: list[TriageDecision] = []
     changes: dict[str, Any] = {}
     try:
-        with servicedesk_client(tenant) as client:
+        with servicedesk_client(tenant=tenant) as client:
             request = client.get_request(ticket.sdp_id)
             for decision in pending:
                 current = _current(request, SDP_KEYS[decision.field])
@@ -409,7 +409,7 @@ def triage_undo(*, decision_id: int, user: AbstractBaseUser | None) -> UndoResul
     choices = choices_for(tenant=tenant)
     who = getattr(user, "get_username", lambda: "")() or "a support lead"
     try:
-        with servicedesk_client(tenant) as client:
+        with servicedesk_client(tenant=tenant) as client:
             request = client.get_request(ticket.sdp_id)
             current = _current(request, key)
             if current != decision.value:

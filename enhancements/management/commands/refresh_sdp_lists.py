@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from enhancements.triage.choices import choices_refresh, choices_refresh_all
 from tickets.models import Tenant
-from tickets.servicedesk import ServiceDeskError
+from tickets.sdp.client import ServiceDeskError
 
 
 class Command(BaseCommand):
