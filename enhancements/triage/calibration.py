@@ -30,6 +30,7 @@ FOLDS = 5
 MIN_SAMPLES = 30  # below this a field's calibration is not trusted for writing
 TARGET_ACCURACY = 0.9
 MAX_POINTS = 24
+MIN_BLOCK = 10
 
 
 @dataclass(frozen=True)
@@ -64,21 +65,35 @@ def isotonic_fit(pairs: Iterable[tuple[float, bool]]) -> Calibrator:
     if not data:
         return Calibrator(points=())
     prior = sum(y for _, y in data) / len(data)
-    # blocks: [sum of y, count, sum of x]
-    blocks: list[list[float]] = []
+    # blocks: [sum of y, count, sum of x]; equal scores are one block (they must map to one value).
+    ties: list[list[float]] = []
+    last_x = None
     for x, y in data:
-        blocks.append([y, 1.0, x])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
-            y2, n2, x2 = blocks.pop()
-            blocks[-1][0] += y2
-            blocks[-1][1] += n2
-            blocks[-1][2] += x2
-    # A block of three tickets is not evidence of 100%: shrink each block towards the overall rate.
+        if ties and x == last_x:
+            ties[-1][0] += y
+            ties[-1][1] += 1
+            ties[-1][2] += x
+        else:
+            ties.append([y, 1.0, x])
+        last_x = x
+    blocks: list[list[float]] = []
+    for tie in ties:
+        blocks.append(tie)
+        _pool(blocks)
+    # A handful of tickets is not evidence: blocks smaller than MIN_BLOCK join a neighbour (still monotone).
+    while len(blocks) > 1 and min(b[1] for b in blocks) < MIN_BLOCK:
+        i = min(range(len(blocks)), key=lambda k: blocks[k][1])
+        j = i + 1 if i == 0 or (i + 1 < len(blocks) and blocks[i + 1][1] < blocks[i - 1][1]) else i - 1
+        low, high = sorted((i, j))
+        blocks[low] = [a + b for a, b in zip(blocks[low], blocks[high], strict=True)]
+        del blocks[high]
+    # Shrink each block with two pseudo-tickets, one at the overall rate and one at even odds, so a small
+    # block never claims certainty; then keep the order monotone.
     points: list[tuple[float, float]] = []
     best = 0.0
     for total, count, xsum in blocks:
-        value = (total + 2 * prior) / (count + 2)
-        best = max(best, value)  # smoothing must not undo the monotone order
+        value = (total + prior + 0.5) / (count + 2)
+        best = max(best, value)
         points.append((xsum / count, best))
     while len(points) > MAX_POINTS:
         # Merge the closest pair of neighbouring points (keeps the curve's shape, bounds the stored size).
@@ -86,6 +101,15 @@ def isotonic_fit(pairs: Iterable[tuple[float, bool]]) -> Calibrator:
         (x0, y0), (x1, y1) = points[i], points[i + 1]
         points[i : i + 2] = [((x0 + x1) / 2, (y0 + y1) / 2)]
     return Calibrator(points=tuple((round(x, 5), round(y, 5)) for x, y in points), samples=len(data))
+
+
+def _pool(blocks: list[list[float]]) -> None:
+    """Merge the last blocks while they violate the increasing order (pool adjacent violators)."""
+    while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+        y2, n2, x2 = blocks.pop()
+        blocks[-1][0] += y2
+        blocks[-1][1] += n2
+        blocks[-1][2] += x2
 
 
 def calibrator_for(*, tenant: Tenant, field: str, cache: dict[str, Calibrator] | None = None) -> Calibrator:
