@@ -19,3 +19,13 @@ def sweep() -> dict[str, int]:
 def refresh_choices() -> dict[str, str]:
     """Refresh every tenant's cached SDP lists."""
     return choices_refresh_all()
+
+
+def report(tenant_id: int) -> dict:
+    """Run a tenant's leave-one-out report and store its calibrations (up to 5000 tickets, spread evenly)."""
+    from enhancements.triage.calibration import triage_report_build
+    from tickets.models import Tenant
+
+    tenant = Tenant.objects.get(pk=tenant_id)
+    result = triage_report_build(tenant=tenant, sample=5000)
+    return {"tenant": tenant.slug, "seconds": result["seconds"]}
