@@ -30,6 +30,9 @@ ROLES: dict[str, list[str]] = {
         "enhancements.add_feedback",
         "clusters.view_outagecluster",
         "clusters.change_outagecluster",
+        # Triage: a lead sets modes and thresholds, describes groups, and undoes writes.
+        *(f"enhancements.{action}_{model}" for model in ("triagesetting", "sdpchoice", "triagedecision")
+          for action in ("view", "change")),
     ],
     OPERATOR: [
         *(f"tickets.{action}_{model}" for model in ("tenant", "ticket", "asset", "knowledgearticle")
@@ -37,6 +40,7 @@ ROLES: dict[str, list[str]] = {
         *(f"enhancements.{action}_apitoken" for action in ("add", "change", "delete", "view")),
         "enhancements.view_enhancement",
         "enhancements.view_feedback",
+        *(f"enhancements.view_{model}" for model in ("triagesetting", "sdpchoice", "triagedecision")),
         "django_q.view_schedule",
         "django_q.view_success",
         "django_q.view_failure",

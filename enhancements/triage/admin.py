@@ -156,7 +156,7 @@ class SdpChoiceAdmin(admin.ModelAdmin):
         """The values come from SDP, never typed in."""
         return False
 
-    @admin.action(description="Refresh the SDP lists of the selected values' tenants")
+    @admin.action(description="Refresh the SDP lists of the selected values' tenants", permissions=["change"])
     def refresh_from_sdp(self, request: HttpRequest, queryset: QuerySet[SdpChoice]) -> None:
         """Fetch the lists again for each tenant in the selection."""
         for tenant in Tenant.objects.filter(pk__in=queryset.values("tenant_id")):
@@ -196,7 +196,9 @@ class TriageDecisionAdmin(admin.ModelAdmin):
         """Return the calibrated confidence."""
         return _pct(obj.confidence)
 
-    @admin.action(description="Undo the selected writes (write the previous value back, with a note)")
+    @admin.action(
+        description="Undo the selected writes (write the previous value back, with a note)", permissions=["change"]
+    )
     def undo_writes(self, request: HttpRequest, queryset: QuerySet[TriageDecision]) -> None:
         """Undo each selected write; report each outcome."""
         for decision in queryset:
