@@ -85,6 +85,10 @@ def note_render(
         )
         parts.append(format_html("<p><b>Knowledge articles</b></p>{}", _list_html(list(items))))
     hints = []
+    if output.get("triage"):
+        # Triage's suggestions, from the tenant's own SDP lists; "set" where it wrote the field (when allowed).
+        parts.append(_triage_line(output["triage"]))
+        output = {k: v for k, v in output.items() if k not in ("category_suggestion", "priority_suggestion")}
     if output.get("category_suggestion"):
         hints.append(format_html("Category: {}", output["category_suggestion"]))
     if output.get("priority_suggestion"):
@@ -109,3 +113,17 @@ def note_render(
 
 def _list_html(items: list[str]) -> str:
     return format_html("<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((i,) for i in items)))
+
+
+def _triage_line(items: list[dict[str, Any]]) -> str:
+    shown = []
+    for item in items:
+        if not item.get("value"):
+            continue
+        confidence = item.get("confidence")
+        state = " — being set" if item.get("outcome") in ("pending", "applied") else ""
+        percent = f" ({round(float(confidence) * 100)}%)" if isinstance(confidence, int | float) else ""
+        shown.append(format_html("{}: {}{}{}", item.get("label", item.get("field", "")), item["value"], percent, state))
+    if not shown:
+        return ""
+    return format_html("<p><b>Suggested routing</b>: {}</p>", format_html_join(" · ", "{}", ((h,) for h in shown)))

@@ -25,6 +25,7 @@ from enhancements.extras import output_extras, pipeline_extras
 from enhancements.llm import enhancement_generate
 from enhancements.models import ApiToken, Enhancement, Feedback
 from enhancements.render import marker, note_has_marker, note_render
+from enhancements.triage.services import triage_for_enhancement
 from project.logging import log_context
 from tickets.models import Tenant, Ticket
 from tickets.sdp.auth import servicedesk_client
@@ -217,6 +218,8 @@ def _process(enhancement: Enhancement, timings: dict[str, int]) -> str:
         generation = enhancement_generate(tenant=tenant, ticket=ticket, context=context)
     generation.output = output_extras(context=context, generation=generation)
     enhancement.urgency = generation.output.get("urgency_cues", [])
+    with _stage(timings, "triage"):
+        triage_for_enhancement(enhancement=enhancement, ticket=ticket, output=generation.output)
     with _stage(timings, "render"):
         note_html = note_render(
             tenant=tenant,

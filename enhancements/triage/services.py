@@ -223,6 +223,52 @@ def triage_decide(
     return decisions
 
 
+def urgency_votes(output: dict[str, Any]) -> dict[str, float]:
+    """Return the urgency cues of the output (enhancements/urgency.py) as a vote for the priority they imply.
+
+    The vote weighs as much as one very similar resolved ticket: cues move a close call, not a clear history.
+    """
+    from enhancements.urgency import priority_with_urgency
+
+    cues = output.get("urgency_cues") or []
+    if not cues:
+        return {}
+    floor, _ = priority_with_urgency("", cues)
+    return {floor: 1.0} if floor else {}
+
+
+def triage_for_enhancement(*, enhancement: Any, ticket: Ticket, output: dict[str, Any]) -> list[TriageDecision]:
+    """Decide the ticket's triage inside the pipeline, put it in the note's output, and queue the writes.
+
+    Triage never fails an enhancement: an unexpected error is logged and the note goes out without it.
+    """
+    try:
+        decisions = triage_decide(enhancement=enhancement, ticket=ticket, priority_cues=urgency_votes(output))
+    except Exception:
+        logger.exception("triage failed; the note is posted without it")
+        return []
+    by_field = {d.field: d for d in decisions}
+    if category := by_field.get(TriageField.CATEGORY):
+        output["category_suggestion"] = (
+            f"{category.value} / {category.subvalue}" if category.subvalue else category.value
+        )
+    if (priority := by_field.get(TriageField.PRIORITY)) and not output.get("priority_reason"):
+        output["priority_suggestion"] = priority.value  # a priority raised by urgency cues keeps its reason
+    output["triage"] = [
+        {
+            "field": d.field,
+            "label": d.get_field_display(),
+            "value": f"{d.value} / {d.subvalue}" if d.subvalue else d.value,
+            "confidence": d.confidence,
+            "outcome": d.outcome,
+        }
+        for d in decisions
+    ]
+    if any(d.outcome == Outcome.PENDING for d in decisions):
+        triage_enqueue_apply(enhancement_id=str(enhancement.pk))
+    return decisions
+
+
 def triage_enqueue_apply(*, enhancement_id: str) -> None:
     """Hand the enhancement's pending writes to the task queue (the sweep catches a lost task)."""
     from django_q.tasks import async_task
