@@ -384,3 +384,73 @@ def test_acceptance_when_the_ticket_is_resolved(northwind, post_webhook):
     assert decisions["category"].final_value == "Software" and decisions["category"].correct is False
     assert decisions["technician"].acceptance == TriageDecision.Acceptance.NEVER_APPLIED
     assert decisions["technician"].correct is True
+
+
+# --- through the pipeline -------------------------------------------------------------------------------------
+def test_pipeline_triages_notes_the_routing_and_queues_the_write(northwind, post_webhook):
+    from enhancements import tasks as pipeline_tasks
+
+    tenant, sdp = northwind.tenant, northwind.sdp
+    _apply_all(tenant, priority=TriageMode.SUGGEST, technician=TriageMode.OFF, category=TriageMode.SUGGEST)
+    enhancement = _enhancement(post_webhook, northwind)
+    pipeline_tasks.process_enhancement(str(enhancement.pk))
+    enhancement.refresh_from_db()
+
+    assert enhancement.status == Enhancement.Status.POSTED, enhancement.error
+    assert "triage" in enhancement.timings
+    note = sdp.notes["555001"][0]["description"]
+    assert "Suggested routing" in note and "Support group: NET" in note and "being set" in note
+    assert "Category and subcategory: Network / VPN" in note
+    assert enhancement.output["category_suggestion"] == "Network / VPN"
+    decisions = _decisions(enhancement)
+    assert decisions["group"].outcome == Outcome.PENDING and "technician" not in decisions
+
+    tasks.apply_decisions(str(enhancement.pk))  # what the queued task runs
+    assert sdp.requests["555001"]["group"]["name"] == "NET"
+    assert _decisions(enhancement)["group"].outcome == Outcome.APPLIED
+
+
+def test_triage_trouble_never_fails_the_note(northwind, post_webhook):
+    from enhancements import tasks as pipeline_tasks
+
+    _apply_all(northwind.tenant)
+    # A calibration row damaged by hand (points that are not numbers) makes triage raise.
+    TriageCalibration.objects.filter(tenant=northwind.tenant, field="group").update(points=[["x", "y"]])
+    enhancement = _enhancement(post_webhook, northwind)
+    pipeline_tasks.process_enhancement(str(enhancement.pk))
+    enhancement.refresh_from_db()
+    assert enhancement.status == Enhancement.Status.POSTED, enhancement.error
+    assert not TriageDecision.objects.filter(enhancement=enhancement).exists()
+    assert "Suggested routing" not in northwind.sdp.notes["555001"][0]["description"]
+
+
+# --- the LLM path ---------------------------------------------------------------------------------------------
+def test_llm_triage_picks_from_the_tenants_enums_with_group_descriptions(northwind, post_webhook, openai_fake):
+    SdpChoice.objects.filter(tenant=northwind.tenant, kind="group", name="NET").update(description="NET = network")
+    openai_fake.set_response(
+        {
+            "category": "Network", "category_confidence": 0.93, "subcategory": "VPN", "subcategory_confidence": 0.9,
+            "priority": "High", "priority_confidence": 0.7, "group": "NET", "group_confidence": 0.95,
+            "technician": "Tom Becker", "technician_confidence": 0.6,
+        }
+    )  # fmt: skip
+    enhancement = _enhancement(post_webhook, northwind)
+    decisions = {d.field: d for d in triage_decide(enhancement=enhancement, use_llm=True)}
+
+    assert {(d.provider, d.model) for d in decisions.values()} == {("openai", "fake-model")}
+    assert (decisions["group"].value, decisions["group"].confidence) == ("NET", 0.95)
+    assert decisions["category"].subvalue == "VPN"
+    body = openai_fake.requests_log[-1].json
+    schema = body["response_format"]["json_schema"]["schema"]
+    assert set(schema["properties"]["group"]["enum"]) == set(DATA["choices"]["group"]) | {""}
+    assert "Tom Becker" in schema["properties"]["technician"]["enum"]
+    assert "NET = network" in body["messages"][1]["content"]
+    assert "VPN keeps disconnecting" in body["messages"][1]["content"]
+
+
+def test_llm_answer_outside_the_lists_falls_back_to_the_vote(northwind, post_webhook, openai_fake):
+    openai_fake.set_response({"category": "Networking", "group": "Network team"})
+    enhancement = _enhancement(post_webhook, northwind)
+    decisions = {d.field: d for d in triage_decide(enhancement=enhancement, use_llm=True)}
+    assert decisions["group"].provider == "offline" and decisions["group"].value == "NET"
+    assert "LLM unavailable" in decisions["group"].reason
