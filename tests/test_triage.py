@@ -62,10 +62,11 @@ def northwind(make_tenant, sdp):
     labelled_load(tenant)
     _set_choices(sdp)
     choices_refresh(tenant=tenant)
-    # A calibration that maps the vote's raw score to itself, stored as triage_report would store one: these
-    # tests are about the rules; tests/test_triage_quality.py fits real calibrations on the labelled set.
+    # A calibration that maps the vote's raw score to itself (in steps of 0.05), stored as triage_report would
+    # store one: these tests are about the rules; tests/test_triage_quality.py fits real ones on the labelled set.
+    steps = [[i / 20, i / 20] for i in range(21)]
     for name in ("category", "subcategory", "priority", "group", "technician"):
-        TriageCalibration.objects.create(tenant=tenant, field=name, points=[[0.0, 0.0], [1.0, 1.0]], samples=100)
+        TriageCalibration.objects.create(tenant=tenant, field=name, points=steps, samples=100)
     sdp.add_request(NEW_REQUEST)
     return Northwind(tenant=tenant, secret=result.secret, sdp=sdp)
 

@@ -44,11 +44,18 @@ def test_leave_one_out_report_on_the_labelled_set(tenant, capsys):
     assert fields["group"]["accuracy_all"] > 0.85
     assert fields["subcategory"]["accuracy_all"] > 0.7
     assert fields["priority"]["accuracy_all"] > 0.5
-    # Calibrated: in every well-populated confidence band, the share right is close to the confidence.
+    # Calibrated (cross-fitted, so on tickets the fit did not see): the share right is close to the confidence,
+    # on average over the bands (expected calibration error) and in every well-populated band. The margins allow
+    # for a 180-ticket sample; the whole set's figures are in docs/triage.md.
     for name, data in fields.items():
-        for band in data["calibration"]:
+        bands = [b for b in data["calibration"] if b["count"]]
+        ece = sum(b["count"] * abs(b["accuracy"] - b["mean_confidence"]) for b in bands) / sum(
+            b["count"] for b in bands
+        )
+        assert ece < 0.12, (name, bands)
+        for band in bands:
             if band["count"] >= 25:
-                assert abs(band["accuracy"] - band["mean_confidence"]) < 0.15, (name, band)
+                assert abs(band["accuracy"] - band["mean_confidence"]) < 0.2, (name, band)
     # The fitted calibrations are stored for the pipeline to use.
     stored = {c.field: c for c in TriageCalibration.objects.filter(tenant=tenant.tenant)}
     assert set(stored) == set(fields) and all(c.samples >= 150 for c in stored.values())

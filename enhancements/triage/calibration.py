@@ -30,28 +30,22 @@ FOLDS = 5
 MIN_SAMPLES = 30  # below this a field's calibration is not trusted for writing
 TARGET_ACCURACY = 0.9
 MAX_POINTS = 24
-MIN_BLOCK = 10
+MIN_BLOCK = 20
 
 
 @dataclass(frozen=True)
 class Calibrator:
-    """A monotone map from raw vote score to probability, by linear interpolation between fitted points."""
+    """A monotone step map from raw vote score to probability: each fitted block starts at a raw score."""
 
-    points: tuple[tuple[float, float], ...]
+    points: tuple[tuple[float, float], ...]  # (lowest raw score of the block, probability), increasing
     samples: int = 0
 
     def __call__(self, raw: float) -> float:
-        """Return the calibrated probability of a raw score."""
+        """Return the calibrated probability of a raw score (the uncalibrated score when nothing is fitted)."""
         if not self.points:
             return raw
-        xs = [p[0] for p in self.points]
-        i = bisect.bisect_left(xs, raw)
-        if i <= 0:
-            return self.points[0][1]
-        if i >= len(xs):
-            return self.points[-1][1]
-        (x0, y0), (x1, y1) = self.points[i - 1], self.points[i]
-        return y0 if x1 == x0 else y0 + (y1 - y0) * (raw - x0) / (x1 - x0)
+        i = bisect.bisect_right([p[0] for p in self.points], raw)
+        return self.points[max(0, i - 1)][1]
 
     @property
     def trusted(self) -> bool:
@@ -65,14 +59,13 @@ def isotonic_fit(pairs: Iterable[tuple[float, bool]]) -> Calibrator:
     if not data:
         return Calibrator(points=())
     prior = sum(y for _, y in data) / len(data)
-    # blocks: [sum of y, count, sum of x]; equal scores are one block (they must map to one value).
+    # blocks: [sum of y, count, lowest x]; equal scores are one block (they must map to one value).
     ties: list[list[float]] = []
     last_x = None
     for x, y in data:
         if ties and x == last_x:
             ties[-1][0] += y
             ties[-1][1] += 1
-            ties[-1][2] += x
         else:
             ties.append([y, 1.0, x])
         last_x = x
@@ -85,31 +78,29 @@ def isotonic_fit(pairs: Iterable[tuple[float, bool]]) -> Calibrator:
         i = min(range(len(blocks)), key=lambda k: blocks[k][1])
         j = i + 1 if i == 0 or (i + 1 < len(blocks) and blocks[i + 1][1] < blocks[i - 1][1]) else i - 1
         low, high = sorted((i, j))
-        blocks[low] = [a + b for a, b in zip(blocks[low], blocks[high], strict=True)]
+        blocks[low] = [blocks[low][0] + blocks[high][0], blocks[low][1] + blocks[high][1], blocks[low][2]]
         del blocks[high]
     # Shrink each block with two pseudo-tickets, one at the overall rate and one at even odds, so a small
     # block never claims certainty; then keep the order monotone.
     points: list[tuple[float, float]] = []
     best = 0.0
-    for total, count, xsum in blocks:
+    for total, count, lowest in blocks:
         value = (total + prior + 0.5) / (count + 2)
         best = max(best, value)
-        points.append((xsum / count, best))
+        points.append((lowest, best))
     while len(points) > MAX_POINTS:
-        # Merge the closest pair of neighbouring points (keeps the curve's shape, bounds the stored size).
-        i = min(range(len(points) - 1), key=lambda k: points[k + 1][0] - points[k][0])
-        (x0, y0), (x1, y1) = points[i], points[i + 1]
-        points[i : i + 2] = [((x0 + x1) / 2, (y0 + y1) / 2)]
+        # Merge the two closest neighbouring steps (bounds the stored size).
+        i = min(range(len(points) - 1), key=lambda k: points[k + 1][1] - points[k][1])
+        points[i : i + 2] = [(points[i][0], (points[i][1] + points[i + 1][1]) / 2)]
     return Calibrator(points=tuple((round(x, 5), round(y, 5)) for x, y in points), samples=len(data))
 
 
 def _pool(blocks: list[list[float]]) -> None:
     """Merge the last blocks while they violate the increasing order (pool adjacent violators)."""
     while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
-        y2, n2, x2 = blocks.pop()
+        y2, n2, _ = blocks.pop()
         blocks[-1][0] += y2
         blocks[-1][1] += n2
-        blocks[-1][2] += x2
 
 
 def calibrator_for(*, tenant: Tenant, field: str, cache: dict[str, Calibrator] | None = None) -> Calibrator:
