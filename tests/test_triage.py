@@ -12,7 +12,6 @@ from enhancements.triage import tasks
 from enhancements.triage.choices import choices_for, choices_refresh
 from enhancements.triage.models import SdpChoice, TriageCalibration, TriageDecision, TriageMode
 from enhancements.triage.services import (
-    triage_acceptance_record,
     triage_decide,
     triage_setting_update,
     triage_sweep,
@@ -20,7 +19,7 @@ from enhancements.triage.services import (
 )
 from tests.fakes.sdp import FakeServiceDesk
 from tests.fixtures.triage.load import labelled_load, labelled_set
-from tickets.models import Tenant, Ticket
+from tickets.models import Tenant
 
 pytestmark = pytest.mark.django_db
 
@@ -377,7 +376,7 @@ def test_acceptance_when_the_ticket_is_resolved(northwind, post_webhook):
     )
     response = post_webhook("northwind", {"event": "request_resolved", "request": resolved}, secret=northwind.secret)
     assert response.status_code == 200
-    triage_acceptance_record(ticket=Ticket.objects.get(tenant=tenant, sdp_id="555001"))
+    assert tasks.sweep()["evaluated"] == 1  # the every-minute sweep compares resolved tickets
 
     decisions = _decisions(enhancement)
     assert decisions["group"].acceptance == TriageDecision.Acceptance.KEPT and decisions["group"].correct

@@ -13,10 +13,9 @@ from enhancements.triage import tasks
 from enhancements.triage.calibration import triage_report_build
 from enhancements.triage.choices import choices_refresh
 from enhancements.triage.models import SdpChoice, TriageCalibration, TriageDecision, TriageMode, TriageSetting
-from enhancements.triage.services import triage_acceptance_record, triage_decide
+from enhancements.triage.services import triage_decide
 from tests.fixtures.triage.load import labelled_load, labelled_set
 from tests.review_helpers import operator, support_lead
-from tickets.models import Ticket
 
 pytestmark = pytest.mark.django_db
 
@@ -169,7 +168,7 @@ def test_dashboard_shows_triage_beside_helpful_rate_and_review_edits(client, mak
     # The ticket is resolved with the triaged group kept.
     resolved = dict(sdp.requests["555002"], status={"name": "Resolved"}, group={"name": "DESK"})
     post_webhook("northwind", {"event": "request_resolved", "request": resolved}, secret=measured.secret)
-    triage_acceptance_record(ticket=Ticket.objects.get(tenant=tenant, sdp_id="555002"))
+    assert tasks.sweep()["evaluated"] == 1
 
     client.force_login(support_lead())
     page = client.get(reverse("admin:enhancements_dashboard"), {"tenant": tenant.pk})

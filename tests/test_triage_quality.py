@@ -31,12 +31,12 @@ def test_isotonic_fit_is_monotone_and_shrinks_small_blocks():
 
 def test_leave_one_out_report_on_the_labelled_set(tenant, capsys):
     labelled_load(tenant.tenant)
-    call_command("triage_report", tenant.tenant.slug, "--sample", "180", "--json")
+    call_command("triage_report", tenant.tenant.slug, "--sample", "150", "--json")
     report = json.loads(capsys.readouterr().out)
     fields = report["fields"]
     assert set(fields) == {"category", "subcategory", "priority", "group", "technician"}
     for name, data in fields.items():
-        assert data["tickets"] == 180, name
+        assert data["tickets"] == 150, name
         coverages = [row["coverage"] for row in data["thresholds"]]
         assert coverages == sorted(coverages, reverse=True), name  # a higher threshold never covers more
     # Routing by similar tickets works on MSP tickets; priority and the technician inside a group are harder.
@@ -46,7 +46,7 @@ def test_leave_one_out_report_on_the_labelled_set(tenant, capsys):
     assert fields["priority"]["accuracy_all"] > 0.5
     # Calibrated (cross-fitted, so on tickets the fit did not see): the share right is close to the confidence,
     # on average over the bands (expected calibration error) and in every well-populated band. The margins allow
-    # for a 180-ticket sample; the whole set's figures are in docs/triage.md.
+    # for a 150-ticket sample; the whole set's figures are in docs/triage.md.
     for name, data in fields.items():
         bands = [b for b in data["calibration"] if b["count"]]
         ece = sum(b["count"] * abs(b["accuracy"] - b["mean_confidence"]) for b in bands) / sum(
@@ -58,13 +58,13 @@ def test_leave_one_out_report_on_the_labelled_set(tenant, capsys):
                 assert abs(band["accuracy"] - band["mean_confidence"]) < 0.2, (name, band)
     # The fitted calibrations are stored for the pipeline to use.
     stored = {c.field: c for c in TriageCalibration.objects.filter(tenant=tenant.tenant)}
-    assert set(stored) == set(fields) and all(c.samples >= 150 for c in stored.values())
+    assert set(stored) == set(fields) and all(c.samples >= 130 for c in stored.values())
     assert stored["group"].report["advised_threshold"] is not None
 
 
 def test_triage_report_text_and_bad_input(tenant, capsys):
     labelled_load(tenant.tenant)
-    call_command("triage_report", tenant.tenant.slug, "--sample", "40", "--no-save")
+    call_command("triage_report", tenant.tenant.slug, "--sample", "10", "--no-save")
     out = capsys.readouterr().out
     assert "Support group:" in out and "threshold  coverage  accuracy" in out
     assert not TriageCalibration.objects.exists()
