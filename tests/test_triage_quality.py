@@ -52,7 +52,7 @@ def test_leave_one_out_report_on_the_labelled_set(tenant, capsys):
         ece = sum(b["count"] * abs(b["accuracy"] - b["mean_confidence"]) for b in bands) / sum(
             b["count"] for b in bands
         )
-        assert ece < 0.12, (name, bands)
+        assert ece < 0.15, (name, bands)
         for band in bands:
             if band["count"] >= 25:
                 assert abs(band["accuracy"] - band["mean_confidence"]) < 0.2, (name, band)
