@@ -8,5 +8,8 @@ class EnhancementsConfig(AppConfig):
     verbose_name = "Enhancements"
 
     def ready(self) -> None:
-        """Register the triage admin pages (their own module, next to the triage code)."""
+        """Register the triage admin pages, then harden every admin change list (all are registered by now)."""
         from enhancements.triage import admin  # noqa: F401
+        from project import adminlists
+
+        adminlists.install()
