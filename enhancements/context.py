@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tickets import search
+from tickets import indexing, search
 from tickets.models import Ticket
 
 MAX_SIMILAR = 5
@@ -20,10 +20,13 @@ def ticket_text(ticket: Ticket) -> str:
 def context_gather(*, ticket: Ticket) -> dict[str, Any]:
     """Return the JSON-serialisable context for the ticket (same tenant only)."""
     text = ticket_text(ticket)
+    # The new ticket's language and embedding, computed here in the worker (never in the webhook).
+    indexing.ticket_index(ticket=ticket)
     similar = search.similar_tickets(ticket.tenant, text, limit=MAX_SIMILAR, exclude_sdp_id=ticket.sdp_id)
     assets = search.find_assets(ticket.tenant, text)
     articles = search.find_articles(ticket.tenant, text, limit=MAX_ARTICLES)
     return {
+        "language": ticket.language,
         "similar_tickets": [
             {
                 "sdp_id": t.sdp_id,

@@ -13,8 +13,10 @@ import jsonschema
 import openai
 from django.conf import settings
 
+from enhancements import offline
 from enhancements.redaction import redact
 from enhancements.urgency import LLM_SCHEMA as URGENCY_SCHEMA
+from tickets.language import language_name
 from tickets.models import Tenant, Ticket
 
 logger = logging.getLogger(__name__)
@@ -113,27 +115,32 @@ class OfflineProvider:
         subject = ticket.subject or _first_sentence(ticket.description) or f"Request #{ticket.sdp_id}"
 
         summary_parts = [f"{subject.rstrip('.')}."]
+        if context.get("language") and context["language"] != "en":
+            summary_parts.append(f"Written in {language_name(context['language'])}.")
         if ticket.description:
             first = _first_sentence(ticket.description)
             if first and first.lower() != subject.lower():
                 summary_parts.append(f"Reported: {first}")
         if similar:
             best = similar[0]
+            fix = next((a.text for a in offline.note_parts([best])[0]), "")
             summary_parts.append(
-                f"This looks like #{best['sdp_id']} (“{best['subject']}”), which was resolved"
-                + (f": {_first_sentence(best['resolution'], 200)}" if best.get("resolution") else ".")
+                f"This looks like #{best['sdp_id']} (“{best['subject']}”)"
+                + (f", fixed by: {fix}" if fix else ".")
             )
         else:
             summary_parts.append("No similar resolved ticket was found in this customer's history.")
 
-        causes: list[str] = []
-        steps: list[str] = []
-        for item in similar[:3]:
-            if item.get("resolution"):
-                causes.append(f"Same cause as #{item['sdp_id']} ({item['subject']}).")
-                for sentence in _sentences(item["resolution"], 3):
-                    if sentence not in steps:
-                        steps.append(sentence if sentence.endswith(".") else sentence + ".")
+        # Causes, actions and outcomes told apart; actions merged across tickets and ranked by use.
+        actions, found_causes = offline.note_parts(similar)
+        steps: list[str] = [
+            f"{action.text[:-1]} (#{', #'.join(action.tickets)})." for action in actions[: offline.MAX_STEPS]
+        ]
+        causes: list[str] = [f"{text[:-1]} (#{', #'.join(ids)})." for text, ids in found_causes[: offline.MAX_CAUSES]]
+        if similar and not causes:
+            causes = [
+                f"The similar tickets record no cause; #{similar[0]['sdp_id']} ({similar[0]['subject']}) is closest."
+            ]
         for asset in assets:
             label = asset.get("hostname") or asset.get("ip")
             details = ", ".join(
@@ -141,6 +148,8 @@ class OfflineProvider:
             )
             steps.append(f"Check {label} ({details})" + (f": {asset['notes']}" if asset.get("notes") else "."))
         for article in articles:
+            if float(article.get("score") or 0) < offline.ARTICLE_MIN_SCORE:
+                continue
             steps.append(
                 f"Follow the knowledge article “{article['title']}”"
                 + (f" ({article['url']})." if article.get("url") else ".")
