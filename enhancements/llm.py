@@ -125,8 +125,7 @@ class OfflineProvider:
             best = similar[0]
             fix = next((a.text for a in offline.note_parts([best])[0]), "")
             summary_parts.append(
-                f"This looks like #{best['sdp_id']} (“{best['subject']}”)"
-                + (f", fixed by: {fix}" if fix else ".")
+                f"This looks like #{best['sdp_id']} (“{best['subject']}”)" + (f", fixed by: {fix}" if fix else ".")
             )
         else:
             summary_parts.append("No similar resolved ticket was found in this customer's history.")
