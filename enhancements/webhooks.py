@@ -179,13 +179,12 @@ def servicedesk_webhook(request: HttpRequest, tenant_slug: str) -> JsonResponse:
 
     try:
         tenant = Tenant.objects.filter(slug=tenant_slug).first()
-        if tenant is not None:
-            request.metrics_tenant = tenant.slug  # type: ignore[attr-defined] # the metrics label
         if tenant is None or (delivery_id := _verify(tenant, request, body)) is None:
-            # The same answer for an unknown tenant and a bad signature: no tenant enumeration.
+            # The same answer (and metrics label) for an unknown tenant and a bad signature: no enumeration.
             return error_response(
                 "invalid_signature", "The webhook signature or token is missing, stale or wrong.", status=401
             )
+        request.metrics_tenant = tenant.slug  # type: ignore[attr-defined] # the metrics label, once authentic
         if not tenant.enabled:
             return error_response("tenant_disabled", "This tenant is disabled.", status=403)
         if _CONTROL.search(delivery_id):

@@ -9,6 +9,7 @@ serves the scrape and it includes the work done by `qcluster`, which is another 
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -71,7 +72,8 @@ def count_webhook_answers(view: Callable[..., HttpResponse]) -> Callable[..., Ht
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         response = view(request, *args, **kwargs)
         try:
-            # The view names the tenant only once it has found it in the database.
+            # The view names the tenant only once the call authenticated: the label must not tell an
+            # unauthenticated caller which slugs exist.
             tenant = getattr(request, "metrics_tenant", "") or UNKNOWN_TENANT
             WEBHOOK_ANSWERS.labels(tenant=tenant, outcome=_outcome(response)).inc()
         except Exception:
@@ -200,9 +202,24 @@ def scrape_registry() -> CollectorRegistry:
     return registry
 
 
+# Headers a reverse proxy (the ingress) adds to every request it forwards; Prometheus scrapes pods directly.
+_PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP", "HTTP_FORWARDED")
+
+
+def _may_scrape(request: HttpRequest) -> bool:
+    token = settings.METRICS_TOKEN
+    if token:
+        supplied = request.META.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(supplied.encode(), token.encode())
+    return not any(header in request.META for header in _PROXY_HEADERS)
+
+
 @never_cache
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Return the metrics in the Prometheus text format."""
+    """Return the metrics in the Prometheus text format; 404 through a public route or without the token."""
+    if not _may_scrape(request):
+        # 404, not 401: nothing says there is something to authenticate for.
+        return HttpResponse("Not found.\n", status=404, content_type="text/plain")
     # The classic text format (0.0.4) that every Prometheus version reads; names use only legacy characters.
     return HttpResponse(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_PLAIN_0_0_4)

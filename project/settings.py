@@ -243,6 +243,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- Product settings ------------------------------------------------------------------------
 FIELD_ENCRYPTION_KEY = secret("FIELD_ENCRYPTION_KEY", "")
+# When set, /metrics answers only `Authorization: Bearer <token>`; unset, it answers only requests that did not
+# come through a reverse proxy (no X-Forwarded-For / X-Real-IP / Forwarded), i.e. a scrape of the pod itself.
+METRICS_TOKEN = secret("METRICS_TOKEN", "")
 OPENAI_API_KEY = secret("OPENAI_API_KEY", "")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="") or None
 OPENAI_MODEL = env.str("OPENAI_MODEL", default="gpt-4o-mini")

@@ -83,12 +83,29 @@ def test_webhook_answers_are_counted_by_tenant_and_outcome(client, make_tenant, 
     assert delta == {
         ("acme", "queued"): 3,
         ("acme", "duplicate"): 1,
-        ("acme", "invalid_signature"): 1,
+        # Only an authenticated call is counted under its tenant: a wrong signature for a real slug and any
+        # unknown slug share one label value, so the metrics do not tell which slugs exist, and an attacker
+        # cannot create series at will.
+        ("acme", "invalid_signature"): 0,
         ("globex", "tenant_disabled"): 1,
-        # Unknown slugs share one label value: an attacker cannot create series at will.
-        ("unknown", "invalid_signature"): 2,
+        ("unknown", "invalid_signature"): 3,
     }
     assert not any(dict(labels)["tenant"].startswith("nobody") for labels in after[name])
+
+
+@pytest.mark.parametrize("header", ["HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP", "HTTP_FORWARDED"])
+def test_metrics_are_not_served_through_the_ingress(client, db, header):
+    # The ingress adds these headers to every request it forwards; Prometheus scrapes pods directly.
+    response = client.get("/metrics", **{header: "203.0.113.9"})
+    assert response.status_code == 404 and b"ticket_enhancer" not in response.content
+
+
+def test_a_metrics_token_is_required_when_configured(client, db, settings):
+    settings.METRICS_TOKEN = "scrape-token-1234"
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 404
+    ok = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token-1234", HTTP_X_FORWARDED_FOR="203.0.113.9")
+    assert ok.status_code == 200 and b"ticket_enhancer" in ok.content
 
 
 def test_enhancement_state_is_read_from_the_database(client, make_tenant, post_webhook, openai_fake, sdp):
@@ -278,6 +295,6 @@ def test_metrics_add_up_across_gunicorn_workers(gunicorn_two_workers):
             samples = parse(response.read().decode())
         name = "ticket_enhancer_webhook_responses_total"
         assert value(samples, name, tenant="acme", outcome="queued") == queued
-        assert value(samples, name, tenant="acme", outcome="invalid_signature") == rejected
+        assert value(samples, name, tenant="unknown", outcome="invalid_signature") == rejected
         assert value(samples, "ticket_enhancer_queue_depth") == queued
         assert value(samples, "ticket_enhancer_enhancements", tenant="acme", status="queued") == queued
