@@ -736,3 +736,6 @@ class ApiTokenAdmin(admin.ModelAdmin):
                 revoked += 1
                 self.log_change(request, token, "Revoked")
         self.message_user(request, f"{revoked} token(s) revoked.", messages.SUCCESS)
+
+
+from enhancements import update_admin  # noqa: E402, F401 - registers the ticket updates' admin

@@ -33,6 +33,7 @@ ROLES: dict[str, list[str]] = {
         # Triage: a lead sets modes and thresholds, describes groups, and undoes writes.
         *(f"enhancements.{action}_{model}" for model in ("triagesetting", "sdpchoice", "triagedecision")
           for action in ("view", "change")),
+        "enhancements.view_ticketupdate",
     ],
     OPERATOR: [
         *(f"tickets.{action}_{model}" for model in ("tenant", "ticket", "asset", "knowledgearticle")
@@ -41,6 +42,7 @@ ROLES: dict[str, list[str]] = {
         "enhancements.view_enhancement",
         "enhancements.view_feedback",
         *(f"enhancements.view_{model}" for model in ("triagesetting", "sdpchoice", "triagedecision")),
+        "enhancements.view_ticketupdate",
         "django_q.view_schedule",
         "django_q.view_success",
         "django_q.view_failure",

@@ -234,3 +234,13 @@ def _wait(predicate, timeout: float = 60.0) -> None:
             return
         time.sleep(0.25)
     raise AssertionError("not settled in time")
+
+
+def test_leads_see_why_an_update_did_or_did_not_refresh(enhanced, post_webhook, client):
+    from tests.review_helpers import support_lead
+
+    post_webhook("acme", load_fixture("webhook__request_updated"), secret=enhanced.secret)
+    _process_updates()
+    client.force_login(support_lead())
+    page = client.get("/admin/enhancements/ticketupdate/").content.decode()
+    assert "No new information" in page and SDP_ID in page
