@@ -202,7 +202,14 @@ def _prompt(ticket: Ticket, context: dict[str, Any]) -> str:
         body, context_json = redact(body), redact(context_json)
     # The delimiters cannot be closed from inside the data.
     body = body.replace("</ticket>", "</ ticket>").replace("<ticket>", "< ticket>")
-    return f"<ticket>\n{body}\n</ticket>\n\n<context>\n{context_json}\n</context>"
+    note_language = language_name(getattr(ticket.tenant, "note_language", "") or "en")
+    ticket_language = language_name(ticket.language) if ticket.language else "an undetected language"
+    # The technicians read the note in the tenant's language; the requester's own words stay in theirs.
+    language = (
+        f"Write every text field in {note_language}. The ticket is written in {ticket_language}; where the "
+        "requester's exact words matter (an error message, what they say they did), quote them as written."
+    )
+    return f"<ticket>\n{body}\n</ticket>\n\n<context>\n{context_json}\n</context>\n\n{language}"
 
 
 @functools.lru_cache(maxsize=8)

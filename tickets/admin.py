@@ -115,6 +115,7 @@ class TenantForm(forms.ModelForm):
             "sdp_auth_type",
             "webhook_auth",
             "llm_model",
+            "note_language",
             "rate_limit_per_minute",
             "cluster_window_minutes",
             "cluster_threshold",
@@ -191,7 +192,7 @@ class TenantAdmin(admin.ModelAdmin):
             ("Webhook (configure this in SDP)", {"fields": webhook}),
             ("ServiceDesk Plus API", {"fields": sdp}),
             ("SDP Cloud token renewal (Zoho OAuth)", {"fields": zoho, "classes": ["collapse"]}),
-            ("Limits and model", {"fields": ["llm_model", "rate_limit_per_minute"]}),
+            ("Limits and model", {"fields": ["llm_model", "note_language", "rate_limit_per_minute"]}),
             (
                 "Outage clusters, updates and urgency",
                 {
@@ -256,6 +257,7 @@ class TenantAdmin(admin.ModelAdmin):
             enabled=data["enabled"],
             rotate_secret=bool(data.get("rotate_webhook_secret")),
             llm_model=data["llm_model"],
+            note_language=data["note_language"],
             rate_limit_per_minute=data["rate_limit_per_minute"],
             cluster_window_minutes=data["cluster_window_minutes"],
             cluster_threshold=data["cluster_threshold"],
@@ -353,7 +355,7 @@ class TicketAdmin(admin.ModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
-    readonly_fields = ("sdp_fetch", "raw", "created_at", "updated_at")
+    readonly_fields = ("sdp_fetch", "language", "embedding_model", "embedding_dim", "raw", "created_at", "updated_at")
 
     @admin.display(description="fetch from SDP")
     def sdp_fetch(self, obj: Ticket) -> str:

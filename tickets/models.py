@@ -50,6 +50,11 @@ class Tenant(models.Model):
     )
     enabled = models.BooleanField(default=True)
     llm_model = models.CharField("LLM model override", max_length=100, blank=True)
+    note_language = models.CharField(
+        max_length=8,
+        default="en",
+        help_text="Language the LLM writes notes in (ISO 639-1, e.g. en, de, fr): the technicians' language.",
+    )
     rate_limit_per_minute = models.PositiveIntegerField(default=600, help_text="0 disables the limit.")
     # Outage clusters, refreshed notes and urgency cues (issue 14).
     cluster_window_minutes = models.PositiveIntegerField(

@@ -68,6 +68,7 @@ def tenant_create_or_update(
     cluster_threshold: int | None = None,
     refresh_interval_minutes: int | None = None,
     vip_requesters: str | None = None,
+    note_language: str | None = None,
 ) -> TenantResult:
     """Create the tenant, or update only the given fields of an existing one."""
     for url in (sdp_base_url, zoho_accounts_url):
@@ -95,6 +96,7 @@ def tenant_create_or_update(
         "cluster_threshold": cluster_threshold,
         "refresh_interval_minutes": refresh_interval_minutes,
         "vip_requesters": vip_requesters,
+        "note_language": note_language.strip().lower() if note_language else None,
     }
     for field, value in updates.items():
         if value is not None:

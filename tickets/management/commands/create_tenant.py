@@ -33,6 +33,7 @@ class Command(BaseCommand):
         storms.add_argument(
             "--refresh-interval", type=int, dest="refresh_interval_minutes", help="minutes between updated notes"
         )
+        parser.add_argument("--note-language", help="language of LLM notes, ISO 639-1 (default en)")
         parser.add_argument("--webhook-secret", help="Use this secret instead of generating one")
         parser.add_argument("--rotate-secret", action="store_true", help="Generate a new webhook secret")
         review = parser.add_mutually_exclusive_group()
@@ -62,6 +63,7 @@ class Command(BaseCommand):
                 cluster_window_minutes=options["cluster_window_minutes"],
                 cluster_threshold=options["cluster_threshold"],
                 refresh_interval_minutes=options["refresh_interval_minutes"],
+                note_language=options["note_language"],
             )
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
