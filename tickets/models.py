@@ -53,7 +53,8 @@ class Tenant(models.Model):
     note_language = models.CharField(
         max_length=8,
         default="en",
-        help_text="Language the LLM writes notes in (ISO 639-1, e.g. en, de, fr): the technicians' language.",
+        blank=True,
+        help_text="Language the LLM writes notes in (ISO 639-1, e.g. en, de, fr; empty: English).",
     )
     rate_limit_per_minute = models.PositiveIntegerField(default=600, help_text="0 disables the limit.")
     # Outage clusters, refreshed notes and urgency cues (issue 14).
