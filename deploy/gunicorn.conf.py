@@ -45,6 +45,9 @@ worker_tmp_dir = _SHM if Path(_SHM).is_dir() and os.access(_SHM, os.W_OK) else N
 # Load the application in each worker, not the master: database connections are never shared
 # across a fork, and a failed import shows in the worker's log with its traceback.
 preload_app = False
+# Gunicorn 25+ opens a control socket for gunicornc under $HOME (/nonexistent, on a read-only root
+# filesystem) and logs an ERROR when it cannot; nothing here uses gunicornc.
+control_socket_disable = True
 
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 accesslog = "-"
