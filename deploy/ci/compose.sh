@@ -20,7 +20,8 @@ done
 [ "$(compose ps -aq migrate | wc -l)" = 1 ] || fail "more than one migrate container"
 [ "$(state migrate '{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}')" = "exited 0 0" ] ||
   fail "migrate: $(state migrate '{{.State.Status}} exit {{.State.ExitCode}} restarts {{.RestartCount}}')"
-compose logs migrate | grep -q 'Applying tickets.0001' || fail "migrate did not apply the migrations"
+compose logs --no-color migrate >"$CI_RUN/migrate.log" 2>&1
+grep -q 'Applying tickets.0001' "$CI_RUN/migrate.log" || fail "migrate did not apply the migrations"
 finished="$(state migrate '{{.State.FinishedAt}}')"
 for svc in web worker; do
   started="$(state "$svc" '{{.State.StartedAt}}')"
