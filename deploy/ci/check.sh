@@ -24,7 +24,7 @@ cd "$REPO"
 # One hard bound on the whole stage, so a hang cannot stall CI: re-run under timeout(1).
 if [ -z "${CI_CHECK_CHILD:-}" ]; then
   export CI_CHECK_CHILD=1
-  exec timeout --signal=TERM --kill-after=60 "${CI_CHECK_TIMEOUT:-900}" bash "$0" "$@"
+  exec timeout --signal=TERM --kill-after=300 "${CI_CHECK_TIMEOUT:-900}" bash "$0" "$@"
 fi
 
 CI_RUN="$(mktemp -d /var/tmp/ticket-enhancer-ci.XXXXXX)"
