@@ -395,8 +395,8 @@ class Harness:
             if time.monotonic() > deadline:
                 verb = "pass" if want else "fail"
                 raise HarnessError(
-                    f"{pod.name}/{container['name']}: {kind} did not {verb} within {min(window, self.args.max_wait):.0f}s "
-                    f"(last: {detail})"
+                    f"{pod.name}/{container['name']}: {kind} did not {verb} within "
+                    f"{min(window, self.args.max_wait):.0f}s (last: {detail})"
                 )
             # Poll faster than the period when waiting to pass, so CI does not sleep needlessly; the window
             # (initial delay + threshold x period) is the manifest's.
@@ -445,7 +445,8 @@ class Harness:
         if total != distinct:
             raise HarnessError(f"django_migrations has duplicates after concurrent init containers: {applied}")
         self.log(
-            f"schema applied once by {sum(1 for p in pods if p.spec.get('initContainers'))} racing init containers ({total} migrations)"
+            f"schema applied once ({total} migrations) by "
+            f"{sum(1 for p in pods if p.spec.get('initContainers'))} racing init containers"
         )
         if not self.args.no_outage:
             self.outage(pods)

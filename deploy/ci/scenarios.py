@@ -18,7 +18,6 @@ Exit status 0 when every scenario held, 1 otherwise. Load goes only to 127.0.0.1
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 import importlib.util
 import json
 import os
@@ -30,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +254,8 @@ def make_tenant(stack: Stack, name: str, sdp_url: str) -> tuple[str, str]:
 def rolling_upgrade(stack: Stack, tenant: tuple[str, str], figures: list[str]) -> dict[str, str]:
     leaf = stack.psql(
         stack.container("postgres"),
-        "SELECT name FROM django_migrations WHERE app = 'enhancements' AND name NOT LIKE '9999%' ORDER BY name DESC LIMIT 1",
+        "SELECT name FROM django_migrations WHERE app = 'enhancements' AND name NOT LIKE '9999%' "
+        "ORDER BY name DESC LIMIT 1",
     )
     migration = f'''"""CI fixture: an expand-only release (deploy/ci/scenarios.py): nullable column + new table."""
 from django.db import migrations
@@ -536,7 +537,8 @@ def check_grace_periods() -> None:
     if grace <= q_timeout or int(str(compose_grace).rstrip("s")) <= q_timeout:
         raise ScenarioFailed(f"worker grace {grace}s / compose {compose_grace} does not cover Q_TIMEOUT {q_timeout}s")
     log(
-        f"worker terminationGracePeriodSeconds {grace}s and compose stop_grace_period {compose_grace} > Q_TIMEOUT {q_timeout}s"
+        f"worker terminationGracePeriodSeconds {grace}s and compose stop_grace_period {compose_grace} "
+        f"> Q_TIMEOUT {q_timeout}s"
     )
 
 
