@@ -24,7 +24,7 @@ cd "$REPO"
 # One hard bound on the whole stage, so a hang cannot stall CI: re-run under timeout(1).
 if [ -z "${CI_CHECK_CHILD:-}" ]; then
   export CI_CHECK_CHILD=1
-  exec timeout --signal=TERM --kill-after=300 "${CI_CHECK_TIMEOUT:-900}" bash "$0" "$@"
+  exec timeout --signal=TERM --kill-after=300 "${CI_CHECK_TIMEOUT:-1500}" bash "$0" "$@"
 fi
 
 CI_RUN="$(mktemp -d /var/tmp/ticket-enhancer-ci.XXXXXX)"
@@ -98,6 +98,7 @@ export IMAGE TAG APP_IMAGE GIT_SHA REPO HERE PYTHON FIGURES
 
 echo "=== 3 image: docker build -f deploy/Dockerfile"
 t0="$(now)"
+# The same VERSION and GIT_SHA as registry.sh's run of the runbook, so that build is all cached layers.
 timeout 600 docker build -q "${CI_BUILD_ARGS[@]}" --build-arg VERSION=0.0.0-ci --build-arg GIT_SHA="$GIT_SHA" \
   -f deploy/Dockerfile -t "$APP_IMAGE" . >/dev/null
 figure "image build (deploy/Dockerfile, stand-in base, no layer cache), s" "$(since "$t0")"

@@ -424,7 +424,9 @@ class Harness:
         # emulate restarts, so it starts the next Deployment once the previous one is up. The pods of one
         # Deployment start together, as on a first install: their init containers race.
         for deployment in self.deployments:
-            replicas = min(int(deployment["spec"].get("replicas", 1)), self.args.max_replicas)
+            # Two pods where init containers race (the point of starting several), one otherwise (CPU).
+            cap = self.args.max_replicas if deployment["spec"]["template"]["spec"].get("initContainers") else 1
+            replicas = min(int(deployment["spec"].get("replicas", 1)), cap)
             group = [self.create_pod(deployment, index) for index in range(replicas)]
             with concurrent.futures.ThreadPoolExecutor(max_workers=len(group)) as pool:
                 for future in [pool.submit(self.bring_up, pod) for pod in group]:
