@@ -24,7 +24,7 @@ cd "$REPO"
 # One hard bound on the whole stage, so a hang cannot stall CI: re-run under timeout(1).
 if [ -z "${CI_CHECK_CHILD:-}" ]; then
   export CI_CHECK_CHILD=1
-  exec timeout --signal=TERM --kill-after=300 "${CI_CHECK_TIMEOUT:-1500}" bash "$0" "$@"
+  exec timeout --signal=TERM --kill-after=300 "${CI_CHECK_TIMEOUT:-2400}" bash "$0" "$@"
 fi
 
 CI_RUN="$(mktemp -d /var/tmp/ticket-enhancer-ci.XXXXXX)"
@@ -133,7 +133,7 @@ fi
 
 if want scenarios; then
   echo "=== 6 scenarios: concurrent migrate, rolling upgrade, graceful shutdown"
-  timeout 420 "$PYTHON" "$HERE/scenarios.py" --image "$APP_IMAGE" --figures "$FIGURES"
+  timeout 900 "$PYTHON" "$HERE/scenarios.py" --image "$APP_IMAGE" --figures "$FIGURES"
 fi
 
 if [ -f "$CI_RUN/compose.env" ]; then  # free the CPU for the next steps; the trap would do it anyway
