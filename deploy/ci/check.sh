@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The container check: the deploy path executed, not just validated. CI runs it as stage 3 of .ci/run;
+# The container check: the deploy path executed, not just validated. Meant as stage 3 of .ci/run;
 # by hand (root, Debian 12, nothing else needed):  bash deploy/ci/check.sh
 #
 #   1 engine     install docker.io + Compose v2 when missing, start a private dockerd (deploy/ci/engine.sh)
