@@ -27,12 +27,14 @@ $(TOOLS_STAMP): requirements/tools.txt
 tools: $(TOOLS_STAMP)
 
 # Web (gunicorn, port 8000) + worker (qcluster) on SQLite, the Django-Q ORM broker and the offline LLM.
+# Loopback only unless asked: `make run BIND=0.0.0.0:8000` (the demo prints an admin password).
+BIND ?= 127.0.0.1:8000
 # Cookies are not marked Secure here because the local server speaks plain HTTP.
 run: venv
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python manage.py setup_demo
-	SESSION_COOKIE_SECURE=false CSRF_COOKIE_SECURE=false $(BIN)/python manage.py runlocal
+	SESSION_COOKIE_SECURE=false CSRF_COOKIE_SECURE=false $(BIN)/python manage.py runlocal --bind $(BIND)
 
 test: venv tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

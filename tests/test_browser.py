@@ -50,6 +50,12 @@ def page(monkeypatch: pytest.MonkeyPatch) -> Iterator:
         context = browser.new_context(viewport={"width": 1500, "height": 900})
         page = context.new_page()
         page.set_default_timeout(15_000)
+        # Content-Security-Policy violations show up as console errors: collect them for the test to check.
+        page.csp_violations = []  # type: ignore[attr-defined]
+        page.on(
+            "console",
+            lambda msg: page.csp_violations.append(msg.text) if "Content Security Policy" in msg.text else None,
+        )
         yield page
         context.close()
         browser.close()
@@ -143,3 +149,11 @@ def test_support_lead_reviews_edits_and_approves_in_a_browser(
     page.wait_for_selector(".te-chart svg rect")
     assert page.inner_text("#te-queue") == "2"
     page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
+    # The admin works under its Content-Security-Policy: the header is sent and nothing on the way was blocked.
+    policy = page.request.get(f"{live_server.url}/admin/").headers.get("content-security-policy", "")
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    # The tenant filter submits itself on change (dashboard.js, no inline handler).
+    with page.expect_navigation():
+        page.select_option("#id_tenant", label="Globex (globex)")
+    assert "tenant=" in page.url
+    assert page.csp_violations == []

@@ -150,3 +150,37 @@ def test_runlocal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_make_run_binds_loopback_unless_asked():
+    dry = subprocess.run(["make", "-n", "run"], cwd=BASE_DIR, capture_output=True, text=True, check=True).stdout
+    assert "runlocal --bind 127.0.0.1:8000" in dry and "0.0.0.0" not in dry
+    asked = subprocess.run(
+        ["make", "-n", "run", "BIND=0.0.0.0:8000"], cwd=BASE_DIR, capture_output=True, text=True, check=True
+    ).stdout
+    assert "runlocal --bind 0.0.0.0:8000" in asked
+    from enhancements.management.commands.runlocal import Command
+
+    parser = Command().create_parser("manage.py", "runlocal")
+    assert parser.parse_args([]).bind == "127.0.0.1:8000"
+
+
+def test_the_sqlite_file_and_its_directory_are_owner_only(tmp_path):
+    import stat
+
+    for existing in (False, True):
+        var = tmp_path / f"run-{existing}" / "var"
+        db = var / "db.sqlite3"
+        if existing:
+            var.mkdir(parents=True)
+            db.write_bytes(b"")
+            db.chmod(0o644)
+        env = process_env(DATABASE_URL=f"sqlite:///{db}")
+        # A fresh file is created by migrate (which also writes the -wal/-shm files); settings fix an old one.
+        command = ["check", "--database", "default"] if existing else ["migrate"]
+        subprocess.run([sys.executable, "manage.py", *command, "-v0"], cwd=BASE_DIR, env=env, check=True)
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600, oct(db.stat().st_mode)
+        if not existing:
+            assert stat.S_IMODE(var.stat().st_mode) == 0o700, oct(var.stat().st_mode)
+        for sidecar in var.glob("db.sqlite3-*"):
+            assert stat.S_IMODE(sidecar.stat().st_mode) & 0o077 == 0, sidecar

@@ -327,3 +327,12 @@ def test_rotation_with_a_missing_old_key_fails_clearly_and_changes_nothing(make_
     with pytest.raises(CommandError, match="no key in FIELD_ENCRYPTION_KEY opens its secrets"):
         call_command("rotate_encryption_key", stdout=io.StringIO())
     assert _stored("acme") == before
+
+
+# --- Content-Security-Policy -------------------------------------------------------------------
+def test_admin_pages_send_a_content_security_policy(client, db):
+    policy = client.get("/admin/login/")["Content-Security-Policy"]
+    for directive in ("default-src 'self'", "script-src 'self'", "object-src 'none'", "frame-ancestors 'none'",
+                      "base-uri 'self'", "form-action 'self'"):  # fmt: skip
+        assert directive in policy, policy
+    assert "unsafe-eval" not in policy and "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]

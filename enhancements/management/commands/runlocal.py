@@ -17,7 +17,8 @@ class Command(BaseCommand):
     help = "Start gunicorn (web) and qcluster (worker) in the foreground; Ctrl-C stops both cleanly."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--bind", default="0.0.0.0:8000")  # noqa: S104 - a local run on every interface
+        # Loopback unless asked (make run BIND=0.0.0.0:8000): the demo prints an admin password.
+        parser.add_argument("--bind", default="127.0.0.1:8000")
         parser.add_argument("--web-workers", type=int, default=2)
 
     def handle(self, *args: Any, **options: Any) -> None:
