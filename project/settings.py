@@ -103,6 +103,8 @@ AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "project.clientip.client_ip"
 # Log who failed from where (axes masks both by default); the password is never logged.
 AXES_SENSITIVE_PARAMETERS: list[str] = []
+# No "AXES: BEGIN ..." banner in every process's log at start-up; failures and lockouts are still logged.
+AXES_VERBOSE = False
 # Proxies in front of gunicorn that append to X-Forwarded-For (1 behind the Kubernetes ingress, 0 when
 # gunicorn is reached directly); the client address is the entry that many places from the right.
 TRUSTED_PROXY_HOPS = env.int("TRUSTED_PROXY_HOPS", default=0)
