@@ -39,7 +39,11 @@ TASK_FOLLOWUP = "clusters.tasks.post_followup"
 MAX_NEIGHBOURS = 500
 SECOND_HOP_FLOOR = 0.25  # text similarity with the new ticket a second-hop ticket needs
 MAX_SECOND_HOP = 200  # unclustered tickets examined for a second-hop match when forming a cluster
-MAX_LISTED = 10  # tickets named in a note; the rest are counted
+MAX_LISTED = 10
+NEIGHBOUR_FIELDS = (
+    "id", "tenant_id", "at", "signature", "cluster_id", "excluded", "cluster__id", "cluster__status",
+    "ticket__id", "ticket__embedding", "ticket__embedding_model",
+)  # fmt: skip  # tickets named in a note; the rest are counted
 FOLLOWUP_STUCK_AFTER = timedelta(minutes=2)
 FOLLOWUP_MAX_ATTEMPTS = 6
 MARKER_PREFIX = "ticket-enhancer:"  # the prefix every note of ours carries (enhancements.render uses it too)
@@ -157,6 +161,8 @@ def cluster_check(*, ticket: Ticket, asset_names: list[str] | tuple[str, ...] = 
             ClusterCandidate.objects.filter(tenant=tenant, at__gte=at - window, at__lte=at + window, excluded=False)
             .exclude(pk=row.pk)
             .select_related("cluster", "ticket")
+            # Only what the comparison reads: a ticket's description and raw payload can be large.
+            .only(*NEIGHBOUR_FIELDS)
             .order_by("-at")[:MAX_NEIGHBOURS]
         )
         matches = []
