@@ -292,3 +292,45 @@ def test_a_support_lead_sees_open_clusters_and_dismisses_splits_and_links(sdp_te
     client.force_login(operator())
     assert client.get("/admin/clusters/outagecluster/?status__exact=open").status_code == 403
     assert client.post(f"/admin/clusters/outagecluster/{cluster.pk}/dismiss/").status_code == 403
+
+
+# --- a burst through real processes: concurrent workers, one cluster, each follow-up exactly once -----------------
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_on_real_workers_forms_one_cluster_with_exactly_one_follow_up_each(tmp_path, sdp):
+    import time as _time
+    import uuid as _uuid
+
+    from tests.conftest import signed_headers
+    from tests.processes import running_stack
+    from tickets.services import tenant_create_or_update
+
+    result = tenant_create_or_update(slug="burst", name="Burst", sdp_base_url=sdp.url, sdp_api_key=sdp.api_key)
+    texts = VPN + [(s, b) for s, b in VPN[:2]]  # six tickets, two workers, all within a minute
+    with running_stack(tmp_path, Q_WORKERS="2") as stack:
+        for n, (subject, body) in enumerate(texts):
+            request = _request(f"r{n}", subject, body, 600 + n * 0.2)
+            sdp.add_request(request)
+            raw = json.dumps({"event": "request_created", "request": request}).encode()
+            head = signed_headers(result.secret, raw, msg_id=f"msg_{_uuid.uuid4().hex}")
+            headers = {k.removeprefix("HTTP_").replace("_", "-").lower(): v for k, v in head.items()}
+            status, _, _ = stack.request(
+                "POST", "/webhook/servicedesk/burst/", raw, {"Content-Type": "application/json", **headers}
+            )
+            assert status == 202
+            _time.sleep(0.2)
+        deadline = _time.monotonic() + 60
+        while _time.monotonic() < deadline:
+            pending = ClusterCandidate.objects.filter(followup_status="pending").exists()
+            if all(sdp.notes.get(f"r{n}") for n in range(6)) and not pending:
+                break
+            _time.sleep(0.25)
+        _time.sleep(1.0)  # room for a duplicate to show itself
+    cluster = OutageCluster.objects.get()
+    assert cluster.size == 6
+    followups = {n: sum("followup-" in note["description"] for note in sdp.notes[f"r{n}"]) for n in range(6)}
+    said = {n: "Probable outage" in sdp.notes[f"r{n}"][0]["description"] for n in range(6)}
+    for n in range(6):
+        # Each ticket learns about the outage exactly once: in its own note, or in one follow-up.
+        assert said[n] + followups[n] == 1, (n, said, followups)
+    assert sum(followups.values()) >= 2  # the tickets posted before the cluster formed
