@@ -10,7 +10,7 @@ from django.core.management import call_command
 from enhancements.models import Enhancement
 from enhancements.triage import tasks
 from enhancements.triage.choices import choices_for, choices_refresh
-from enhancements.triage.models import SdpChoice, TriageCalibration, TriageDecision, TriageMode
+from enhancements.triage.models import SdpChoice, TriageCalibration, TriageDecision, TriageMode, TriageSetting
 from enhancements.triage.services import (
     triage_decide,
     triage_setting_update,
@@ -454,3 +454,17 @@ def test_llm_answer_outside_the_lists_falls_back_to_the_vote(northwind, post_web
     decisions = {d.field: d for d in triage_decide(enhancement=enhancement, use_llm=True)}
     assert decisions["group"].provider == "offline" and decisions["group"].value == "NET"
     assert "LLM unavailable" in decisions["group"].reason
+
+
+def test_triage_set_command(northwind, capsys):
+    from django.core.management.base import CommandError
+
+    call_command("triage_set", "northwind", "group", "--mode", "apply", "--threshold", "0.8", "--default", "DESK")
+    out = capsys.readouterr().out
+    assert out.startswith("northwind group: apply at 0.80, default “DESK” counts as unset")
+    setting = TriageSetting.objects.get(tenant=northwind.tenant, field="group")
+    assert (setting.mode, setting.threshold, setting.default_value) == ("apply", 0.8, "DESK")
+    with pytest.raises(CommandError, match="between 0 and 1"):
+        call_command("triage_set", "northwind", "group", "--threshold", "1.5")
+    with pytest.raises(CommandError, match="No tenant"):
+        call_command("triage_set", "nobody", "group")
