@@ -633,14 +633,14 @@ class EnhancementAdmin(admin.ModelAdmin):
 class FeedbackAdmin(admin.ModelAdmin):
     """Ratings from reviewers and technicians (added from the enhancement page or the API)."""
 
-    list_display = ("created_at", "enhancement_link", "rating", "author", "comment")
+    list_display = ("created_at", "enhancement_link", "rating", "author", "api_token", "comment")
     list_filter = ("rating", "enhancement__tenant")
-    list_select_related = ("enhancement__ticket", "user")
+    list_select_related = ("enhancement__ticket", "user", "api_token")
     search_fields = ("comment", "technician_email", "=enhancement__ticket__sdp_id")
     date_hierarchy = "created_at"
     show_full_result_count = False
     paginator = CappedCountPaginator
-    readonly_fields = ("enhancement", "user", "technician_email", "rating", "comment", "created_at")
+    readonly_fields = ("enhancement", "user", "technician_email", "api_token", "rating", "comment", "created_at")
 
     @admin.display(description="Enhancement")
     def enhancement_link(self, obj: Feedback) -> SafeString:

@@ -205,6 +205,7 @@ class EnhancementViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             comment=body.validated_data["comment"],
             user=user,
             technician_email=body.validated_data["technician_email"],
+            api_token=request.auth if isinstance(request.auth, ApiToken) else None,
         )
         return Response(FeedbackOutSerializer(feedback).data, status=status.HTTP_201_CREATED)
 

@@ -100,6 +100,10 @@ class Feedback(models.Model):
     enhancement = models.ForeignKey(Enhancement, on_delete=models.CASCADE, related_name="feedback")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     technician_email = models.EmailField(blank=True)
+    # The API token a rating came through: the email it names is the caller's claim; the token is who sent it.
+    api_token = models.ForeignKey(
+        "ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="feedback", verbose_name="via token"
+    )
     rating = models.CharField(max_length=16, choices=Rating.choices)
     comment = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -107,6 +111,14 @@ class Feedback(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "feedback"
+        constraints = [
+            # One rating per enhancement per rater: a token rating for no one, or for one technician.
+            models.UniqueConstraint(
+                fields=["enhancement", "api_token", "technician_email"],
+                condition=Q(api_token__isnull=False),
+                name="feedback_one_per_token_rater",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_rating_display()} on {self.enhancement_id}"

@@ -86,10 +86,17 @@ class FeedbackOutSerializer(serializers.ModelSerializer):
     enhancement = serializers.UUIDField(source="enhancement_id", read_only=True)
     # Blank when the rating names no technician (the model field allows it; read-only would document email only).
     technician_email = serializers.EmailField(read_only=True, allow_blank=True)
+    rated_via = serializers.CharField(
+        source="api_token.name",
+        read_only=True,
+        allow_null=True,
+        default=None,
+        help_text="The API token the rating came through (the technician email is that caller's claim).",
+    )
 
     class Meta:
         model = Feedback
-        fields = ["id", "enhancement", "rating", "comment", "technician_email", "created_at"]
+        fields = ["id", "enhancement", "rating", "comment", "technician_email", "rated_via", "created_at"]
         read_only_fields = fields
 
 
