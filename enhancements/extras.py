@@ -56,7 +56,7 @@ def output_extras(*, context: dict[str, Any], generation: Generation) -> dict[st
 def lead_paragraphs(*, tenant: Tenant, context: dict[str, Any], output: dict[str, Any]) -> list[SafeString]:
     """Return the paragraphs a note starts with: the outage cluster line first."""
     parts: list[SafeString] = []
-    first: list[SafeString] = [_badge(cue) for cue in output.get("urgency_cues", [])]
+    first: list[SafeString] = [_badge(cue, in_note=True) for cue in output.get("urgency_cues", [])]
     if first and output.get("priority_reason"):
         first.append(format_html("<i>suggested priority {}</i>", output.get("priority_suggestion", "")))
     if context.get("cluster"):
@@ -79,13 +79,23 @@ def lead_paragraphs(*, tenant: Tenant, context: dict[str, Any], output: dict[str
 BADGE_COLOURS = {"business_impact": "#b71c1c", "frustration": "#e65100", "repeated": "#6a1b9a", "vip": "#1a237e"}
 
 
-def _badge(cue: dict[str, str]) -> SafeString:
+def _badge(cue: dict[str, str], *, in_note: bool = False) -> SafeString:
     label = cue.get("label", cue.get("kind", ""))
     if cue.get("kind") == "repeated" and cue.get("ticket"):
         label = f"{label} (#{cue['ticket']})"
+    colour = BADGE_COLOURS.get(cue.get("kind", ""), "#555")
+    if in_note:
+        # Only the properties the note sanitiser keeps (an edited note is re-sanitised): a pill with a
+        # background would turn into white text on white once edited.
+        return format_html(
+            '<span style="color:{};font-weight:bold;font-size:11px" title="{}">[{}]</span>',
+            colour,
+            cue.get("evidence", ""),
+            label,
+        )
     return format_html(
         '<span style="background:{};color:#fff;padding:1px 6px;border-radius:8px;font-size:11px" title="{}">{}</span>',
-        BADGE_COLOURS.get(cue.get("kind", ""), "#555"),
+        colour,
         cue.get("evidence", ""),
         label,
     )

@@ -568,8 +568,8 @@ XSS = [
     "<!-- --><script>alert(7)</script>",
     "javascript:alert(8)",
 ]
-NOTE_TAGS = {"div", "p", "b", "i", "ul", "li", "a"}
-NOTE_ATTRIBUTES = {"a": {"href", "target"}, "p": {"style"}}
+NOTE_TAGS = {"div", "p", "b", "i", "ul", "li", "a", "span"}  # span: the urgency badges
+NOTE_ATTRIBUTES = {"a": {"href", "target"}, "p": {"style"}, "span": {"style", "title"}}
 
 
 class _Dom(HTMLParser):
@@ -623,7 +623,7 @@ def assert_inert(note: str) -> None:
         strip_comments=False,
         link_rel=None,
         url_schemes={"http", "https"},
-        filter_style_properties={"color", "font-size"},
+        filter_style_properties={"color", "font-size", "font-weight"},
     )
     assert dom(cleaned) == events
 
@@ -685,6 +685,7 @@ def test_hostile_llm_output_is_inert_in_the_note(tenant, post_webhook, openai_fa
             "category_suggestion": "<b onmouseover=alert(5)>Network</b>",
             "priority_suggestion": "High",
             "confidence": 0.5,
+            "urgency": {"business_impact": True, "frustration": True, "evidence": '<script>alert("cue")</script>'},
         }
     )
     response = post_webhook(

@@ -286,9 +286,11 @@ def test_openai_related_tickets_outside_the_context_are_dropped(tenant, post_web
             "category_suggestion": "Email",
             "priority_suggestion": "High",
             "confidence": 0.7,
+            "urgency": {"business_impact": False, "frustration": False, "evidence": ""},
         }
     )
     enhancement = _run(_webhook(post_webhook, tenant))
+    assert enhancement.provider == "openai"
     assert enhancement.output["related_tickets"] == ["98765"]
 
 
