@@ -1,9 +1,14 @@
-"""Drain: 1,000 webhooks at once, an LLM that answers after a fixed 1 s; time until every note is in SDP.
+"""Drain: 1,000 webhooks at once, an LLM that answers after a fixed delay; time until every note is in SDP.
 
-    .venv/bin/python -m bench.drain --processes 2 --workers 8      # 2 qcluster processes x Q_WORKERS=8
+    .venv/bin/python -m bench.drain --processes 1 --workers 2 --threads 16 --latency 5   # one pod: 2 x 16
 
-The ideal is webhooks x latency / (processes x workers): each Django-Q worker is a process that runs one task at
-a time. The web server is gunicorn with deploy/gunicorn.conf.py; the workers are `manage.py qcluster`; PostgreSQL
+The ideal is webhooks x latency / (processes x workers x threads): each Django-Q worker process runs up to
+ENHANCEMENT_THREADS enhancements at once (enhancements/runner.py); `--threads 1` is the one-task-per-process
+shape of before. Every 5 s the queue depth (rows `queued`), the worker-side CPU (cores, and percent of the
+production worker pod's CPU request per qcluster, the figure the CPU HPA compares with its target) and the
+database connections of the drain database are sampled.
+
+The web server is gunicorn with deploy/gunicorn.conf.py; the workers are `manage.py qcluster`; PostgreSQL
 and Redis are real; the OpenAI-compatible API and ServiceDesk Plus are the loopback fakes (tests/fakes), served
 from this process. A warm-up batch of one task per worker runs first (each worker process imports the openai
 package on its first task); its time is reported apart. Afterwards every ticket must have exactly one note and
@@ -125,6 +130,38 @@ def send(url: str, secret: str, sdp_ids: list[str], concurrency: int) -> list[in
         return list(pool.map(one, sdp_ids))
 
 
+def sample_load(
+    args: argparse.Namespace,
+    worker_pids: list[int],
+    t0: float,
+    out: list[dict[str, float]],
+    stop: threading.Event,
+    notes_done: Any,
+) -> None:
+    """Every 5 s: queued rows, worker CPU (cores and % of the pod request per qcluster), database connections."""
+    import psycopg
+
+    name = args.database_url.rsplit("/", 1)[1]
+    last_t, last_cpu = time.monotonic(), cpu_seconds(worker_pids)
+    with psycopg.connect(args.database_url, autocommit=True) as conn:
+        while not stop.wait(5.0):
+            now, cpu = time.monotonic(), cpu_seconds(worker_pids)
+            cores = (cpu - last_cpu) / (now - last_t)
+            last_t, last_cpu = now, cpu
+            queued = conn.execute("SELECT count(*) FROM enhancements_enhancement WHERE status = 'queued'").fetchone()
+            db = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()
+            out.append(
+                {
+                    "t": round(now - t0, 1),
+                    "notes": notes_done(),
+                    "queued": queued[0] if queued else 0,
+                    "worker_cores": round(cores, 3),
+                    "cpu_pct_of_request": round(100 * cores / args.processes / args.cpu_request, 1),
+                    "db_connections": (db[0] - 1) if db else 0,
+                }
+            )
+
+
 def wait_notes(sdp: Any, ids: list[str], timeout: float, samples: list[tuple[float, int]], t0: float) -> float:
     """Wait until every id has a note; return when the last arrived (monotonic)."""
     deadline = time.monotonic() + timeout
@@ -146,7 +183,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=1, help="qcluster processes")
     parser.add_argument("--workers", type=int, default=8, help="Q_WORKERS per qcluster")
     parser.add_argument("--webhooks", type=int, default=1000)
-    parser.add_argument("--latency", type=float, default=1.0, help="seconds the LLM fake takes per answer")
+    parser.add_argument("--threads", type=int, default=4, help="ENHANCEMENT_THREADS per worker process")
+    parser.add_argument("--latency", type=float, default=5.0, help="seconds the LLM fake takes per answer")
+    parser.add_argument("--cpu-request", type=float, default=0.25, help="worker pod CPU request (cores)")
+    parser.add_argument("--hpa-target", type=float, default=70.0, help="the CPU HPA's target, percent")
     parser.add_argument("--send-concurrency", type=int, default=32)
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/bench_drain")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
@@ -157,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     from tests.fakes.openai import FakeOpenAI
     from tests.fakes.sdp import FakeServiceDesk
 
-    concurrency = args.processes * args.workers
+    concurrency = args.processes * args.workers * args.threads
     llm = FakeOpenAI(latency=args.latency).start()
     sdp = FakeServiceDesk(auth="authtoken", api_key="bench-sdp-key").start()
     template = json.loads(FIXTURE.read_text())["request"]
@@ -180,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             "OPENAI_BASE_URL": llm.url,
             "OPENAI_MODEL": "fake-model",
             "Q_WORKERS": str(args.workers),
+            "ENHANCEMENT_THREADS": str(args.threads),
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
         }
@@ -236,6 +277,12 @@ def main(argv: list[str] | None = None) -> None:
         threading.Thread(target=sample_memory, daemon=True).start()
         samples: list[tuple[float, int]] = []
         t0 = time.monotonic()
+        load: list[dict[str, float]] = []
+        threading.Thread(
+            target=sample_load,
+            args=(args, worker_pids, t0, load, stop_sampling, lambda: sum(1 for i in ids if sdp.notes.get(i))),
+            daemon=True,
+        ).start()
         statuses = send(url, secret, ids, args.send_concurrency)
         sent = time.monotonic() - t0
         last = wait_notes(sdp, ids, 60 + 3 * args.webhooks * args.latency / concurrency, samples, t0)
@@ -269,6 +316,11 @@ def main(argv: list[str] | None = None) -> None:
             "worker_rss_mib": {str(pid): round(rss / 1024, 1) for pid, (rss, _) in sorted(memory.items())},
             "worker_pss_total_mib": round(sum(pss for _, pss in memory.values()) / 1024, 1),
             "progress": [(round(t, 1), n) for t, n in samples],
+            "threads_per_process": args.threads,
+            "load_samples": load,
+            "worker_cpu_percent_of_request_max": max((x["cpu_pct_of_request"] for x in load), default=0),
+            "queue_depth_max": max((x["queued"] for x in load), default=0),
+            "db_connections_max": max((x["db_connections"] for x in load), default=0),
             "loadavg_end": os.getloadavg(),
         }
     finally:
@@ -289,12 +341,18 @@ def main(argv: list[str] | None = None) -> None:
     rss = list(result["worker_rss_mib"].values())
     print(json.dumps({k: v for k, v in result.items() if k != "worker_rss_mib"}, indent=None))
     print(
-        f"\n{args.processes} qcluster x Q_WORKERS={args.workers} = {concurrency} concurrent tasks: "
+        f"\n{args.processes} qcluster x Q_WORKERS={args.workers} x ENHANCEMENT_THREADS={args.threads} = "
+        f"{concurrency} concurrent tasks: "
         f"{args.webhooks} notes in {elapsed:.1f}s (ideal {ideal:.1f}s, {elapsed / ideal:.2f}x); "
         f"missing {result['notes_missing']}, duplicated {result['tickets_with_duplicate_notes']}, "
         f"LLM calls {result['llm_calls']}; worker CPU {result['worker_cpu_seconds']}s, web CPU "
         f"{result['web_cpu_seconds']}s; {len(rss)} worker-side processes, RSS {min(rss):.0f}-{max(rss):.0f} MiB each, "
         f"PSS total {result['worker_pss_total_mib']} MiB; logs in {tmp}"
+    )
+    print(
+        f"while the queue peaked at {result['queue_depth_max']} rows, worker CPU peaked at "
+        f"{result['worker_cpu_percent_of_request_max']}% of a {args.cpu_request} core request per qcluster "
+        f"(CPU HPA target {args.hpa_target}%); database connections at most {result['db_connections_max']}"
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -44,6 +44,10 @@ class Enhancement(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Set by the worker running the attempt (claim, then every ENHANCEMENT_HEARTBEAT_SECONDS): a running row
+    # whose beat stopped belongs to a dead worker, however long a live one's LLM call takes.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=100, blank=True, help_text="host:pid of the worker running the attempt.")
     finished_at = models.DateTimeField(null=True, blank=True)
     context = models.JSONField(default=dict, blank=True)
     provider = models.CharField(max_length=32, blank=True)

@@ -25,6 +25,7 @@ from enhancements.extras import output_extras, pipeline_extras
 from enhancements.llm import enhancement_generate
 from enhancements.models import ApiToken, Enhancement, Feedback
 from enhancements.render import marker, note_has_marker, note_render
+from enhancements.runner import worker_name
 from enhancements.triage.services import triage_for_enhancement
 from project.logging import log_context
 from tickets.models import Tenant, Ticket
@@ -156,7 +157,13 @@ def enhancement_claim(*, enhancement_id: str) -> bool:
     return (
         Enhancement.objects.filter(pk=enhancement_id, status=Enhancement.Status.QUEUED)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-        .update(status=Enhancement.Status.RUNNING, started_at=now, attempts=F("attempts") + 1)
+        .update(
+            status=Enhancement.Status.RUNNING,
+            started_at=now,
+            attempts=F("attempts") + 1,
+            heartbeat_at=now,
+            worker=worker_name()[:100],
+        )
         == 1
     )
 
@@ -261,13 +268,16 @@ def _process(enhancement: Enhancement, timings: dict[str, int]) -> str:
 
 def _post_timed(enhancement: Enhancement, timings: dict[str, int]) -> str:
     with _stage(timings, "post"):
-        status = enhancement_post(enhancement=enhancement)
+        # Fenced on this attempt: if the sweep gave the row to another worker meanwhile, this one stops here.
+        status = enhancement_post(
+            enhancement=enhancement, fence={"status": Enhancement.Status.RUNNING, "attempts": enhancement.attempts}
+        )
     Enhancement.objects.filter(pk=enhancement.pk).update(timings=timings)
     return status
 
 
-def enhancement_post(*, enhancement: Enhancement) -> str:
-    """Post the note to SDP exactly once; return "posted". Raises ServiceDeskError."""
+def enhancement_post(*, enhancement: Enhancement, fence: dict[str, Any] | None = None) -> str:
+    """Post the note to SDP exactly once; return "posted" (or the row's status when `fence` no longer matches)."""
     tenant, ticket = enhancement.tenant, enhancement.ticket
     with servicedesk_client(tenant=tenant) as client:
         if enhancement.post_started_at:
@@ -277,7 +287,9 @@ def enhancement_post(*, enhancement: Enhancement) -> str:
                     logger.info("note already in SDP (id %s); not posting again", note.get("id"))
                     return _mark_posted(enhancement, str(note.get("id", "")))
         # Record the attempt before the call, so a crash or timeout leaves a row that says so.
-        Enhancement.objects.filter(pk=enhancement.pk).update(post_started_at=timezone.now())
+        if not Enhancement.objects.filter(pk=enhancement.pk, **(fence or {})).update(post_started_at=timezone.now()):
+            logger.warning("the row was taken over by another attempt; not posting")
+            return Enhancement.objects.values_list("status", flat=True).get(pk=enhancement.pk)
         enhancement.post_started_at = timezone.now()
         note = client.add_note(ticket.sdp_id, enhancement.note_html)
     return _mark_posted(enhancement, str(note.get("id", "")))
@@ -334,12 +346,25 @@ def enhancement_retry_later(
 
 
 # --- the sweep --------------------------------------------------------------------------------
+def _broker_is_empty() -> bool:
+    try:
+        return _broker().queue_size() == 0
+    except Exception:
+        logger.warning("sweep: could not read the broker's queue length", exc_info=True)
+        return False
+
+
 def enhancement_sweep(*, limit: int = 500) -> dict[str, int]:
     """Re-enqueue queued rows that are due or lost and recover running rows whose worker died."""
     now = timezone.now()
     stuck_before = now - timedelta(seconds=settings.ENHANCEMENT_STUCK_AFTER)
+    # A worker beats for its running rows (enhancements/runner.py): a stale beat is a dead worker, whatever
+    # the attempt's age. Rows without a beat (a web process's re-post) wait for ENHANCEMENT_STUCK_AFTER.
+    dead_before = now - timedelta(seconds=settings.ENHANCEMENT_DEAD_AFTER)
+    running = Enhancement.objects.filter(status=Enhancement.Status.RUNNING)
+    stale = running.filter(Q(started_at__lt=stuck_before) | Q(heartbeat_at__lt=dead_before))
     recovered = 0
-    for row in Enhancement.objects.filter(status=Enhancement.Status.RUNNING, started_at__lt=stuck_before)[:limit]:
+    for row in stale[:limit]:
         with log_context(enhancement_id=str(row.pk)):
             if row.attempts >= settings.ENHANCEMENT_MAX_ATTEMPTS:
                 enhancement_fail(
@@ -347,13 +372,20 @@ def enhancement_sweep(*, limit: int = 500) -> dict[str, int]:
                     error=f"The worker stopped responding during attempt {row.attempts} (the last allowed).",
                 )
             else:
+                # Compare-and-set on the beat too: a worker that beat since the read keeps its row.
                 recovered += Enhancement.objects.filter(
-                    pk=row.pk, status=Enhancement.Status.RUNNING, started_at=row.started_at
+                    pk=row.pk,
+                    status=Enhancement.Status.RUNNING,
+                    started_at=row.started_at,
+                    heartbeat_at=row.heartbeat_at,
                 ).update(status=Enhancement.Status.QUEUED, next_attempt_at=now, enqueued_at=None)
+    lost = Q(enqueued_at__lt=stuck_before)
+    if _broker_is_empty():
+        # Nothing waits in the broker, so a due row enqueued DEAD_AFTER ago was taken by a worker that died
+        # before claiming it (a prefetched task). Enqueueing it again is harmless: the claim runs it once.
+        lost |= Q(enqueued_at__lt=dead_before) & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
     due = Enhancement.objects.filter(status=Enhancement.Status.QUEUED).filter(
-        Q(enqueued_at__isnull=True)
-        | Q(next_attempt_at__lte=now, enqueued_at__lt=F("next_attempt_at"))
-        | Q(enqueued_at__lt=stuck_before)
+        Q(enqueued_at__isnull=True) | Q(next_attempt_at__lte=now, enqueued_at__lt=F("next_attempt_at")) | lost
     )
     enqueued = 0
     for pk, enqueued_at in due.values_list("pk", "enqueued_at")[:limit]:

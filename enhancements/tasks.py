@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from clusters.services import followup_sweep
-from enhancements import services, updates
-from enhancements.models import Enhancement, TicketUpdate
+from enhancements import runner, services, updates
+from enhancements.models import TicketUpdate
 from enhancements.ratelimit import counters_expire
 from project.logging import log_context
 from tickets import indexing
@@ -12,11 +12,8 @@ from tickets.history import ticket_fetch_sweep
 
 
 def process_enhancement(enhancement_id: str) -> str:
-    """Run one attempt of the pipeline for the enhancement; return its resulting status."""
-    # Bind the originating webhook's request id, so one ticket can be followed from webhook to note.
-    request_id = Enhancement.objects.filter(pk=enhancement_id).values_list("request_id", flat=True).first()
-    with log_context(request_id=request_id or None, enhancement_id=str(enhancement_id)):
-        return services.enhancement_process(enhancement_id=enhancement_id)
+    """Run one attempt of the pipeline (in a worker thread inside qcluster); return the status or "submitted"."""
+    return runner.submit(str(enhancement_id))
 
 
 def sweep() -> dict[str, int]:

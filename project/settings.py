@@ -305,6 +305,15 @@ WEBHOOK_MAX_BYTES = env.int("WEBHOOK_MAX_BYTES", default=262144)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(WEBHOOK_MAX_BYTES, 2621440)
 ENHANCEMENT_MAX_ATTEMPTS = env.int("ENHANCEMENT_MAX_ATTEMPTS", default=5)
 ENHANCEMENT_STUCK_AFTER = env.int("ENHANCEMENT_STUCK_AFTER", default=Q_TIMEOUT + 120)
+# Each qcluster worker process runs up to this many enhancements at once, in threads: a task waits seconds on
+# the LLM and SDP and uses milliseconds of CPU (enhancements/runner.py). 1 runs them in the worker itself.
+ENHANCEMENT_THREADS = env.int("ENHANCEMENT_THREADS", default=4)
+# A worker beats for its running rows every HEARTBEAT seconds; a running row whose last beat is older than
+# DEAD_AFTER belongs to a dead worker and the sweep takes it back. Workers also sweep every SWEEP seconds
+# (one of them at a time), so recovery does not wait for the every-minute schedule or a queue backlog.
+ENHANCEMENT_HEARTBEAT_SECONDS = env.float("ENHANCEMENT_HEARTBEAT_SECONDS", default=10.0)
+ENHANCEMENT_DEAD_AFTER = env.float("ENHANCEMENT_DEAD_AFTER", default=45.0)
+ENHANCEMENT_SWEEP_SECONDS = env.float("ENHANCEMENT_SWEEP_SECONDS", default=15.0)
 # Base of the exponential backoff (seconds) between attempts of one enhancement.
 ENHANCEMENT_RETRY_BASE = env.float("ENHANCEMENT_RETRY_BASE", default=30.0)
 ENHANCEMENT_RETRY_MAX = env.float("ENHANCEMENT_RETRY_MAX", default=1800.0)
@@ -321,6 +330,14 @@ for _name in (
 ):
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name} must be a positive number")
+if ENHANCEMENT_THREADS < 1 or ENHANCEMENT_HEARTBEAT_SECONDS <= 0 or ENHANCEMENT_SWEEP_SECONDS < 1:
+    raise ImproperlyConfigured(
+        "ENHANCEMENT_THREADS must be at least 1, ENHANCEMENT_HEARTBEAT_SECONDS positive and "
+        "ENHANCEMENT_SWEEP_SECONDS at least 1"
+    )
+if ENHANCEMENT_DEAD_AFTER < 2 * ENHANCEMENT_HEARTBEAT_SECONDS:
+    # One late beat (a busy CPU, a short database blip) must not make a live task look dead.
+    raise ImproperlyConfigured("ENHANCEMENT_DEAD_AFTER must be at least twice ENHANCEMENT_HEARTBEAT_SECONDS")
 if LLM_TIMEOUT <= 0 or SDP_TIMEOUT <= 0:
     raise ImproperlyConfigured("LLM_TIMEOUT and SDP_TIMEOUT must be positive numbers of seconds")
 
