@@ -13,7 +13,7 @@ import jsonschema
 import openai
 from django.conf import settings
 
-from enhancements import offline
+from enhancements import llm_budget, offline
 from enhancements.redaction import redact
 from enhancements.urgency import LLM_SCHEMA as URGENCY_SCHEMA
 from tickets.language import language_name
@@ -225,7 +225,23 @@ def _openai_client(base_url: str | None, api_key: str, timeout: float) -> openai
         timeout=timeout,
         # The client retries timeouts, 429 (honouring Retry-After) and 5xx with backoff.
         max_retries=2,
+        # Every 429 also pauses the budget that all processes share (enhancements/llm_budget.py).
+        http_client=openai.DefaultHttpxClient(
+            event_hooks={"response": [functools.partial(_share_retry_after, base_url, api_key)]}
+        ),
     )
+
+
+def _share_retry_after(base_url: str | None, api_key: str, response: Any) -> None:
+    if response.status_code != 429:
+        return
+    headers = response.headers
+    try:
+        seconds = float(headers.get("retry-after-ms") or 0) / 1000 or float(headers.get("retry-after") or 1)
+    except ValueError:
+        seconds = 1.0
+    logger.warning("the LLM provider answered 429; pausing the shared budget for %.1fs", seconds)
+    llm_budget.pause(base_url=base_url, api_key=api_key, seconds=min(seconds, 60.0))
 
 
 class OpenAIProvider:
@@ -238,6 +254,10 @@ class OpenAIProvider:
         self._client = _openai_client(settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY, settings.LLM_TIMEOUT)
 
     def _complete(self, prompt: str) -> tuple[dict[str, Any], Any]:
+        base_url, api_key = settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY
+        reserved = llm_budget.estimate_tokens(len(SYSTEM_PROMPT) + len(prompt))
+        # Waits while the deployment's shared budget is spent; raises BudgetExhausted past LLM_BUDGET_MAX_WAIT.
+        llm_budget.reserve(base_url=base_url, api_key=api_key, tokens=reserved)
         try:
             response = self._client.chat.completions.create(
                 model=self.model,
@@ -250,6 +270,10 @@ class OpenAIProvider:
             )
         except openai.OpenAIError as exc:
             raise LLMError(f"The LLM call failed: {exc.__class__.__name__}: {exc}") from exc
+        usage = getattr(response, "usage", None)
+        llm_budget.settle(
+            base_url=base_url, api_key=api_key, reserved=reserved, used=getattr(usage, "total_tokens", None)
+        )
         try:
             content = response.choices[0].message.content or ""
             output = json.loads(content)

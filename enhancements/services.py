@@ -23,6 +23,7 @@ from django.utils import timezone
 from enhancements.context import context_gather
 from enhancements.extras import output_extras, pipeline_extras
 from enhancements.llm import enhancement_generate
+from enhancements.llm_budget import BudgetExhausted
 from enhancements.models import ApiToken, Enhancement, Feedback
 from enhancements.render import marker, note_has_marker, note_render
 from enhancements.runner import worker_name
@@ -195,6 +196,10 @@ def enhancement_process(*, enhancement_id: str) -> str:
             )
         except PermanentError as exc:
             return enhancement_fail(enhancement=enhancement, error=str(exc), timings=timings)
+        except BudgetExhausted as exc:
+            return enhancement_retry_later(
+                enhancement=enhancement, error=str(exc), retry_after=exc.retry_after, timings=timings
+            )
         except Exception as exc:
             logger.exception("unexpected error while processing")
             return enhancement_retry_later(

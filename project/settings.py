@@ -287,6 +287,13 @@ if LLM_PROVIDER not in {"auto", "openai", "offline"}:
 LLM_TIMEOUT = env.float("LLM_TIMEOUT", default=30.0)
 LLM_REDACT = env.bool("LLM_REDACT", default=True)
 LLM_MAX_TICKET_CHARS = env.int("LLM_MAX_TICKET_CHARS", default=6000)
+# The provider's limits for our key, shared by every worker through Redis (enhancements/llm_budget.py); 0 = none.
+# Set them a little under the provider's, so the deployment slows down before the provider answers 429.
+LLM_REQUESTS_PER_MINUTE = env.int("LLM_REQUESTS_PER_MINUTE", default=0)
+LLM_TOKENS_PER_MINUTE = env.int("LLM_TOKENS_PER_MINUTE", default=0)
+LLM_BUDGET_BURST_SECONDS = env.float("LLM_BUDGET_BURST_SECONDS", default=1.0)
+LLM_BUDGET_MAX_WAIT = env.float("LLM_BUDGET_MAX_WAIT", default=60.0)
+LLM_COMPLETION_TOKENS_ESTIMATE = env.int("LLM_COMPLETION_TOKENS_ESTIMATE", default=600)
 SDP_TIMEOUT = env.float("SDP_TIMEOUT", default=15.0)
 # Embeddings for the similar-ticket search (tickets/embeddings.py): `local` = the static model shipped in the
 # wordllama wheel (no network), `openai` = any OpenAI-compatible /v1/embeddings, `off` = lexical search only.
@@ -330,6 +337,13 @@ for _name in (
 ):
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name} must be a positive number")
+if min(LLM_REQUESTS_PER_MINUTE, LLM_TOKENS_PER_MINUTE, LLM_COMPLETION_TOKENS_ESTIMATE) < 0 or not (
+    LLM_BUDGET_BURST_SECONDS > 0 and LLM_BUDGET_MAX_WAIT >= 0
+):
+    raise ImproperlyConfigured(
+        "LLM_REQUESTS_PER_MINUTE, LLM_TOKENS_PER_MINUTE and LLM_COMPLETION_TOKENS_ESTIMATE must not be negative, "
+        "LLM_BUDGET_BURST_SECONDS must be positive"
+    )
 if ENHANCEMENT_THREADS < 1 or ENHANCEMENT_HEARTBEAT_SECONDS <= 0 or ENHANCEMENT_SWEEP_SECONDS < 1:
     raise ImproperlyConfigured(
         "ENHANCEMENT_THREADS must be at least 1, ENHANCEMENT_HEARTBEAT_SECONDS positive and "

@@ -19,6 +19,13 @@ Injected failures (`fail_next(status=...)`): an HTTP status as an int (401, 429,
 body; `Retry-After` when `retry_after` is given); "timeout" (answer normally after `delay` seconds);
 "invalid_json" (content that is not JSON); "schema_violation" (JSON without the required fields);
 "disconnect" (close the connection without an answer).
+
+Rate limits (`rate_limit(requests_per_minute=..., tokens_per_minute=...)`): like OpenAI, the limits are per key and
+every answer carries `x-ratelimit-limit-*`, `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` for requests and
+tokens; a completion that does not fit answers 429 `rate_limit_exceeded` with `Retry-After`. A minute's limit is
+enforced over shorter windows (OpenAI: "your rate limit may be quantized"): each limit is a bucket holding
+`window` seconds' worth that refills continuously; a completion costs one request and its prompt plus completion
+tokens. `rate_limited` counts the 429s sent for it.
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ class FakeOpenAI(FakeServer):
         self.api_key = api_key
         self.forced_content: str | None = None
         self._ids = itertools.count(1)
+        self._buckets: dict[str, _Bucket] = {}
+        self.rate_limited = 0
 
     @property
     def url(self) -> str:
@@ -111,10 +120,23 @@ class FakeOpenAI(FakeServer):
         )
 
     def reset(self) -> None:
-        """Forget the log, pending failures and a forced response."""
+        """Forget the log, pending failures, a forced response and rate limits."""
         with self._lock:
             super().reset()
             self.forced_content = None
+            self._buckets.clear()
+            self.rate_limited = 0
+
+    def rate_limit(
+        self, *, requests_per_minute: int | None = None, tokens_per_minute: int | None = None, window: float = 1.0
+    ) -> None:
+        """Enforce per-minute limits on completions, each over buckets of `window` seconds (see the docstring)."""
+        with self._lock:
+            self._buckets = {
+                kind: _Bucket(per_minute=limit, window=window)
+                for kind, limit in (("requests", requests_per_minute), ("tokens", tokens_per_minute))
+                if limit
+            }
 
     # -- HTTP --------------------------------------------------------------------------------------------------
 
@@ -154,7 +176,38 @@ class FakeOpenAI(FakeServer):
         content = self.forced_content
         if content is None:
             content = json.dumps(self._example(body))
-        return Reply.json(200, self._completion(body, content), {"x-request-id": f"req_{uuid.uuid4().hex}"})
+        completion = self._completion(body, content)
+        headers = {"x-request-id": f"req_{uuid.uuid4().hex}"}
+        if self._buckets:
+            wait, limits = self._spend({"requests": 1, "tokens": completion["usage"]["total_tokens"]})
+            headers.update(limits)
+            if wait > 0:
+                return _error(
+                    429,
+                    f"Rate limit reached for fake-model on requests and tokens per minute. Please try again in "
+                    f"{wait:.3f}s.",
+                    headers={**headers, "Retry-After": f"{wait:.3f}"},
+                )
+        return Reply.json(200, completion, headers)
+
+    def _spend(self, costs: dict[str, int]) -> tuple[float, dict[str, str]]:
+        """Take the costs from every bucket, or none of them; return the wait before they fit and the headers."""
+        now = time.monotonic()
+        with self._lock:
+            buckets = self._buckets
+            waits = {kind: bucket.wait(now, costs[kind]) for kind, bucket in buckets.items()}
+            wait = max(waits.values())
+            if wait > 0:
+                self.rate_limited += 1
+            else:
+                for kind, bucket in buckets.items():
+                    bucket.take(costs[kind])
+            headers: dict[str, str] = {}
+            for kind, bucket in buckets.items():
+                headers[f"x-ratelimit-limit-{kind}"] = str(bucket.per_minute)
+                headers[f"x-ratelimit-remaining-{kind}"] = str(int(bucket.level))
+                headers[f"x-ratelimit-reset-{kind}"] = f"{bucket.seconds_to_full():.3f}s"
+        return wait, headers
 
     def _embeddings(self, request: RecordedRequest) -> Reply:
         """Answer `POST /v1/embeddings` as OpenAI documents it (float or base64 vectors, usage, input checks)."""
@@ -283,6 +336,36 @@ def fake_embedding(text: str, size: int) -> list[float]:
     if not any(vector):
         vector[0], norm = 1.0, 1.0
     return [v / norm for v in vector]
+
+
+class _Bucket:
+    """A token bucket holding `window` seconds of a per-minute limit, refilled continuously."""
+
+    def __init__(self, *, per_minute: int, window: float) -> None:
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * window)
+        self.level = self.capacity
+        self.at = time.monotonic()
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.at) * self.rate)
+        self.at = now
+
+    def wait(self, now: float, cost: int) -> float:
+        """Return 0 if `cost` fits now (a full bucket admits any one request), else the seconds until it does."""
+        self._refill(now)
+        if cost <= self.level or self.level >= self.capacity:
+            return 0.0
+        return (min(cost, self.capacity) - self.level) / self.rate
+
+    def take(self, cost: int) -> None:
+        """Spend `cost` (the level may go below zero for a request larger than the bucket)."""
+        self.level -= cost
+
+    def seconds_to_full(self) -> float:
+        """Return the seconds until the bucket is full again."""
+        return max(0.0, (self.capacity - self.level) / self.rate)
 
 
 def _error(
