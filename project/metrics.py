@@ -23,6 +23,7 @@ from django.apps import apps
 from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Count, F, Min, Q, Sum
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -129,6 +130,7 @@ class DatabaseCollector(Collector):
         )
         oldest.add_metric([], (now - queued["oldest"]).total_seconds() if queued["oldest"] else 0.0)
         yield oldest
+        yield from self._due(enhancement, now)
 
         tokens = CounterMetricFamily(
             f"{PREFIX}_llm_tokens",
@@ -146,6 +148,24 @@ class DatabaseCollector(Collector):
         yield tokens
 
         yield self._time_to_note(enhancement, now)
+
+    def _due(self, enhancement: Any, now: Any) -> Iterable[Metric]:
+        # What a queue-based autoscaler reads (deploy/k8s/components/queue-scaling): work that more workers could
+        # start now. A retry waiting out its backoff is not; a retry is due from its next_attempt_at on.
+        due = enhancement.objects.filter(
+            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now), status=enhancement.Status.QUEUED
+        ).aggregate(n=Count("pk"), since=Min(Coalesce("next_attempt_at", "created_at")))
+        depth = GaugeMetricFamily(
+            f"{PREFIX}_queue_due", "Queued enhancements that are due (not waiting out a backoff)."
+        )
+        depth.add_metric([], due["n"])
+        yield depth
+        age = GaugeMetricFamily(
+            f"{PREFIX}_queue_oldest_due_age_seconds",
+            "Seconds the oldest due enhancement has waited since it became due (0 when none is due).",
+        )
+        age.add_metric([], max(0.0, (now - due["since"]).total_seconds()) if due["since"] else 0.0)
+        yield age
 
     def _time_to_note(self, enhancement: Any, now: Any) -> Metric:
         window = settings.METRICS_WINDOW_SECONDS
