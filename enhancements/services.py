@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import nh3
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -28,6 +28,7 @@ from enhancements.models import ApiToken, Enhancement, Feedback
 from enhancements.render import marker, note_has_marker, note_render
 from enhancements.runner import worker_name
 from enhancements.triage.services import triage_for_enhancement
+from enhancements.webhook_fastpath import store_new_ticket
 from project.logging import log_context
 from tickets.models import Tenant, Ticket
 from tickets.sdp.auth import servicedesk_client
@@ -88,6 +89,26 @@ def enhancement_create_from_webhook(
     """Store the ticket and a queued Enhancement in one transaction; enqueue after commit."""
     sdp_id = str(request["id"])
     try:
+        if connection.vendor == "postgresql" and not connection.in_atomic_block:
+            # One statement for the common case, a new ticket (enhancements/webhook_fastpath.py).
+            pk = store_new_ticket(
+                ticket=Ticket(
+                    tenant=tenant,
+                    sdp_id=sdp_id,
+                    source=Ticket.Source.WEBHOOK,
+                    raw=request,
+                    **ticket_fields_from_sdp(request),
+                ),
+                enhancement=Enhancement(
+                    tenant=tenant,
+                    delivery_id=delivery_id or None,
+                    request_id=request_id[:64],
+                    enqueued_at=timezone.now(),
+                ),
+            )
+            if pk is not None:
+                enhancement_enqueue(enhancement_id=pk)
+                return WebhookOutcome(enhancement_id=pk, duplicate=False)
         with transaction.atomic():
             ticket = Ticket.objects.filter(tenant=tenant, sdp_id=sdp_id).first()
             if ticket is None:
