@@ -95,15 +95,22 @@ def memory_kib(pid: int) -> tuple[int, int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """Return user + system CPU seconds used so far by the processes."""
+    """Return user + system CPU seconds used so far by the processes and their reaped children."""
     total = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        # utime, stime, cutime, cstime: Django-Q recycles a worker process after 500 tasks, and the sentinel
+        # that reaps it inherits its CPU time, so a cluster's total stays whole across recycling.
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     return total / CLOCK_TICKS
+
+
+def cluster_cpu_seconds(leaders: list[int]) -> float:
+    """Return the CPU seconds of every process in the given process groups, as they are now."""
+    return cpu_seconds([pid for leader in leaders for pid in group_pids(leader)])
 
 
 def send(url: str, secret: str, sdp_ids: list[str], concurrency: int) -> list[int]:
@@ -132,7 +139,7 @@ def send(url: str, secret: str, sdp_ids: list[str], concurrency: int) -> list[in
 
 def sample_load(
     args: argparse.Namespace,
-    worker_pids: list[int],
+    leaders: list[int],
     t0: float,
     out: list[dict[str, float]],
     stop: threading.Event,
@@ -142,10 +149,10 @@ def sample_load(
     import psycopg
 
     name = args.database_url.rsplit("/", 1)[1]
-    last_t, last_cpu = time.monotonic(), cpu_seconds(worker_pids)
+    last_t, last_cpu = time.monotonic(), cluster_cpu_seconds(leaders)
     with psycopg.connect(args.database_url, autocommit=True) as conn:
         while not stop.wait(5.0):
-            now, cpu = time.monotonic(), cpu_seconds(worker_pids)
+            now, cpu = time.monotonic(), cluster_cpu_seconds(leaders)
             cores = (cpu - last_cpu) / (now - last_t)
             last_t, last_cpu = now, cpu
             queued = conn.execute("SELECT count(*) FROM enhancements_enhancement WHERE status = 'queued'").fetchone()
@@ -247,15 +254,19 @@ def main(argv: list[str] | None = None) -> None:
     ]
     url = f"http://127.0.0.1:{port}/webhook/servicedesk/{SLUG}/"
     memory: dict[int, tuple[int, int]] = {}
+    pss_totals: list[int] = []
     stop_sampling = threading.Event()
 
     def sample_memory() -> None:
         while not stop_sampling.wait(1.0):
+            total = 0
             for cluster in clusters:
                 for pid in group_pids(cluster.pid):
                     rss, pss = memory_kib(pid)
+                    total += pss
                     old = memory.get(pid, (0, 0))
                     memory[pid] = (max(old[0], rss), max(old[1], pss))
+            pss_totals.append(total)
 
     try:
         wait_ready(port, web)
@@ -270,9 +281,8 @@ def main(argv: list[str] | None = None) -> None:
         wait_notes(sdp, warm_ids, 120, [], warm_start)
         warm_seconds = time.monotonic() - warm_start
         llm_before = len(llm.requests_log)
-        worker_pids = [pid for cluster in clusters for pid in group_pids(cluster.pid)]
-        web_pids = group_pids(web.pid)
-        cpu_before = cpu_seconds(worker_pids), cpu_seconds(web_pids)
+        leaders = [cluster.pid for cluster in clusters]
+        cpu_before = cluster_cpu_seconds(leaders), cluster_cpu_seconds([web.pid])
 
         threading.Thread(target=sample_memory, daemon=True).start()
         samples: list[tuple[float, int]] = []
@@ -280,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         load: list[dict[str, float]] = []
         threading.Thread(
             target=sample_load,
-            args=(args, worker_pids, t0, load, stop_sampling, lambda: sum(1 for i in ids if sdp.notes.get(i))),
+            args=(args, leaders, t0, load, stop_sampling, lambda: sum(1 for i in ids if sdp.notes.get(i))),
             daemon=True,
         ).start()
         statuses = send(url, secret, ids, args.send_concurrency)
@@ -288,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         last = wait_notes(sdp, ids, 60 + 3 * args.webhooks * args.latency / concurrency, samples, t0)
         elapsed = last - t0
         stop_sampling.set()
-        cpu_after = cpu_seconds(worker_pids), cpu_seconds(web_pids)
+        cpu_after = cluster_cpu_seconds(leaders), cluster_cpu_seconds([web.pid])
         time.sleep(1.0)  # a late duplicate would show up now
 
         from enhancements.models import Enhancement
@@ -314,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
             "worker_cpu_seconds": round(cpu_after[0] - cpu_before[0], 1),
             "web_cpu_seconds": round(cpu_after[1] - cpu_before[1], 1),
             "worker_rss_mib": {str(pid): round(rss / 1024, 1) for pid, (rss, _) in sorted(memory.items())},
-            "worker_pss_total_mib": round(sum(pss for _, pss in memory.values()) / 1024, 1),
+            # The largest sum at one moment (recycled workers are replaced, not added).
+            "worker_pss_total_mib": round(max(pss_totals, default=0) / 1024, 1),
             "progress": [(round(t, 1), n) for t, n in samples],
             "threads_per_process": args.threads,
             "load_samples": load,
