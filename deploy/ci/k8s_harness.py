@@ -301,8 +301,10 @@ class Harness:
             docker(*args)
             name = f"{PREFIX}-{pod.name}-{container['name']}"
             pod.containers[container["name"]] = name
-            result = docker("wait", name, timeout=self.args.max_wait + 60, check=False)
-            code = result.stdout.strip()
+            try:
+                code = docker("wait", name, timeout=self.args.max_wait + 60, check=False).stdout.strip()
+            except subprocess.TimeoutExpired:
+                code = f"nothing: still running after {self.args.max_wait + 60:.0f}s"
             if code != "0":
                 logs = docker("logs", "--tail", "15", name, check=False)
                 raise HarnessError(
@@ -407,8 +409,8 @@ class Harness:
         started = self.start_containers(pod)
         for container in pod.spec["containers"]:
             seen = self.wait_probe(pod, container, "startupProbe", started)
-            ready_at = time.monotonic() - started
             seen_ready = self.wait_probe(pod, container, "readinessProbe", started)
+            ready_at = time.monotonic() - started
             seen_live = self.wait_probe(pod, container, "livenessProbe", started)
             self.log(
                 f"{pod.name}/{container['name']}: startup {seen}; ready ({seen_ready}) {ready_at:.1f}s after start; "
