@@ -50,6 +50,13 @@ OUTPUT_SCHEMA: dict[str, Any] = {
     },
 }
 
+# What an answer must hold to be used: a model that leaves out the urgency part still gives a usable note (its
+# urgency cues then come from the rules), so that part is asked for (strict mode lists every property) but optional.
+ACCEPTED_SCHEMA: dict[str, Any] = {
+    **OUTPUT_SCHEMA,
+    "required": [k for k in OUTPUT_SCHEMA["required"] if k != "urgency"],
+}
+
 SYSTEM_PROMPT = """You help IT service-desk technicians at a managed-service provider.
 You receive one new ticket and context from the same customer's history (similar resolved tickets with their
 resolutions, inventory records, knowledge articles). Write a short, practical enhancement for the technician.
@@ -277,7 +284,7 @@ class OpenAIProvider:
         try:
             content = response.choices[0].message.content or ""
             output = json.loads(content)
-            jsonschema.validate(output, OUTPUT_SCHEMA)
+            jsonschema.validate(output, ACCEPTED_SCHEMA)
         except (IndexError, AttributeError, ValueError, jsonschema.ValidationError) as exc:
             raise _SchemaError(f"The LLM answer did not match the schema: {str(exc)[:200]}") from exc
         return output, response.usage

@@ -121,9 +121,9 @@ def test_badges_lead_the_note_and_the_admin_list_and_raise_the_priority(make_ten
     assert kinds == ["business_impact", "frustration", "repeated", "vip"]
     assert enhancement.output["priority_suggestion"] == "Urgent"
     first_line = enhancement.note_html.split("</p>", 1)[0]
-    assert "Business impact" in first_line and "VIP" in first_line and "Repeated problem (#3999)" in first_line
+    assert "[Business impact]" in first_line and "[VIP]" in first_line and "[Repeated problem (#3999)]" in first_line
     assert "suggested priority Urgent" in first_line
-    assert "nobody can work" in first_line.lower()  # the evidence, as a tooltip
+    assert "nobody can work" in first_line.lower()  # the evidence: the requester's words, as a tooltip
 
     client.force_login(support_lead())
     listing = client.get("/admin/enhancements/enhancement/").content.decode()
@@ -150,4 +150,24 @@ def test_a_quiet_ticket_has_no_cues(tenant, post_webhook):
     request = {"id": "4002", "subject": "Install Visio", "description": "Please install Visio, no rush. Thanks!"}
     enhancement = _deliver(post_webhook, tenant, request)
     assert enhancement.urgency == []
-    assert "<span" not in enhancement.note_html.split("</p>", 1)[0]
+    assert "[Business impact]" not in enhancement.note_html and "[VIP]" not in enhancement.note_html
+
+
+def test_an_llm_answer_without_the_urgency_part_is_used_and_the_rules_give_the_cues(
+    make_tenant, post_webhook, openai_fake
+):
+    openai_fake.set_response(
+        {
+            "summary": "The finance file server is down.",
+            "probable_causes": ["The file server stopped."],
+            "suggested_steps": ["Check the server."],
+            "related_tickets": [],
+            "category_suggestion": "Server",
+            "priority_suggestion": "Medium",
+            "confidence": 0.6,
+        }
+    )
+    result = make_tenant("acme")
+    enhancement = _deliver(post_webhook, result, {**IMPACT_VIP, "id": "4003"})
+    assert enhancement.provider == "openai" and enhancement.error == ""
+    assert [cue["kind"] for cue in enhancement.urgency] == ["business_impact", "frustration"]
