@@ -20,6 +20,7 @@ from enhancements import services
 from enhancements.dashboard import chart_svg, dashboard_build
 from enhancements.extras import urgency_badges
 from enhancements.models import ApiToken, Enhancement, Feedback
+from enhancements.render import note_sanitise
 from tickets.admin import CappedCountPaginator, secret_once_response
 from tickets.models import Tenant
 from tickets.sdp.links import ticket_url
@@ -292,7 +293,7 @@ class EnhancementAdmin(admin.ModelAdmin):
         """Return the sanitised note, rendered."""
         if not obj.note_html:
             return mark_safe('<span class="quiet">No note generated yet.</span>')  # noqa: S308 - constant
-        cleaned = services.note_sanitise(html=obj.note_html, enhancement_id=str(obj.pk))
+        cleaned = note_sanitise(html=obj.note_html, enhancement_id=str(obj.pk))
         # nh3 has removed scripts, event handlers and unknown tags: what is left is what SDP shows.
         return format_html(
             '<div class="te-note" style="border:1px solid #ccc;padding:10px 14px;background:#fff;color:#222;'

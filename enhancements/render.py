@@ -1,10 +1,15 @@
-"""Render an enhancement as the HTML note SDP shows to technicians."""
+"""Everything that makes a technician note safe: rendering with escaping, nh3 sanitising of edits, the marker.
+
+A note is built here from model and ticket text (every piece escaped, links only http(s)), or reduced here to
+the markup SDP shows when a support lead edits it; both end with the hidden marker a retry looks for.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlsplit
 
+import nh3
 from django.utils.html import escape, format_html, format_html_join
 
 from enhancements.extras import lead_paragraphs
@@ -12,6 +17,9 @@ from tickets.models import Tenant
 from tickets.sdp.links import ticket_url
 
 MARKER_PREFIX = "ticket-enhancer:"
+NOTE_TAGS = {"a", "b", "strong", "i", "em", "u", "p", "br", "div", "span", "ul", "ol", "li", "pre", "code", "h3", "h4"}
+NOTE_ATTRIBUTES = {"a": {"href", "target"}, "p": {"style"}, "span": {"style"}, "div": {"style"}}
+NOTE_STYLE_PROPERTIES = {"color", "font-size", "font-weight", "font-style"}
 
 
 def marker(enhancement_id: str) -> str:
@@ -127,3 +135,18 @@ def _triage_line(items: list[dict[str, Any]]) -> str:
     if not shown:
         return ""
     return format_html("<p><b>Suggested routing</b>: {}</p>", format_html_join(" · ", "{}", ((h,) for h in shown)))
+
+
+def note_sanitise(*, html: str, enhancement_id: str) -> str:
+    """Return the note reduced to the markup SDP shows, with this enhancement's marker appended."""
+    cleaned = nh3.clean(
+        html,
+        tags=NOTE_TAGS,
+        attributes=NOTE_ATTRIBUTES,
+        filter_style_properties=NOTE_STYLE_PROPERTIES,
+        clean_content_tags={"script", "style"},
+        url_schemes={"http", "https", "mailto"},
+        strip_comments=True,
+    )
+    # The marker comment is how a retry recognises the note in SDP (see enhancement_post).
+    return cleaned + marker(str(enhancement_id))

@@ -6,6 +6,7 @@ import base64
 import json
 import secrets
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +128,17 @@ def webhook_url(tenant: Tenant) -> str:
 
 
 # --- tickets ----------------------------------------------------------------------------------
+def _changed_fields(stored: Ticket | Mapping[str, Any], fields: Mapping[str, Any], *, blanks: bool = True) -> list[str]:
+    """Return the names of the fields whose value differs from the stored ticket's (or stored row's).
+
+    The one rule for "which fields changed", used by every write of tickets; with blanks=False an empty
+    value changes nothing (a minimal webhook must not erase what an earlier one or the SDP API told us).
+    """
+    if isinstance(stored, Ticket):
+        stored = {key: getattr(stored, key) for key in fields}
+    return [k for k, v in fields.items() if (blanks or v not in ("", None)) and stored.get(k) != v]
+
+
 def ticket_upsert(
     *, tenant: Tenant, sdp_id: str, fields: dict[str, Any], source: str, raw: dict[str, Any] | None = None
 ) -> tuple[Ticket, bool]:
@@ -139,7 +151,7 @@ def ticket_upsert(
             tenant=tenant, sdp_id=sdp_id, defaults=defaults
         )
         if not created:
-            changed = [k for k, v in defaults.items() if getattr(ticket, k) != v]
+            changed = _changed_fields(ticket, defaults)
             if {"subject", "description"} & set(changed) and ticket.embedding_model:
                 # The text changed: the stored embedding no longer says what the ticket is (the sweep re-embeds).
                 defaults.update(indexing.CLEARED)
@@ -163,6 +175,18 @@ def ticket_refresh_from_sdp(*, ticket: Ticket) -> Ticket:
         raw=request,
     )
     return ticket
+
+
+def ticket_merge_webhook(*, ticket: Ticket, request: dict[str, Any]) -> list[str]:
+    """Store what a repeated webhook says about a known ticket (blanks erase nothing); return the changed fields."""
+    fields = ticket_fields_from_sdp(request)
+    changed = _changed_fields(ticket, fields, blanks=False)
+    for key in changed:
+        setattr(ticket, key, fields[key])
+    if changed:
+        ticket.raw = request
+        ticket.save(update_fields=[*changed, "raw", "updated_at"])
+    return changed
 
 
 # --- inventory and knowledge ------------------------------------------------------------------
@@ -233,7 +257,7 @@ def ticket_bulk_upsert(
             old = stored.get(sdp_id)
             if old is None:
                 created.append(sdp_id)
-            elif all(old.get(key) == value for key, value in values.items()):
+            elif not _changed_fields(old, values):
                 unchanged.append(sdp_id)
                 continue
             else:

@@ -1,21 +1,17 @@
-"""The enhancement pipeline: create, claim, process, post, retry, fail and sweep."""
+"""The enhancement pipeline: create, enqueue, claim, process, post, retry, fail and sweep."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import secrets as _secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import nh3
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -24,8 +20,8 @@ from enhancements.context import context_gather
 from enhancements.extras import output_extras, pipeline_extras
 from enhancements.llm import enhancement_generate
 from enhancements.llm_budget import BudgetExhausted
-from enhancements.models import ApiToken, Enhancement, Feedback
-from enhancements.render import marker, note_has_marker, note_render
+from enhancements.models import Enhancement
+from enhancements.render import note_has_marker, note_render
 from enhancements.runner import worker_name
 from enhancements.triage.services import triage_for_enhancement
 from enhancements.webhook_fastpath import store_new_ticket
@@ -34,7 +30,7 @@ from tickets.models import Tenant, Ticket
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import ServiceDeskError, backoff_delay
 from tickets.sdp.mapping import ticket_fields_from_sdp
-from tickets.services import ticket_refresh_from_sdp
+from tickets.services import ticket_merge_webhook, ticket_refresh_from_sdp
 
 if TYPE_CHECKING:
     from django_q.brokers import Broker
@@ -127,7 +123,7 @@ def enhancement_create_from_webhook(
                 pk = existing.values_list("pk", flat=True).first()
                 if pk:
                     return WebhookOutcome(enhancement_id=str(pk), duplicate=True)
-                _ticket_update(ticket, ticket_fields_from_sdp(request), request)
+                ticket_merge_webhook(ticket=ticket, request=request)
             enhancement = Enhancement.objects.create(
                 tenant=tenant,
                 ticket=ticket,
@@ -148,15 +144,6 @@ def enhancement_create_from_webhook(
             raise
         return WebhookOutcome(enhancement_id=str(pk), duplicate=True)
     return WebhookOutcome(enhancement_id=str(enhancement.pk), duplicate=False)
-
-
-def _ticket_update(ticket: Ticket, fields: dict[str, Any], raw: dict[str, Any]) -> None:
-    changed = [k for k, v in fields.items() if v not in ("", None) and getattr(ticket, k) != v]
-    for key in changed:
-        setattr(ticket, key, fields[key])
-    if changed:
-        ticket.raw = raw
-        ticket.save(update_fields=[*changed, "raw", "updated_at"])
 
 
 def enhancement_rerun(*, enhancement: Enhancement) -> Enhancement:
@@ -423,324 +410,3 @@ def enhancement_sweep(*, limit: int = 500) -> dict[str, int]:
     if recovered or enqueued:
         logger.info("sweep: %d running rows recovered, %d rows enqueued", recovered, enqueued)
     return {"recovered": recovered, "enqueued": enqueued}
-
-
-# --- review (admin and API) -------------------------------------------------------------------
-
-# An approval whose post never finished (the web process died) can be approved again after this.
-APPROVAL_CLAIM_EXPIRES = timedelta(minutes=5)
-_POST_FAILED = "Approved, but posting failed; still awaiting review: "
-NOTE_TAGS = {"a", "b", "strong", "i", "em", "u", "p", "br", "div", "span", "ul", "ol", "li", "pre", "code", "h3", "h4"}
-NOTE_ATTRIBUTES = {"a": {"href", "target"}, "p": {"style"}, "span": {"style"}, "div": {"style"}}
-NOTE_STYLE_PROPERTIES = {"color", "font-size", "font-weight", "font-style"}
-API_TOKEN_PREFIX = "te_"  # noqa: S105 - a label that makes leaked keys recognisable, not a secret
-
-
-@dataclass(frozen=True)
-class ReviewResult:
-    """The outcome of a review action: whether it changed anything, the status, and a sentence to show."""
-
-    changed: bool
-    status: str
-    message: str
-    failed: bool = False
-    enhancement_id: str = ""
-
-
-def note_sanitise(*, html: str, enhancement_id: str) -> str:
-    """Return the note reduced to the markup SDP shows, with this enhancement's marker appended."""
-    cleaned = nh3.clean(
-        html,
-        tags=NOTE_TAGS,
-        attributes=NOTE_ATTRIBUTES,
-        filter_style_properties=NOTE_STYLE_PROPERTIES,
-        clean_content_tags={"script", "style"},
-        url_schemes={"http", "https", "mailto"},
-        strip_comments=True,
-    )
-    # The marker comment is how a retry recognises the note in SDP (see enhancement_post).
-    return cleaned + marker(str(enhancement_id))
-
-
-def _reviewable(now: datetime) -> Q:
-    return Q(status=Enhancement.Status.AWAITING_REVIEW) & (
-        Q(reviewed_at__isnull=True) | Q(reviewed_at__lt=now - APPROVAL_CLAIM_EXPIRES)
-    )
-
-
-def _label(enhancement: Enhancement) -> str:
-    return Enhancement.Status(enhancement.status).label.lower()
-
-
-def enhancement_approve(
-    *, enhancement_id: str, user: AbstractBaseUser | None, note_html: str | None = None
-) -> ReviewResult:
-    """Save the (edited) note sanitised, claim the row, and post it to SDP; never post twice."""
-    now = timezone.now()
-    row = Enhancement.objects.select_related("tenant", "ticket").get(pk=enhancement_id)
-    updates: dict[str, Any] = {"reviewed_by": user, "reviewed_at": now}
-    if note_html is not None:
-        updates["note_html"] = note_sanitise(html=note_html, enhancement_id=str(row.pk))
-    # Claim with a conditional update: of two approvals (double click, two reviewers) one posts.
-    if not Enhancement.objects.filter(_reviewable(now), pk=row.pk).update(**updates):
-        row.refresh_from_db()
-        who = f" by {row.reviewed_by}" if row.reviewed_by_id else ""
-        return ReviewResult(
-            changed=False,
-            status=row.status,
-            message=f"Nothing done: the enhancement is {_label(row)}{who}, not awaiting review.",
-            enhancement_id=str(row.pk),
-        )
-    try:
-        row.refresh_from_db()
-        if not row.tenant.has_sdp_credentials:
-            Enhancement.objects.filter(pk=row.pk).update(status=Enhancement.Status.COMPLETED, finished_at=now)
-            return ReviewResult(
-                changed=True,
-                status=Enhancement.Status.COMPLETED,
-                message="Approved. The tenant has no SDP credentials (dry run), so the note was kept, not posted.",
-                enhancement_id=str(row.pk),
-            )
-        enhancement_post(enhancement=row)
-    except ServiceDeskError as exc:
-        return _post_failed(row, exc, approving=True)
-    except Exception as exc:
-        return _post_crashed(row, exc, approving=True)
-    Enhancement.objects.filter(pk=row.pk, error__startswith=_POST_FAILED).update(error="")
-    return ReviewResult(
-        changed=True,
-        status=Enhancement.Status.POSTED,
-        message=f"Approved and posted to SDP request #{row.ticket.sdp_id}.",
-        enhancement_id=str(row.pk),
-    )
-
-
-def _post_crashed(row: Enhancement, exc: Exception, *, approving: bool) -> ReviewResult:
-    """Release a claimed row after an unexpected error, so it is never left claimed; say what happened."""
-    logger.exception("unexpected error while posting enhancement %s", row.pk)
-    reason = f"{exc.__class__.__name__}: {exc}"
-    if approving:
-        status = Enhancement.Status.AWAITING_REVIEW
-        Enhancement.objects.filter(pk=row.pk).update(
-            status=status, reviewed_by=None, reviewed_at=None, error=f"{_POST_FAILED}{reason}"[:2000]
-        )
-        then = "It is still awaiting review; approve it again to retry (a note already in SDP is not posted twice)."
-    else:
-        status = Enhancement.Status.FAILED
-        Enhancement.objects.filter(pk=row.pk).update(
-            status=status, finished_at=timezone.now(), error=f"Posting the note failed: {reason}"[:2000]
-        )
-        then = "It is marked failed; re-post it once the cause is fixed (a note already in SDP is not posted twice)."
-    return ReviewResult(
-        changed=True,
-        failed=True,
-        status=status,
-        message=f"Not posted: unexpected error ({reason}). {then}",
-        enhancement_id=str(row.pk),
-    )
-
-
-def _post_failed(row: Enhancement, exc: ServiceDeskError, *, approving: bool) -> ReviewResult:
-    if approving and not exc.permanent:
-        # A transient failure (timeout, 5xx, throttling) leaves the note reviewable; approving again
-        # first looks for the note in SDP, so an unclear outcome is not posted twice.
-        Enhancement.objects.filter(pk=row.pk, status=Enhancement.Status.AWAITING_REVIEW).update(
-            reviewed_by=None, reviewed_at=None, error=f"{_POST_FAILED}ServiceDesk Plus: {exc}"[:2000]
-        )
-        return ReviewResult(
-            changed=True,
-            failed=True,
-            status=Enhancement.Status.AWAITING_REVIEW,
-            message=f"Not posted: ServiceDesk Plus: {exc} The enhancement is still awaiting review; approve it "
-            "again to retry.",
-            enhancement_id=str(row.pk),
-        )
-    enhancement_fail(enhancement=row, error=f"Posting the note failed: ServiceDesk Plus: {exc}")
-    return ReviewResult(
-        changed=True,
-        failed=True,
-        status=Enhancement.Status.FAILED,
-        message=f"Not posted: ServiceDesk Plus: {exc} The enhancement is marked failed; fix the cause and re-post it.",
-        enhancement_id=str(row.pk),
-    )
-
-
-def enhancement_note_update(*, enhancement_id: str, note_html: str) -> bool:
-    """Save an edited note, sanitised, while the enhancement awaits review; return whether it was saved."""
-    now = timezone.now()
-    return bool(
-        Enhancement.objects.filter(_reviewable(now), pk=enhancement_id).update(
-            note_html=note_sanitise(html=note_html, enhancement_id=str(enhancement_id))
-        )
-    )
-
-
-def enhancement_reject(*, enhancement_id: str, user: AbstractBaseUser | None) -> ReviewResult:
-    """Mark an enhancement awaiting review as rejected (its note is never posted)."""
-    now = timezone.now()
-    rejected = Enhancement.objects.filter(_reviewable(now), pk=enhancement_id).update(
-        status=Enhancement.Status.REJECTED, reviewed_by=user, reviewed_at=now, finished_at=now
-    )
-    row = Enhancement.objects.get(pk=enhancement_id)
-    if not rejected:
-        return ReviewResult(
-            changed=False,
-            status=row.status,
-            message=f"Nothing done: the enhancement is {_label(row)}, not awaiting review.",
-            enhancement_id=str(row.pk),
-        )
-    return ReviewResult(
-        changed=True, status=row.status, message="Rejected: the note will not be posted.", enhancement_id=str(row.pk)
-    )
-
-
-def enhancement_rerun_request(*, enhancement_id: str, user: AbstractBaseUser | None) -> ReviewResult:
-    """Queue a new enhancement of the same ticket unless one is already queued or running."""
-    now = timezone.now()
-    with transaction.atomic():
-        row = Enhancement.objects.select_related("tenant", "ticket").get(pk=enhancement_id)
-        # Lock the ticket so two concurrent re-runs of it cannot both see "nothing active".
-        Ticket.objects.select_for_update().filter(pk=row.ticket_id).first()
-        active = (
-            Enhancement.objects.filter(ticket_id=row.ticket_id, status__in=Enhancement.ACTIVE_STATUSES)
-            .order_by("-created_at")
-            .first()
-        )
-        if active is not None:
-            return ReviewResult(
-                changed=False,
-                status=active.status,
-                message=f"Nothing done: enhancement {active.pk} of this ticket is already {_label(active)}.",
-                enhancement_id=str(active.pk),
-            )
-        if row.status == Enhancement.Status.AWAITING_REVIEW:
-            superseded = Enhancement.objects.filter(_reviewable(now), pk=row.pk).update(
-                status=Enhancement.Status.REJECTED,
-                reviewed_by=user,
-                reviewed_at=now,
-                finished_at=now,
-                error="Superseded by a re-run.",
-            )
-            if not superseded:
-                return ReviewResult(
-                    changed=False,
-                    status=row.status,
-                    message="Nothing done: the enhancement is being approved right now.",
-                    enhancement_id=str(row.pk),
-                )
-        new = enhancement_rerun(enhancement=row)
-    return ReviewResult(
-        changed=True,
-        status=new.status,
-        message=f"Re-run queued as enhancement {new.pk}; the earlier one is kept in the history.",
-        enhancement_id=str(new.pk),
-    )
-
-
-def enhancement_repost(*, enhancement_id: str, user: AbstractBaseUser | None) -> ReviewResult:
-    """Post the note of an enhancement whose post failed; never post twice."""
-    now = timezone.now()
-    # Running (with started_at) rather than a new status: if this process dies mid-post, the sweep
-    # re-queues the row and the worker finishes the post, checking SDP for the note first.
-    claimed = (
-        Enhancement.objects.filter(pk=enhancement_id, status=Enhancement.Status.FAILED)
-        .exclude(note_html="")
-        .update(status=Enhancement.Status.RUNNING, started_at=now, finished_at=None)
-    )
-    row = Enhancement.objects.select_related("tenant", "ticket").get(pk=enhancement_id)
-    if not claimed:
-        reason = "has no note to post" if not row.note_html else f"is {_label(row)}, not failed"
-        return ReviewResult(
-            changed=False,
-            status=row.status,
-            message=f"Nothing done: the enhancement {reason}.",
-            enhancement_id=str(row.pk),
-        )
-    try:
-        enhancement_post(enhancement=row)
-    except ServiceDeskError as exc:
-        return _post_failed(row, exc, approving=False)
-    except Exception as exc:
-        return _post_crashed(row, exc, approving=False)
-    Enhancement.objects.filter(pk=row.pk).update(error="")
-    return ReviewResult(
-        changed=True,
-        status=Enhancement.Status.POSTED,
-        message=f"Re-posted to SDP request #{row.ticket.sdp_id}.",
-        enhancement_id=str(row.pk),
-    )
-
-
-def feedback_create(
-    *,
-    enhancement_id: str,
-    rating: str,
-    comment: str = "",
-    user: AbstractBaseUser | None = None,
-    technician_email: str = "",
-    api_token: ApiToken | None = None,
-) -> Feedback:
-    """Record a rating; a second rating by the same rater (user, or token and technician) replaces the first."""
-    if rating not in Feedback.Rating.values:
-        raise ValueError(f"rating must be one of {', '.join(Feedback.Rating.values)}")
-    enhancement = Enhancement.objects.get(pk=enhancement_id)
-    values = {"rating": rating, "comment": comment.strip()}
-    if api_token is not None:
-        # A token rates once per enhancement for each technician it names (or once for no one).
-        try:
-            with transaction.atomic():
-                feedback, _ = Feedback.objects.update_or_create(
-                    enhancement=enhancement,
-                    api_token=api_token,
-                    technician_email=technician_email.lower(),
-                    defaults={**values, "user": None},
-                )
-        except IntegrityError:  # two concurrent first ratings: the other one won, update it
-            feedback = Feedback.objects.get(
-                enhancement=enhancement, api_token=api_token, technician_email=technician_email.lower()
-            )
-            Feedback.objects.filter(pk=feedback.pk).update(**values)
-            feedback.refresh_from_db()
-        return feedback
-    if user is not None:
-        feedback, _ = Feedback.objects.update_or_create(
-            enhancement=enhancement, user=user, defaults={**values, "technician_email": technician_email}
-        )
-    elif technician_email:
-        feedback, _ = Feedback.objects.update_or_create(
-            enhancement=enhancement, user=None, technician_email=technician_email.lower(), defaults=values
-        )
-    else:
-        feedback = Feedback.objects.create(enhancement=enhancement, **values)
-    return feedback
-
-
-def _token_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def api_token_create(*, tenant: Tenant, name: str, user: AbstractBaseUser | None = None) -> tuple[ApiToken, str]:
-    """Create an API token for one tenant; return it and its key, which is never retrievable again."""
-    key = API_TOKEN_PREFIX + _secrets.token_urlsafe(32)
-    token = ApiToken.objects.create(
-        tenant=tenant, name=name, prefix=key[:10], key_hash=_token_hash(key), created_by=user
-    )
-    return token, key
-
-
-def api_token_authenticate(*, key: str) -> ApiToken | None:
-    """Return the live token with this key, or None."""
-    token = ApiToken.objects.select_related("tenant").filter(key_hash=_token_hash(key), revoked_at__isnull=True).first()
-    if token is None:
-        return None
-    now = timezone.now()
-    # One write a minute at most, not one per request.
-    if token.last_used_at is None or token.last_used_at < now - timedelta(minutes=1):
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-        token.last_used_at = now
-    return token
-
-
-def api_token_revoke(*, token_id: int) -> bool:
-    """Revoke a token; return whether it was live."""
-    return bool(ApiToken.objects.filter(pk=token_id, revoked_at__isnull=True).update(revoked_at=timezone.now()))
