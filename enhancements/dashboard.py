@@ -1,4 +1,4 @@
-"""The admin dashboard: last-N-days figures of the pipeline and a server-side SVG chart."""
+"""The admin dashboard: last-N-days figures of the pipeline, a server-side SVG chart, and the page that shows them."""
 
 from __future__ import annotations
 
@@ -6,12 +6,18 @@ import math
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
+from django.contrib import admin
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
+from django.db.models.options import Options
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from clusters.services import open_cluster_count
 from enhancements.models import Enhancement, Feedback
 from tickets.models import Tenant
 
@@ -193,3 +199,42 @@ def chart_svg(*, days: list[tuple[date, dict[str, int]]], width: int = 860, heig
         height,
         format_html_join("", "{}", ((p,) for p in parts)),
     )
+
+
+def duration(value: float | None) -> str:
+    """Return seconds as a short human duration (s, min or h), or a dash."""
+    if value is None:
+        return "—"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def dashboard_page(request: HttpRequest, *, admin_site: admin.AdminSite, opts: Options) -> HttpResponse:
+    """Return the dashboard page for the last 30 days, for all tenants or the one asked for."""
+    tenants = list(Tenant.objects.order_by("name").only("id", "name", "slug"))
+    selected = next((t for t in tenants if str(t.pk) == request.GET.get("tenant", "")), None)
+    board = dashboard_build(tenant=selected, days=30)
+    context = {
+        **admin_site.each_context(request),
+        "title": "Dashboard: last 30 days",
+        "opts": opts,
+        "tenants": tenants,
+        "selected": selected,
+        "board": board,
+        "chart": chart_svg(days=board.days),
+        "p50": duration(board.p50_seconds),
+        "p95": duration(board.p95_seconds),
+        "failure_rate": "—" if board.failure_rate is None else f"{board.failure_rate:.1%}",
+        "helpful_rate": "—" if board.helpful_rate is None else f"{board.helpful_rate:.0%}",
+        "open_clusters": open_cluster_count(tenant=selected),
+        "clusters_url": reverse("admin:clusters_outagecluster_changelist")
+        + "?status__exact=open"
+        + (f"&tenant__id__exact={selected.pk}" if selected else ""),
+        "queue_url": reverse("admin:enhancements_enhancement_changelist")
+        + "?status__exact=awaiting_review"
+        + (f"&tenant__id__exact={selected.pk}" if selected else ""),
+    }
+    return TemplateResponse(request, "admin/enhancements/dashboard.html", context)

@@ -86,7 +86,7 @@ def test_changelist_query_count_does_not_grow_with_rows_and_counts_are_bounded(l
 
 
 def test_changelist_says_more_than_the_cap_instead_of_counting_everything(lead_client, review_tenant, monkeypatch):
-    from tickets.admin import CappedCountPaginator
+    from project.admin_helpers import CappedCountPaginator
 
     monkeypatch.setattr(CappedCountPaginator, "CAP", 3)
     for i in range(5):

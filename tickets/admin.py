@@ -7,56 +7,18 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
-from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from project.admin_helpers import CappedCountPaginator, secret_once_response
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket, TicketFetch
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import ServiceDeskError, check_base_url
 from tickets.services import tenant_create_or_update, webhook_secret_key, webhook_url
-
-
-class CappedCountPaginator(Paginator):
-    """Count at most CAP rows, so the changelist of a big table never runs an unbounded COUNT."""
-
-    CAP = 10_000
-
-    @cached_property
-    def count(self) -> int:
-        """Return the number of rows, at most CAP + 1 (shown as "more than CAP")."""
-        # Only primary keys: annotations the list shows (e.g. a latest rating) are not computed to count.
-        return self.object_list.order_by().values("pk")[: self.CAP + 1].count()
-
-    @property
-    def capped(self) -> bool:
-        """Return whether there are more rows than were counted."""
-        return self.count > self.CAP
-
-
-def secret_once_response(
-    request: HttpRequest,
-    site: admin.AdminSite,
-    *,
-    title: str,
-    secrets: list[tuple[str, str]],
-    notes: list[str],
-    back_url: str,
-) -> HttpResponse:
-    """Render a page that shows new secrets once and is never cached (not a message kept in a cookie)."""
-    response = TemplateResponse(
-        request,
-        "admin/secret_once.html",
-        {**site.each_context(request), "title": title, "secrets": secrets, "notes": notes, "back_url": back_url},
-    )
-    response["Cache-Control"] = "no-store"
-    return response
 
 
 def connection_test(tenant: Tenant) -> tuple[bool, str]:

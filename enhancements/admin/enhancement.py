@@ -1,4 +1,4 @@
-"""The review screen: enhancements, feedback, API tokens and the dashboard in Django admin."""
+"""The review screen of enhancements: list, detail page, the review buttons and bulk actions."""
 
 from __future__ import annotations
 
@@ -7,34 +7,21 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Exists, OuterRef, QuerySet, Subquery
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
-from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html, format_html_join, linebreaks
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 
-from clusters.services import open_cluster_count
 from enhancements import services
-from enhancements.dashboard import chart_svg, dashboard_build
+from enhancements.admin import display
+from enhancements.admin.filters import ProviderFilter, RatingFilter
+from enhancements.dashboard import dashboard_page, duration
 from enhancements.extras import urgency_badges
-from enhancements.models import ApiToken, Enhancement, Feedback
-from enhancements.render import note_sanitise
-from tickets.admin import CappedCountPaginator, secret_once_response
-from tickets.models import Tenant
-from tickets.sdp.links import ticket_url
+from enhancements.models import Enhancement, Feedback
+from project.admin_helpers import CappedCountPaginator
 
 S = Enhancement.Status
-BADGE_COLOURS = {
-    S.QUEUED: "#607d8b",
-    S.RUNNING: "#0277bd",
-    S.AWAITING_REVIEW: "#e65100",
-    S.POSTED: "#2e7d32",
-    S.COMPLETED: "#1565c0",
-    S.FAILED: "#c62828",
-    S.REJECTED: "#6d4c41",
-}
 BULK_LIMIT = 50
 LIST_DEFERRED = (
     "context",
@@ -46,77 +33,6 @@ LIST_DEFERRED = (
     "ticket__resolution",
     "ticket__raw",
 )
-
-
-def status_badge(enhancement: Enhancement) -> SafeString:
-    """Return the status as a coloured badge."""
-    return format_html(
-        '<span class="te-badge" style="background:{};color:#fff;padding:2px 8px;border-radius:10px;'
-        'font-size:11px;white-space:nowrap">{}</span>',
-        BADGE_COLOURS.get(enhancement.status, "#777"),
-        enhancement.get_status_display(),
-    )
-
-
-def _ticket_link(enhancement: Enhancement, *, subject_chars: int = 80) -> SafeString:
-    ticket = enhancement.ticket
-    subject = ticket.subject if len(ticket.subject) <= subject_chars else ticket.subject[: subject_chars - 1] + "…"
-    url = ticket_url(enhancement.tenant, ticket.sdp_id)
-    if url:
-        return format_html(
-            '<a href="{}" target="_blank" rel="noopener noreferrer" title="Open in ServiceDesk Plus">#{}</a> {}',
-            url,
-            ticket.sdp_id,
-            subject,
-        )
-    return format_html("#{} {}", ticket.sdp_id, subject)
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value < 120:
-        return f"{value:.1f} s"
-    if value < 7200:
-        return f"{value / 60:.1f} min"
-    return f"{value / 3600:.1f} h"
-
-
-class RatingFilter(admin.SimpleListFilter):
-    """Filter by the feedback an enhancement received."""
-
-    title = "rating"
-    parameter_name = "rating"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        """Return the filter choices."""
-        return [*Feedback.Rating.choices, ("none", "Not rated")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        """Return the rows with that rating."""
-        value = self.value()
-        if value == "none":
-            return queryset.filter(~Exists(Feedback.objects.filter(enhancement=OuterRef("pk"))))
-        if value in Feedback.Rating.values:
-            return queryset.filter(Exists(Feedback.objects.filter(enhancement=OuterRef("pk"), rating=value)))
-        return None
-
-
-class ProviderFilter(admin.SimpleListFilter):
-    """Filter by LLM provider, from a fixed list (a DISTINCT over a big table would be slow)."""
-
-    title = "provider"
-    parameter_name = "provider"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        """Return the filter choices."""
-        return [("openai", "OpenAI-compatible"), ("offline", "Offline"), ("none", "None yet")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        """Return the rows of that provider."""
-        if self.value() == "none":
-            return queryset.filter(provider="")
-        return queryset.filter(provider=self.value()) if self.value() else None
 
 
 class EnhancementForm(forms.ModelForm):
@@ -258,24 +174,24 @@ class EnhancementAdmin(admin.ModelAdmin):
     @admin.display(description="Ticket", ordering="ticket__sdp_id")
     def ticket_column(self, obj: Enhancement) -> SafeString:
         """Return the SDP id and subject, linking to the request in SDP."""
-        return _ticket_link(obj)
+        return display.ticket_link(obj)
 
     @admin.display(description="Status", ordering="status")
     def status_column(self, obj: Enhancement) -> SafeString:
         """Return the coloured status badge."""
-        return status_badge(obj)
+        return display.status_badge(obj)
 
-    @admin.display(description="Time to finish")
     @admin.display(description="Urgency")
     def urgency_column(self, obj: Enhancement) -> SafeString:
         """Return the urgency cues as badges."""
         return urgency_badges(obj.urgency)
 
+    @admin.display(description="Time to finish")
     def time_to_finish(self, obj: Enhancement) -> str:
         """Return the time from the webhook to the final state."""
         if not obj.finished_at:
             return "—"
-        return _seconds((obj.finished_at - obj.created_at).total_seconds())
+        return duration((obj.finished_at - obj.created_at).total_seconds())
 
     @admin.display(description="Provider / model", ordering="provider")
     def provider_model(self, obj: Enhancement) -> str:
@@ -291,15 +207,7 @@ class EnhancementAdmin(admin.ModelAdmin):
     @admin.display(description="Note as SDP will show it")
     def note_preview(self, obj: Enhancement) -> SafeString:
         """Return the sanitised note, rendered."""
-        if not obj.note_html:
-            return mark_safe('<span class="quiet">No note generated yet.</span>')  # noqa: S308 - constant
-        cleaned = note_sanitise(html=obj.note_html, enhancement_id=str(obj.pk))
-        # nh3 has removed scripts, event handlers and unknown tags: what is left is what SDP shows.
-        return format_html(
-            '<div class="te-note" style="border:1px solid #ccc;padding:10px 14px;background:#fff;color:#222;'
-            'max-width:900px">{}</div>',
-            mark_safe(cleaned),  # noqa: S308 - sanitised by nh3 just above
-        )
+        return display.note_preview(obj)
 
     @admin.display(description="Last error")
     def error_plain(self, obj: Enhancement) -> str:
@@ -309,103 +217,17 @@ class EnhancementAdmin(admin.ModelAdmin):
     @admin.display(description="Ticket text")
     def ticket_text(self, obj: Enhancement) -> SafeString:
         """Return the ticket's fields and description, escaped."""
-        t = obj.ticket
-        meta = [
-            ("Subject", t.subject),
-            (
-                "Requester",
-                " ".join(p for p in (t.requester_name, f"<{t.requester_email}>" if t.requester_email else "") if p),
-            ),
-            ("Priority", t.priority),
-            ("Category", t.category),
-            ("Status", t.status),
-            ("Technician", t.technician),
-        ]
-        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", ((k, v) for k, v in meta if v))
-        return format_html(
-            '<table class="te-table">{}</table><div class="te-description" style="max-width:900px">{}</div>',
-            rows,
-            mark_safe(linebreaks(t.description or "(no description)", autoescape=True)),  # noqa: S308 - escaped
-        )
+        return display.ticket_text(obj)
 
     @admin.display(description="Context")
     def context_display(self, obj: Enhancement) -> SafeString:
         """Return the similar tickets (with scores and links), assets and articles used."""
-        context = obj.context or {}
-        parts = []
-        similar = context.get("similar_tickets") or []
-        if similar:
-            rows = []
-            for item in similar:
-                sdp_id = str(item.get("sdp_id", ""))
-                url = ticket_url(obj.tenant, sdp_id)
-                link = (
-                    format_html('<a href="{}" target="_blank" rel="noopener noreferrer">#{}</a>', url, sdp_id)
-                    if url
-                    else format_html("#{}", sdp_id)
-                )
-                score = item.get("score")
-                rows.append(
-                    (
-                        link,
-                        item.get("subject", ""),
-                        f"{score:.3f}" if isinstance(score, int | float) else "—",
-                        (item.get("resolution") or "")[:300],
-                    )
-                )
-            parts.append(
-                format_html(
-                    "<h4>Similar resolved tickets</h4><table class='te-table'><tr><th>Ticket</th><th>Subject</th>"
-                    "<th>Score</th><th>Resolution</th></tr>{}</table>",
-                    format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
-                )
-            )
-        assets = context.get("assets") or []
-        if assets:
-            rows = [
-                (
-                    a.get("hostname") or "",
-                    a.get("ip") or "",
-                    a.get("role") or "",
-                    a.get("location") or "",
-                    a.get("owner") or "",
-                )
-                for a in assets
-            ]
-            parts.append(
-                format_html(
-                    "<h4>Assets</h4><table class='te-table'><tr><th>Hostname</th><th>IP</th><th>Role</th>"
-                    "<th>Location</th><th>Owner</th></tr>{}</table>",
-                    format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
-                )
-            )
-        articles = context.get("articles") or []
-        if articles:
-            items = []
-            for a in articles:
-                score = a.get("score")
-                title = (
-                    format_html(
-                        '<a href="{}" target="_blank" rel="noopener noreferrer">{}</a>', a["url"], a.get("title", "")
-                    )
-                    if str(a.get("url", "")).startswith(("http://", "https://"))
-                    else format_html("{}", a.get("title", ""))
-                )
-                items.append((title, f" (score {score:.3f})" if isinstance(score, int | float) else ""))
-            parts.append(
-                format_html("<h4>Knowledge articles</h4><ul>{}</ul>", format_html_join("", "<li>{}{}</li>", items))
-            )
-        if not parts:
-            return mark_safe('<span class="quiet">No context was found or gathered.</span>')  # noqa: S308 - constant
-        return format_html_join("", "{}", ((p,) for p in parts))
+        return display.context_display(obj)
 
     @admin.display(description="Timings per stage")
     def timings_display(self, obj: Enhancement) -> SafeString | str:
         """Return the milliseconds per stage."""
-        timings = obj.timings or {}
-        if not timings:
-            return "—"
-        return format_html_join(" · ", "{}: {} ms", ((k, v) for k, v in timings.items()))
+        return display.timings_display(obj)
 
     @admin.display(description="Tokens")
     def tokens_display(self, obj: Enhancement) -> str:
@@ -418,37 +240,12 @@ class EnhancementAdmin(admin.ModelAdmin):
     @admin.display(description="Ratings")
     def feedback_display(self, obj: Enhancement) -> SafeString | str:
         """Return every rating with its author and comment."""
-        rows = [
-            (
-                f.get_rating_display(),
-                str(f.user) if f.user else (f.technician_email or "API"),
-                f.comment,
-                f.created_at.strftime("%Y-%m-%d %H:%M"),
-            )
-            for f in obj.feedback.select_related("user")
-        ]
-        if not rows:
-            return "Not rated yet."
-        return format_html(
-            "<table class='te-table'>{}</table>",
-            format_html_join("", "<tr><td><b>{}</b></td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
-        )
+        return display.feedback_display(obj)
 
     @admin.display(description="Enhancements of this ticket")
     def history_display(self, obj: Enhancement) -> SafeString:
         """Return every enhancement of the same ticket, newest first."""
-        others = Enhancement.objects.filter(ticket_id=obj.ticket_id).order_by("-created_at")[:20]
-        rows = [
-            (
-                reverse("admin:enhancements_enhancement_change", args=[e.pk]),
-                e.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                status_badge(e),
-                e.get_trigger_display(),
-                " (this one)" if e.pk == obj.pk else "",
-            )
-            for e in others
-        ]
-        return format_html("<ul>{}</ul>", format_html_join("", '<li><a href="{}">{}</a> {} {}{}</li>', rows))
+        return display.history_display(obj)
 
     # --- saving the note ------------------------------------------------------------------------
     def save_model(self, request: HttpRequest, obj: Enhancement, form: forms.ModelForm, change: bool) -> None:
@@ -601,142 +398,7 @@ class EnhancementAdmin(admin.ModelAdmin):
 
     # --- dashboard ------------------------------------------------------------------------------
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
-        """Show the last 30 days for all tenants or one."""
+        """Show the dashboard (enhancements.dashboard) to users who may view enhancements."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        tenants = list(Tenant.objects.order_by("name").only("id", "name", "slug"))
-        selected = next((t for t in tenants if str(t.pk) == request.GET.get("tenant", "")), None)
-        board = dashboard_build(tenant=selected, days=30)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Dashboard: last 30 days",
-            "opts": self.model._meta,
-            "tenants": tenants,
-            "selected": selected,
-            "board": board,
-            "chart": chart_svg(days=board.days),
-            "p50": _seconds(board.p50_seconds),
-            "p95": _seconds(board.p95_seconds),
-            "failure_rate": "—" if board.failure_rate is None else f"{board.failure_rate:.1%}",
-            "helpful_rate": "—" if board.helpful_rate is None else f"{board.helpful_rate:.0%}",
-            "open_clusters": open_cluster_count(tenant=selected),
-            "clusters_url": reverse("admin:clusters_outagecluster_changelist")
-            + "?status__exact=open"
-            + (f"&tenant__id__exact={selected.pk}" if selected else ""),
-            "queue_url": reverse("admin:enhancements_enhancement_changelist")
-            + "?status__exact=awaiting_review"
-            + (f"&tenant__id__exact={selected.pk}" if selected else ""),
-        }
-        return TemplateResponse(request, "admin/enhancements/dashboard.html", context)
-
-
-@admin.register(Feedback)
-class FeedbackAdmin(admin.ModelAdmin):
-    """Ratings from reviewers and technicians (added from the enhancement page or the API)."""
-
-    list_display = ("created_at", "enhancement_link", "rating", "author", "api_token", "comment")
-    list_filter = ("rating", "enhancement__tenant")
-    list_select_related = ("enhancement__ticket", "user", "api_token")
-    search_fields = ("comment", "technician_email", "=enhancement__ticket__sdp_id")
-    date_hierarchy = "created_at"
-    show_full_result_count = False
-    paginator = CappedCountPaginator
-    readonly_fields = ("enhancement", "user", "technician_email", "api_token", "rating", "comment", "created_at")
-
-    @admin.display(description="Enhancement")
-    def enhancement_link(self, obj: Feedback) -> SafeString:
-        """Return a link to the rated enhancement."""
-        url = reverse("admin:enhancements_enhancement_change", args=[obj.enhancement_id])
-        return format_html('<a href="{}">#{}</a>', url, obj.enhancement.ticket.sdp_id)
-
-    @admin.display(description="By")
-    def author(self, obj: Feedback) -> str:
-        """Return who rated."""
-        return str(obj.user) if obj.user else obj.technician_email or "API token"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        """Ratings are added on the enhancement page or through the API."""
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Feedback | None = None) -> bool:
-        """Ratings are not edited here."""
-        return False
-
-
-class ApiTokenForm(forms.ModelForm):
-    """Create a token: a name and the one tenant it may see."""
-
-    class Meta:
-        model = ApiToken
-        fields = ["name", "tenant"]
-
-
-@admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
-    """Per-tenant tokens for the read API; the key is shown once, then only its prefix."""
-
-    form = ApiTokenForm
-    list_display = ("name", "tenant", "prefix_display", "created_by", "created_at", "last_used_at", "live")
-    list_filter = ("tenant",)
-    list_select_related = ("tenant", "created_by")
-    search_fields = ("name", "prefix")
-    actions = ("revoke_selected",)
-    readonly_fields = ("prefix_display", "created_by", "created_at", "last_used_at", "revoked_at")
-
-    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
-        """Return the form fields (name and tenant only when adding)."""
-        return ["name", "tenant"] if obj is None else ["name", "tenant", *self.readonly_fields]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> tuple[str, ...]:
-        """Return the tenant read-only once created (a token's scope never changes)."""
-        return self.readonly_fields if obj is None else ("tenant", *self.readonly_fields)
-
-    @admin.display(description="Key")
-    def prefix_display(self, obj: ApiToken) -> str:
-        """Return the recognisable start of the key."""
-        return f"{obj.prefix}…" if obj.prefix else "—"
-
-    @admin.display(description="Live", boolean=True)
-    def live(self, obj: ApiToken) -> bool:
-        """Return whether the token is not revoked."""
-        return obj.revoked_at is None
-
-    def save_model(self, request: HttpRequest, obj: ApiToken, form: forms.ModelForm, change: bool) -> None:
-        """Create the token through the service, or save its new name."""
-        if change:
-            super().save_model(request, obj, form, change)
-            return
-        token, key = services.api_token_create(tenant=obj.tenant, name=obj.name, user=request.user)
-        obj.pk, obj.prefix, obj.created_at = token.pk, token.prefix, token.created_at
-        obj._state.adding = False
-        request._te_new_key = key  # type: ignore[attr-defined]
-
-    def response_add(self, request: HttpRequest, obj: ApiToken, post_url_continue: str | None = None) -> HttpResponse:
-        """Show the new key once."""
-        key = getattr(request, "_te_new_key", None)
-        if not key:
-            return super().response_add(request, obj, post_url_continue)
-        return secret_once_response(
-            request,
-            self.admin_site,
-            title=f"API token “{obj.name}” for {obj.tenant}",
-            secrets=[("Key", key)],
-            notes=[
-                "Copy it now: it is stored hashed and cannot be shown again.",
-                "Send it as the header  Authorization: Token <key>  to /api/v1/enhancements/.",
-            ],
-            back_url=reverse("admin:enhancements_apitoken_changelist"),
-        )
-
-    @admin.action(description="Revoke selected tokens", permissions=["change"])
-    def revoke_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        """Revoke the selected tokens."""
-        revoked = 0
-        for token in queryset:
-            if services.api_token_revoke(token_id=token.pk):
-                revoked += 1
-                self.log_change(request, token, "Revoked")
-        self.message_user(request, f"{revoked} token(s) revoked.", messages.SUCCESS)
-
-
-from enhancements import update_admin  # noqa: E402, F401 - registers the ticket updates' admin
+        return dashboard_page(request, admin_site=self.admin_site, opts=self.model._meta)
