@@ -230,7 +230,8 @@ def _openai_client(base_url: str | None, api_key: str, timeout: float) -> openai
         api_key=api_key or "not-set",
         base_url=base_url,
         timeout=timeout,
-        # The client retries timeouts, 429 (honouring Retry-After) and 5xx with backoff.
+        # The client retries timeouts, 429 (honouring Retry-After) and 5xx with backoff (layer 2 of
+        # project/retry.py).
         max_retries=2,
         # Every 429 also pauses the budget that all processes share (enhancements/llm_budget.py).
         http_client=openai.DefaultHttpxClient(

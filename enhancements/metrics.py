@@ -1,49 +1,37 @@
-"""Prometheus metrics: webhook answers counted in-process, pipeline state read from the database per scrape.
+"""The pipeline's metrics: webhook answers counted in-process, the enhancements' state read from the database.
 
-Under gunicorn each worker is a separate process. Counters incremented in a worker are shared through
-prometheus_client's multiprocess mode when `PROMETHEUS_MULTIPROC_DIR` is set (the directory must exist and be
-emptied when the server starts; deploy/gunicorn.conf.py does both and calls `mark_process_dead` on child exit).
 Everything about enhancements is read from the database at scrape time, so it is the same whichever worker
-serves the scrape and it includes the work done by `qcluster`, which is another process altogether.
+serves the scrape and it includes the work done by `qcluster`, which is another process altogether. The
+counters are shared between gunicorn workers by project.metrics (multiprocess mode), which also serves them.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from functools import wraps
-from pathlib import Path
 from typing import Any
 
-from django.apps import apps
 from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Count, F, Min, Q, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
+from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
+
+from enhancements.models import Enhancement
+from project.metrics import PREFIX
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "ticket_enhancer"
 # Upper bounds (seconds) of the time-to-note buckets: a note normally lands within seconds to a minute;
 # the long tail is retries with backoff and notes held for review.
 TIME_TO_NOTE_BUCKETS: tuple[float, ...] = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
-
-_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-if _MULTIPROC_DIR:
-    # gunicorn's on_starting hook makes (and empties) it; a process started otherwise must not fail on it.
-    Path(_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 
 WEBHOOK_ANSWERS = Counter(
     f"{PREFIX}_webhook_responses",
@@ -103,8 +91,7 @@ class DatabaseCollector(Collector):
         yield from families
 
     def _families(self) -> Iterable[Metric]:
-        # Looked up by name: `project` is below the apps and does not import them.
-        enhancement = apps.get_model("enhancements", "Enhancement")
+        enhancement = Enhancement
         now = timezone.now()
         rows = enhancement.objects.all()
 
@@ -195,51 +182,3 @@ class DatabaseCollector(Collector):
             seconds,
         )
         return histogram
-
-
-class _Delegate(Collector):
-    """Expose another registry's metrics through a per-scrape registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-
-    def collect(self) -> Iterable[Metric]:
-        """Yield the delegated registry's metrics."""
-        return self._registry.collect()
-
-
-def scrape_registry() -> CollectorRegistry:
-    """Return a registry with the in-process (or all-process) counters plus the database collector."""
-    registry = CollectorRegistry(auto_describe=False)
-    if _MULTIPROC_DIR:
-        from prometheus_client import multiprocess
-
-        # Sums the counters every worker wrote into the shared directory.
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry.register(_Delegate(REGISTRY))
-    registry.register(DatabaseCollector())
-    return registry
-
-
-# Headers a reverse proxy (the ingress) adds to every request it forwards; Prometheus scrapes pods directly.
-_PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP", "HTTP_FORWARDED")
-
-
-def _may_scrape(request: HttpRequest) -> bool:
-    token = settings.METRICS_TOKEN
-    if token:
-        supplied = request.META.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ").strip()
-        return hmac.compare_digest(supplied.encode(), token.encode())
-    return not any(header in request.META for header in _PROXY_HEADERS)
-
-
-@never_cache
-@require_GET
-def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Return the metrics in the Prometheus text format; 404 through a public route or without the token."""
-    if not _may_scrape(request):
-        # 404, not 401: nothing says there is something to authenticate for.
-        return HttpResponse("Not found.\n", status=404, content_type="text/plain")
-    # The classic text format (0.0.4) that every Prometheus version reads; names use only legacy characters.
-    return HttpResponse(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -18,10 +18,10 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from enhancements import ratelimit, services, signatures, updates
+from enhancements.metrics import count_webhook_answers
 from enhancements.models import Enhancement
 from enhancements.webhook_fastpath import plainly_valid
 from project.errors import DB_RETRY_AFTER_SECONDS, error_response
-from project.metrics import count_webhook_answers
 from tickets import history
 from tickets.models import Tenant
 from tickets.sdp.schema import WebhookSerializer

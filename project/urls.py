@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import SimpleRouter
 
 from enhancements import api, webhooks
+from enhancements.metrics import DatabaseCollector
 from project import health, metrics
 
 admin.site.site_header = "Ticket Enhancer"
@@ -20,7 +21,7 @@ urlpatterns = [
     path("webhook/servicedesk/<slug:tenant_slug>/", webhooks.servicedesk_webhook, name="servicedesk-webhook"),
     path("health", health.health, name="health"),
     path("api/v1/ready", health.ready, name="ready"),
-    path("metrics", metrics.metrics_view, name="metrics"),
+    path("metrics", metrics.metrics_view, {"collectors": (DatabaseCollector(),)}, name="metrics"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", api.SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/redoc/", api.RedocView.as_view(url_name="schema"), name="api-redoc"),

@@ -36,3 +36,39 @@ def test_only_the_sdp_package_constructs_the_sdp_client():
         for line in _constructs(ast.parse(path.read_text()), "ServiceDeskClient")
     ]
     assert not offenders, f"construct the SDP client with tickets.sdp.auth.servicedesk_client(), not at {offenders}"
+
+
+def _imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("get_model", "import_module"):
+            found.append((node.lineno, ast.unparse(node)))  # an import by name is still an import
+    return found
+
+
+def test_project_imports_no_app_except_in_urls():
+    """`project/` is the base the apps stand on; only urls.py wires the apps in."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} {module}"
+        for path in sorted((ROOT / "project").rglob("*.py"))
+        if path.name != "urls.py"
+        for line, module in _imported_modules(ast.parse(path.read_text()))
+        if module.split(".")[0] in ("tickets", "enhancements") or "get_model" in module or "import_module" in module
+    ]
+    assert not offenders, offenders
+
+
+def test_tickets_never_imports_enhancements():
+    """Imports go one way: enhancements -> tickets -> project."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} {module}"
+        for path in _app_modules()
+        if path.parts[len(ROOT.parts)] == "tickets"
+        for line, module in _imported_modules(ast.parse(path.read_text()))
+        if module.split(".")[0] == "enhancements"
+    ]
+    assert not offenders, offenders

@@ -24,9 +24,10 @@ from django.core.validators import URLValidator
 from django.db import transaction
 from django.utils import timezone
 
+from project.retry import backoff_delay
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket, TicketImport
 from tickets.sdp.auth import servicedesk_client
-from tickets.sdp.client import ServiceDeskError, backoff_delay
+from tickets.sdp.client import ServiceDeskError
 from tickets.sdp.mapping import sdp_ms, sdp_time, ticket_fields_from_sdp
 from tickets.services import article_upsert, asset_upsert, ticket_bulk_upsert
 from tickets.text import html_to_text
@@ -78,7 +79,7 @@ class TicketImportReport(ImportReport):
 
 
 def _patiently(call: Callable[[], Any], *, what: str, backoff_base: float) -> Any:
-    """Return call(), retrying transient SDP failures with backoff (honouring Retry-After); raise the last one."""
+    """Return call(), retrying transient SDP failures with backoff (layer 3 of project/retry.py); raise the last one."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             return call()

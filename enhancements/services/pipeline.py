@@ -26,9 +26,10 @@ from enhancements.runner import worker_name
 from enhancements.triage.services import triage_for_enhancement
 from enhancements.webhook_fastpath import store_new_ticket
 from project.logging import log_context
+from project.retry import backoff_delay
 from tickets.models import Tenant, Ticket
 from tickets.sdp.auth import servicedesk_client
-from tickets.sdp.client import ServiceDeskError, backoff_delay
+from tickets.sdp.client import ServiceDeskError
 from tickets.sdp.mapping import ticket_fields_from_sdp
 from tickets.services import ticket_merge_webhook, ticket_refresh_from_sdp
 
@@ -340,7 +341,7 @@ def enhancement_retry_later(
     retry_after: float | None = None,
     timings: dict[str, int] | None = None,
 ) -> str:
-    """Put the enhancement back in the queue with backoff, or fail it after the last attempt."""
+    """Put the enhancement back in the queue with backoff, or fail it after the last attempt (project/retry.py)."""
     attempts = Enhancement.objects.filter(pk=enhancement.pk).values_list("attempts", flat=True).first() or 0
     if attempts >= settings.ENHANCEMENT_MAX_ATTEMPTS:
         return enhancement_fail(

@@ -6,7 +6,6 @@ import functools
 import ipaddress
 import json
 import logging
-import random
 import socket
 import ssl
 import time
@@ -19,6 +18,7 @@ import certifi
 import httpx
 from django.conf import settings
 
+from project.retry import backoff_delay
 from tickets.storable import storable_json
 
 logger = logging.getLogger(__name__)
@@ -172,11 +172,6 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def backoff_delay(attempt: int, *, base: float, cap: float) -> float:
-    """Return an exponential backoff delay with full jitter for the given 1-based attempt."""
-    return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
-
-
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
     """Return the process's TLS context: loading the CA bundle per client cost most of a task's CPU."""
@@ -184,7 +179,7 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 class ServiceDeskClient:
-    """Calls one tenant's SDP; every call has a timeout and bounded retries."""
+    """Calls one tenant's SDP; every call has a timeout and bounded retries (layer 1 of project/retry.py)."""
 
     def __init__(
         self,

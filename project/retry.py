@@ -1,0 +1,34 @@
+"""The retry and backoff policy, in one place: which layer retries what, how often and how long it waits.
+
+Four layers retry, from the innermost (shortest waits) to the outermost (longest):
+
+1. **The SDP client** (`tickets/sdp/client.py`, `ServiceDeskClient._call`): up to `max_retries` (2) more
+   tries of one call, waiting `backoff_delay(base=0.5, cap=10)` or SDP's `Retry-After` when it is at most
+   10 s (longer waits go back to the caller). A POST is repeated only when SDP certainly did not act on it
+   (429, throttled, connection refused); an unclear outcome (timeout, 5xx) is the caller's to check. A 401
+   with a Zoho refresh token renews the access token once and repeats the call (`tickets/sdp/auth.py`).
+2. **The OpenAI client** (`enhancements/llm.py`): the `openai` package retries timeouts, 429 (honouring
+   `Retry-After`) and 5xx twice with its own exponential backoff; an answer that fails the schema is asked
+   for once more; then the offline provider writes the note (labelled as a fallback), so the LLM never
+   fails an enhancement.
+3. **The import loop** (`tickets/imports.py`, `_patiently`): each SDP call of `import_tickets` gets up to 6
+   attempts on top of layer 1, waiting `backoff_delay(base=1, cap=60)` or `Retry-After` (at most 120 s), so an
+   import can wait out a throttling window that a webhook-time call must not.
+4. **The pipeline's re-queue** (`enhancements/services/pipeline.py`, `enhancement_retry_later`): a transient
+   failure puts the Enhancement row back to `queued` with `next_attempt_at` after
+   `backoff_delay(base=ENHANCEMENT_RETRY_BASE, cap=ENHANCEMENT_RETRY_MAX)` (30 s .. 30 min by default, at
+   least `Retry-After`), up to `ENHANCEMENT_MAX_ATTEMPTS` (5) attempts, then `failed`. The sweep (every
+   minute) enqueues due rows; Django-Q itself never retries a task (`max_attempts: 1`), the row is the truth.
+
+Permanent failures (`ServiceDeskError(permanent=True)`: 400/401/403/404, bad configuration) are retried by
+no layer: they fail at once with the reason.
+"""
+
+from __future__ import annotations
+
+import random
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float) -> float:
+    """Return an exponential backoff delay with full jitter for the given 1-based attempt."""
+    return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
