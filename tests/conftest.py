@@ -3,40 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.test import Client
-from standardwebhooks.webhooks import Webhook
 
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.sdp import FakeServiceDesk
+from tests.signing import sign_webhook_meta
 from tickets.services import TenantResult, tenant_create_or_update
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def load_fixture(name: str) -> dict[str, Any]:
-    """Return a JSON fixture from tests/fixtures/servicedesk by its stem."""
-    return json.loads((FIXTURES / "servicedesk" / f"{name}.json").read_text())
-
-
-def signed_headers(secret: str, body: bytes, *, msg_id: str | None = None, timestamp: float | None = None) -> dict:
-    """Return Standard Webhooks headers for body, as Django test-client keyword arguments."""
-    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-    ts = time.time() if timestamp is None else timestamp
-    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(ts, tz=UTC), body.decode("utf-8", "replace"))
-    return {
-        "HTTP_WEBHOOK_ID": msg_id,
-        "HTTP_WEBHOOK_TIMESTAMP": str(int(ts)),
-        "HTTP_WEBHOOK_SIGNATURE": signature,
-    }
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +59,7 @@ def post_webhook(client: Client) -> Callable[..., Any]:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         extra: dict[str, str] = {}
         if secret:
-            extra.update(signed_headers(secret, body, msg_id=msg_id, timestamp=timestamp))
+            extra.update(sign_webhook_meta(secret, body, msg_id=msg_id, timestamp=timestamp))
         if token:
             extra["HTTP_X_SERVICEDESK_TOKEN"] = token
         extra.update(headers or {})

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float = 60.0, what: str = "the condition", interval: float = 0.25
+) -> Any:
+    """Return predicate()'s first truthy value, polling until timeout; fail the test naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 def test_database_url() -> str:
@@ -106,16 +120,16 @@ def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeou
         proc.wait(timeout=5)
 
 
+def start(command: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start command in the repository, in its own process group, its output appended to log."""
+    return subprocess.Popen(
+        command, cwd=BASE_DIR, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """Start `python manage.py qcluster` in its own process group."""
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"],
-        cwd=BASE_DIR,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    return start([sys.executable, "manage.py", "qcluster"], env=env, log=log)
 
 
 @contextmanager

@@ -12,13 +12,13 @@ from django.urls import reverse
 
 from enhancements.models import Enhancement, Feedback
 from enhancements.services import enhancement_process
-from tests.conftest import load_fixture
+from tests.fakes.fixtures import servicedesk_fixture
 from tests.review_helpers import days_ago, enhancement_make, operator, support_lead
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
 
 pytestmark = pytest.mark.django_db
 
-CREATED = load_fixture("webhook__request_created")
+CREATED = servicedesk_fixture("webhook__request_created")
 CHANGELIST = "/admin/enhancements/enhancement/"
 
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from enhancements.models import Enhancement, Feedback
 from enhancements.services import enhancement_process
-from tests.conftest import load_fixture
+from tests.fakes.fixtures import servicedesk_fixture
 from tests.review_helpers import PASSWORD, days_ago, enhancement_make, support_lead
 from tickets.models import Tenant
 from tickets.services import asset_upsert, ticket_upsert
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-CREATED = load_fixture("webhook__request_created")
+CREATED = servicedesk_fixture("webhook__request_created")
 LAUNCH_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

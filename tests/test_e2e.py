@@ -8,33 +8,20 @@ import time
 import pytest
 
 from enhancements.models import Enhancement
-from tests.conftest import load_fixture
-from tests.processes import running_stack
+from tests.fakes.fixtures import servicedesk_fixture
+from tests.processes import running_stack, wait_for
+from tests.signing import sign_webhook
 from tickets.services import tenant_create_or_update, ticket_upsert
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
 
 def _signed(secret: str, body: bytes, msg_id: str) -> dict[str, str]:
-    from tests.conftest import signed_headers
-
-    django_style = signed_headers(secret, body, msg_id=msg_id)
-    headers = {k.removeprefix("HTTP_").replace("_", "-").lower(): v for k, v in django_style.items()}
-    return {"Content-Type": "application/json", **headers}
-
-
-def _wait_for(predicate, timeout: float = 60.0, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
+    return {"Content-Type": "application/json", **sign_webhook(secret, body, msg_id=msg_id)}
 
 
 def test_signed_webhook_becomes_exactly_one_note_in_sdp(tmp_path, sdp):
-    payload = load_fixture("webhook__request_created")
+    payload = servicedesk_fixture("webhook__request_created")
     sdp.add_request(payload["request"])
     result = tenant_create_or_update(slug="e2e", name="E2E", sdp_base_url=sdp.url, sdp_api_key=sdp.api_key)
     ticket_upsert(
@@ -64,7 +51,7 @@ def test_signed_webhook_becomes_exactly_one_note_in_sdp(tmp_path, sdp):
         assert answer["status"] == "queued"
         enhancement_id = answer["enhancement_id"]
 
-        posted = _wait_for(lambda: Enhancement.objects.filter(pk=enhancement_id, status="posted").first(), timeout=60)
+        posted = wait_for(lambda: Enhancement.objects.filter(pk=enhancement_id, status="posted").first(), timeout=60)
         elapsed = time.monotonic() - started
         notes = sdp.notes["104321"]
         assert len(notes) == 1

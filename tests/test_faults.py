@@ -31,11 +31,11 @@ from django_q.models import Schedule
 
 from enhancements.models import Enhancement
 from tests import processes
-from tests.conftest import signed_headers
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.sdp import FakeServiceDesk
 from tests.fakes.tcpproxy import TcpProxy
 from tests.processes import BASE_DIR, Stack, free_port, process_env, running_stack, start_worker, stop, stop_worker
+from tests.signing import sign_webhook
 from tickets.services import tenant_create_or_update
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
@@ -188,8 +188,7 @@ class Rig:
         }
         self.sdp.add_request(request)
         body = json.dumps({"event": "request_created", "request": request}).encode()
-        signed = signed_headers(self.secret, body)
-        headers = {k.removeprefix("HTTP_").replace("_", "-").lower(): v for k, v in signed.items()}
+        headers = sign_webhook(self.secret, body)
         return self.stack.request(
             "POST", f"/webhook/servicedesk/{self.slug}/", body, {"Content-Type": "application/json", **headers}
         )

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import time
 import uuid
@@ -21,24 +18,12 @@ from hypothesis import strategies as st
 from enhancements import services
 from enhancements.llm import SYSTEM_PROMPT
 from enhancements.models import Enhancement
+from tests.signing import sign_webhook_meta
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
 
 pytestmark = pytest.mark.django_db
 
 URL = "/webhook/servicedesk/{}/"
-
-
-def sign_raw(secret: str, body: bytes, *, msg_id: str | None = None, timestamp: int | None = None) -> dict[str, str]:
-    """Return Standard Webhooks headers over the raw bytes (also bytes that are not UTF-8)."""
-    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-    timestamp = int(time.time()) if timestamp is None else timestamp
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return {
-        "HTTP_WEBHOOK_ID": msg_id,
-        "HTTP_WEBHOOK_TIMESTAMP": str(timestamp),
-        "HTTP_WEBHOOK_SIGNATURE": "v1," + base64.b64encode(digest).decode(),
-    }
 
 
 def assert_error(response: Any, status: int, code: str) -> dict:
@@ -83,7 +68,7 @@ def post_raw(client: Any, slug: str, body: bytes, content_type: str = "applicati
     ],
 )
 def test_malformed_json_is_400_invalid_json(client, tenant, body):
-    assert_error(post_raw(client, "acme", body, **sign_raw(tenant.secret, body)), 400, "invalid_json")
+    assert_error(post_raw(client, "acme", body, **sign_webhook_meta(tenant.secret, body)), 400, "invalid_json")
     assert_nothing_stored()
 
 
@@ -98,7 +83,7 @@ def test_malformed_json_is_400_invalid_json(client, tenant, body):
     ],
 )
 def test_json_that_is_not_an_object_is_400_invalid_payload(client, tenant, body):
-    assert_error(post_raw(client, "acme", body, **sign_raw(tenant.secret, body)), 400, "invalid_payload")
+    assert_error(post_raw(client, "acme", body, **sign_webhook_meta(tenant.secret, body)), 400, "invalid_payload")
     assert_nothing_stored()
 
 
@@ -107,7 +92,9 @@ def test_deeply_nested_object_is_400_invalid_payload(client, tenant):
     for _ in range(40):
         deep = {"d": deep}
     body = json.dumps({"request": {"id": "1", "extra": deep}}).encode()
-    response = assert_error(post_raw(client, "acme", body, **sign_raw(tenant.secret, body)), 400, "invalid_payload")
+    response = assert_error(
+        post_raw(client, "acme", body, **sign_webhook_meta(tenant.secret, body)), 400, "invalid_payload"
+    )
     assert "nested more than" in response["detail"]
     assert_nothing_stored()
 
@@ -123,12 +110,12 @@ def test_deeply_nested_object_is_400_invalid_payload(client, tenant):
 )
 def test_invalid_utf8_with_a_valid_signature_is_400_invalid_json_in_both_modes(client, tenant, make_tenant, body):
     # The signature is over bytes: a correctly signed body that is not UTF-8 is authentic but not JSON.
-    assert_error(post_raw(client, "acme", body, **sign_raw(tenant.secret, body)), 400, "invalid_json")
+    assert_error(post_raw(client, "acme", body, **sign_webhook_meta(tenant.secret, body)), 400, "invalid_json")
     token = make_tenant("tok", webhook_auth=Tenant.WebhookAuth.TOKEN)
     assert_error(post_raw(client, "tok", body, HTTP_X_SERVICEDESK_TOKEN=token.secret), 400, "invalid_json")
     # Without valid credentials it stays a 401: nothing about the body is revealed.
     other = make_tenant("other").secret
-    assert_error(post_raw(client, "acme", body, **sign_raw(other, body)), 401, "invalid_signature")
+    assert_error(post_raw(client, "acme", body, **sign_webhook_meta(other, body)), 401, "invalid_signature")
     assert_error(post_raw(client, "tok", body, HTTP_X_SERVICEDESK_TOKEN=other), 401, "invalid_signature")
     assert_nothing_stored()
 
@@ -150,7 +137,9 @@ UNSTORABLE = [
 @pytest.mark.parametrize("event", ["request_created", "request_resolved"])
 def test_numbers_no_database_can_store_are_400_naming_them(client, tenant, make_tenant, member, path, kind, event):
     body = ('{"event": "' + event + '", "request": {"id": "1", ' + member + "}}").encode()
-    response = assert_error(post_raw(client, "acme", body, **sign_raw(tenant.secret, body)), 400, "invalid_payload")
+    response = assert_error(
+        post_raw(client, "acme", body, **sign_webhook_meta(tenant.secret, body)), 400, "invalid_payload"
+    )
     assert path in response["detail"] and kind in response["detail"], response
     assert path in json.dumps(response["fields"])
     token = make_tenant("tok", webhook_auth=Tenant.WebhookAuth.TOKEN)
@@ -216,9 +205,9 @@ def test_a_value_the_database_refuses_is_400_not_a_503_retried_forever(client, t
             "CREATE TRIGGER te_refuse BEFORE INSERT ON tickets_ticket FOR EACH ROW EXECUTE FUNCTION te_refuse()"
         )
     body = b'{"request": {"id": "1", "subject": "poison"}}'
-    assert_error(post_raw(client, "acme", body, **sign_raw(tenant.secret, body)), 400, "invalid_payload")
+    assert_error(post_raw(client, "acme", body, **sign_webhook_meta(tenant.secret, body)), 400, "invalid_payload")
     body = b'{"request": {"id": "2", "subject": "fine"}}'
-    assert post_raw(client, "acme", body, **sign_raw(tenant.secret, body)).status_code == 202
+    assert post_raw(client, "acme", body, **sign_webhook_meta(tenant.secret, body)).status_code == 202
 
 
 @pytest.mark.parametrize(
@@ -231,7 +220,7 @@ def test_a_value_the_database_refuses_is_400_not_a_503_retried_forever(client, t
 )
 def test_a_webhook_id_that_cannot_be_stored_is_400(client, tenant, webhook_id):
     body = b'{"request": {"id": "1"}}'
-    response = post_raw(client, "acme", body, **sign_raw(tenant.secret, body, msg_id=webhook_id))
+    response = post_raw(client, "acme", body, **sign_webhook_meta(tenant.secret, body, msg_id=webhook_id))
     body = assert_error(response, 400, "invalid_payload")
     assert "webhook-id" in body["fields"]
     assert_nothing_stored()
@@ -248,7 +237,7 @@ def test_a_webhook_id_that_cannot_be_stored_is_400(client, tenant, webhook_id):
 def test_unpaired_surrogates_are_400_on_every_database(client, tenant, escaped):
     # Valid JSON, not valid text; PostgreSQL's jsonb refuses it, so it must not get as far as the database.
     body = ('{"request": {"id": "1", ' + escaped + "}}").encode()
-    assert_error(post_raw(client, "acme", body, **sign_raw(tenant.secret, body)), 400, "invalid_payload")
+    assert_error(post_raw(client, "acme", body, **sign_webhook_meta(tenant.secret, body)), 400, "invalid_payload")
     assert_nothing_stored()
 
 
@@ -276,7 +265,7 @@ def test_escaped_nul_characters_are_removed_and_the_rest_is_kept(tenant, post_we
 )
 def test_wrong_content_type_is_415(client, tenant, content_type):
     body = json.dumps({"request": {"id": "1"}}).encode()
-    response = post_raw(client, "acme", body, content_type=content_type, **sign_raw(tenant.secret, body))
+    response = post_raw(client, "acme", body, content_type=content_type, **sign_webhook_meta(tenant.secret, body))
     assert_error(response, 415, "unsupported_media_type")
     assert_nothing_stored()
 
@@ -286,19 +275,19 @@ def test_wrong_content_type_is_415(client, tenant, content_type):
 )
 def test_json_content_types_are_accepted(client, tenant, content_type):
     body = json.dumps({"request": {"id": "1"}}).encode()
-    response = post_raw(client, "acme", body, content_type=content_type, **sign_raw(tenant.secret, body))
+    response = post_raw(client, "acme", body, content_type=content_type, **sign_webhook_meta(tenant.secret, body))
     assert response.status_code == 202
 
 
 def test_oversize_body_with_content_length_is_413(client, tenant):
     body = json.dumps({"request": {"id": "1", "description": "x" * django_settings.WEBHOOK_MAX_BYTES}}).encode()
-    assert_error(post_raw(client, "acme", body, **sign_raw(tenant.secret, body)), 413, "payload_too_large")
+    assert_error(post_raw(client, "acme", body, **sign_webhook_meta(tenant.secret, body)), 413, "payload_too_large")
     assert_nothing_stored()
 
 
 def test_declared_oversize_is_413_before_reading(client, tenant):
     body = b'{"request": {"id": "1"}}'
-    response = post_raw(client, "acme", body, CONTENT_LENGTH=str(10**12), **sign_raw(tenant.secret, body))
+    response = post_raw(client, "acme", body, CONTENT_LENGTH=str(10**12), **sign_webhook_meta(tenant.secret, body))
     assert_error(response, 413, "payload_too_large")
     assert_nothing_stored()
 
@@ -310,7 +299,7 @@ def test_a_body_without_content_length_is_411_and_never_read(client, tenant, mak
     # a length (411) rather than blame a signature that was never checked against the real body.
     body = json.dumps({"request": {"id": "1", "description": "x" * size}}).encode()
     extra = {"HTTP_TRANSFER_ENCODING": transfer_encoding}
-    response = post_raw(client, "acme", body, CONTENT_LENGTH="", **extra, **sign_raw(tenant.secret, body))
+    response = post_raw(client, "acme", body, CONTENT_LENGTH="", **extra, **sign_webhook_meta(tenant.secret, body))
     assert "Content-Length" in assert_error(response, 411, "length_required")["detail"]
     token = make_tenant("tok", webhook_auth=Tenant.WebhookAuth.TOKEN)
     response = post_raw(client, "tok", body, CONTENT_LENGTH="", HTTP_X_SERVICEDESK_TOKEN=token.secret, **extra)
@@ -321,7 +310,7 @@ def test_a_body_without_content_length_is_411_and_never_read(client, tenant, mak
 def test_lying_short_content_length_only_reads_what_was_declared(client, tenant):
     body = json.dumps({"request": {"id": "1"}}).encode()
     padded = body + b" " * (django_settings.WEBHOOK_MAX_BYTES * 2)
-    response = post_raw(client, "acme", padded, CONTENT_LENGTH=str(len(body)), **sign_raw(tenant.secret, body))
+    response = post_raw(client, "acme", padded, CONTENT_LENGTH=str(len(body)), **sign_webhook_meta(tenant.secret, body))
     assert response.status_code == 202  # exactly the declared, signed bytes were read
 
 
@@ -384,14 +373,14 @@ def test_wrong_event_type_is_400(tenant, post_webhook):
 def test_replayed_request_with_a_stale_timestamp_is_401(client, tenant):
     # A delivery captured six minutes ago and sent again as is.
     body = json.dumps({"request": {"id": "1"}}).encode()
-    headers = sign_raw(tenant.secret, body, timestamp=int(time.time()) - 360)
+    headers = sign_webhook_meta(tenant.secret, body, timestamp=int(time.time()) - 360)
     assert_error(post_raw(client, "acme", body, **headers), 401, "invalid_signature")
     assert_nothing_stored()
 
 
 def test_replay_within_the_window_is_a_duplicate_with_no_second_job(client, tenant, django_capture_on_commit_callbacks):
     body = json.dumps({"request": {"id": "1"}}).encode()
-    headers = sign_raw(tenant.secret, body)
+    headers = sign_webhook_meta(tenant.secret, body)
     with django_capture_on_commit_callbacks() as first_jobs:
         first = post_raw(client, "acme", body, **headers)
     with django_capture_on_commit_callbacks() as second_jobs:
@@ -403,12 +392,15 @@ def test_replay_within_the_window_is_a_duplicate_with_no_second_job(client, tena
 
 def test_reused_webhook_id_with_a_fresh_signature_is_deduplicated(client, tenant, django_capture_on_commit_callbacks):
     first_body = json.dumps({"request": {"id": "1", "subject": "first"}}).encode()
-    first = post_raw(client, "acme", first_body, **sign_raw(tenant.secret, first_body, msg_id="msg_reused"))
+    first = post_raw(client, "acme", first_body, **sign_webhook_meta(tenant.secret, first_body, msg_id="msg_reused"))
     # Same delivery id, a new timestamp and signature, a different body.
     later = json.dumps({"request": {"id": "1", "subject": "changed"}}).encode()
     with django_capture_on_commit_callbacks() as jobs:
         again = post_raw(
-            client, "acme", later, **sign_raw(tenant.secret, later, msg_id="msg_reused", timestamp=int(time.time()) + 2)
+            client,
+            "acme",
+            later,
+            **sign_webhook_meta(tenant.secret, later, msg_id="msg_reused", timestamp=int(time.time()) + 2),
         )
     assert again.status_code == 200
     assert again.json() == {"status": "duplicate", "enhancement_id": first.json()["enhancement_id"]}
@@ -426,13 +418,13 @@ def test_reused_webhook_id_with_a_fresh_signature_is_deduplicated(client, tenant
 )
 def test_signature_over_a_different_body_is_401(client, tenant, tamper):
     body = json.dumps({"request": {"id": "1"}}).encode()
-    headers = sign_raw(tenant.secret, body)
+    headers = sign_webhook_meta(tenant.secret, body)
     assert_error(post_raw(client, "acme", tamper(body), **headers), 401, "invalid_signature")
     assert_nothing_stored()
 
 
 def _signature(secret: str, body: bytes, msg_id: str, timestamp: int) -> str:
-    return sign_raw(secret, body, msg_id=msg_id, timestamp=timestamp)["HTTP_WEBHOOK_SIGNATURE"]
+    return sign_webhook_meta(secret, body, msg_id=msg_id, timestamp=timestamp)["HTTP_WEBHOOK_SIGNATURE"]
 
 
 @pytest.mark.parametrize(
@@ -502,7 +494,7 @@ def test_credentials_of_another_tenant_are_401(client, make_tenant):
     other = make_tenant("globex")
     token_tenant = make_tenant("tok", webhook_auth=Tenant.WebhookAuth.TOKEN)
     body = json.dumps({"request": {"id": "1"}}).encode()
-    assert_error(post_raw(client, "acme", body, **sign_raw(other.secret, body)), 401, "invalid_signature")
+    assert_error(post_raw(client, "acme", body, **sign_webhook_meta(other.secret, body)), 401, "invalid_signature")
     # globex's hmac secret as acme's token, and the token tenant's token signed as hmac for acme.
     assert_error(post_raw(client, "tok", body, HTTP_X_SERVICEDESK_TOKEN=other.secret), 401, "invalid_signature")
     assert_error(post_raw(client, "acme", body, HTTP_X_SERVICEDESK_TOKEN=token_tenant.secret), 401, "invalid_signature")
@@ -520,7 +512,7 @@ def test_disabled_tenant_without_valid_signature_is_401_not_403(client, make_ten
 @pytest.mark.parametrize("slug", ["acme'--", "acme%00", "..%2f..%2fadmin", "a" * 65, "ACME"])
 def test_hostile_or_unknown_slugs_get_no_hint(client, tenant, slug):
     body = json.dumps({"request": {"id": "1"}}).encode()
-    response = post_raw(client, slug, body, **sign_raw(tenant.secret, body))
+    response = post_raw(client, slug, body, **sign_webhook_meta(tenant.secret, body))
     # Not a slug at all: the route does not match (404); a well-formed unknown slug: 401 like a bad signature.
     assert response.status_code in (401, 404)
     assert response.json()["error"] == {401: "invalid_signature", 404: "not_found"}[response.status_code]
@@ -848,7 +840,7 @@ def test_no_input_makes_the_webhook_answer_500(
     Tenant.objects.filter(pk__in=[acme.pk, tok.pk]).update(rate_limit_per_minute=0)
     extra = {"CONTENT_TYPE": content_type, **headers}
     if authenticate and slug == "acme":
-        extra.update(sign_raw(acme.webhook_secret, body))
+        extra.update(sign_webhook_meta(acme.webhook_secret, body))
     elif authenticate and slug == "tok":
         extra["HTTP_X_SERVICEDESK_TOKEN"] = tok.webhook_secret
     if length is not None:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
-import hashlib
-import hmac
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from enhancements import services
 from enhancements.models import Enhancement
+from tests.processes import free_port
+from tests.signing import sign_webhook
 
 pytestmark = pytest.mark.django_db
 
@@ -180,31 +178,12 @@ def test_empty_database_scrapes_cleanly(client, db):
 
 
 # --- several gunicorn workers ---------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _manage(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-def _sign(secret: str, body: bytes) -> dict[str, str]:
-    msg_id = f"msg_{uuid.uuid4().hex}"
-    timestamp = str(int(time.time()))
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": timestamp,
-        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
-        "Content-Type": "application/json",
-    }
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
@@ -231,7 +210,7 @@ def gunicorn_two_workers(tmp_path: Path) -> Iterator[dict[str, Any]]:
     _manage(env, "migrate", "--no-input")
     created = _manage(env, "create_tenant", "acme", "--name", "Acme")
     secret = next(word for word in created.split() if word.startswith("whsec_"))
-    port = _free_port()
+    port = free_port()
     env.update({"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "2", "GUNICORN_BIND": f"127.0.0.1:{port}"})
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "project.wsgi:application", "-c", "deploy/gunicorn.conf.py"],
@@ -273,7 +252,11 @@ def test_metrics_add_up_across_gunicorn_workers(gunicorn_two_workers):
 
     def one(index: int) -> int:
         body = json.dumps({"request": {"id": f"mp-{index}", "subject": "s"}}).encode()
-        return _post(url, body, _sign(server["secret"], body) if index % 4 else bad)
+        return _post(
+            url,
+            body,
+            {**sign_webhook(server["secret"], body), "Content-Type": "application/json"} if index % 4 else bad,
+        )
 
     sent = 0
     statuses: list[int] = []

@@ -12,13 +12,13 @@ from django_q.models import OrmQ, Schedule
 from enhancements import tasks
 from enhancements.models import Enhancement
 from enhancements.services import enhancement_sweep
-from tests.conftest import load_fixture
+from tests.fakes.fixtures import servicedesk_fixture
 from tickets.models import Asset, Ticket
 from tickets.services import ticket_upsert
 
 pytestmark = pytest.mark.django_db
 
-CREATED = load_fixture("webhook__request_created")
+CREATED = servicedesk_fixture("webhook__request_created")
 
 
 def _history(tenant, sdp_id="98765", subject="Outlook password prompts loop after MFA change", **fields):
@@ -97,8 +97,8 @@ def test_running_the_task_twice_posts_once(sdp_tenant, sdp, post_webhook):
 
 
 def test_minimal_payload_fetches_the_request_from_sdp(sdp_tenant, sdp, post_webhook):
-    sdp.add_request(load_fixture("api__get_request"))
-    enhancement = _run(_webhook(post_webhook, sdp_tenant, load_fixture("webhook__request_created_minimal")))
+    sdp.add_request(servicedesk_fixture("api__get_request"))
+    enhancement = _run(_webhook(post_webhook, sdp_tenant, servicedesk_fixture("webhook__request_created_minimal")))
     assert enhancement.status == Enhancement.Status.POSTED, enhancement.error
     ticket = Ticket.objects.get(sdp_id="104322")
     assert ticket.subject == "Shared drive S: not mapping for finance"
@@ -107,7 +107,7 @@ def test_minimal_payload_fetches_the_request_from_sdp(sdp_tenant, sdp, post_webh
 
 
 def test_minimal_payload_without_credentials_fails_with_a_clear_reason(tenant, post_webhook):
-    enhancement = _run(_webhook(post_webhook, tenant, load_fixture("webhook__request_created_minimal")))
+    enhancement = _run(_webhook(post_webhook, tenant, servicedesk_fixture("webhook__request_created_minimal")))
     assert enhancement.status == Enhancement.Status.FAILED
     assert "no SDP credentials" in enhancement.error
 

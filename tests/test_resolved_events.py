@@ -6,13 +6,13 @@ import copy
 
 import pytest
 
-from tests.conftest import load_fixture
+from tests.fakes.fixtures import servicedesk_fixture
 from tickets.models import Ticket
 from tickets.search import similar_tickets
 
 pytestmark = pytest.mark.django_db
 
-RESOLVED = load_fixture("webhook__request_resolved")
+RESOLVED = servicedesk_fixture("webhook__request_resolved")
 OUTLOOK_QUERY = "Outlook keeps prompting for my password\nSince I changed my password Outlook desktop prompts again."
 SCANNER_QUERY = "Scanner does not send to email\nThe MFP scan to email fails with an SMTP relay error."
 
@@ -63,7 +63,7 @@ def test_an_update_replaces_fields_and_search_index(tenant, post_webhook):
 
 
 def test_an_open_ticket_joins_the_history_when_resolved(tenant, post_webhook):
-    created = load_fixture("webhook__request_created")
+    created = servicedesk_fixture("webhook__request_created")
     created["request"].update(copy.deepcopy(RESOLVED["request"]))
     created["request"]["status"] = {"name": "Open"}
     created["request"].pop("resolution")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import load_fixture
+from tests.fakes.fixtures import servicedesk_fixture
 from tests.fakes.sdp import FakeServiceDesk
 from tickets.sdp.client import ServiceDeskClient, ServiceDeskError, check_base_url
 
@@ -17,7 +17,7 @@ def _client(fake: FakeServiceDesk, **kwargs) -> ServiceDeskClient:
 
 def test_get_request_fixture(sdp, settings):
     settings.SDP_ALLOW_INSECURE_URLS = True
-    sdp.add_request(load_fixture("api__get_request"))
+    sdp.add_request(servicedesk_fixture("api__get_request"))
     with _client(sdp) as client:
         request = client.get_request("104322")
     assert request["subject"] == "Shared drive S: not mapping for finance"
@@ -28,7 +28,7 @@ def test_get_request_fixture(sdp, settings):
 
 
 def test_list_requests_fixture_and_search_criteria(sdp):
-    sdp.fail_next(1, 200, method="GET", body=load_fixture("api__list_requests"))
+    sdp.fail_next(1, 200, method="GET", body=servicedesk_fixture("api__list_requests"))
     criteria = [{"field": "status.name", "condition": "is", "values": ["Resolved", "Closed"]}]
     with _client(sdp) as client:
         page = client.list_requests(start_index=1, row_count=2, search_criteria=criteria)
@@ -54,7 +54,7 @@ def test_list_requests_pages_through_the_fake(sdp):
 
 
 def test_list_notes_fixture(sdp):
-    sdp.fail_next(1, 200, method="GET", path_contains="/notes", body=load_fixture("api__list_notes"))
+    sdp.fail_next(1, 200, method="GET", path_contains="/notes", body=servicedesk_fixture("api__list_notes"))
     with _client(sdp) as client:
         notes = client.list_notes("104321")
     assert len(notes) == 1
@@ -63,7 +63,7 @@ def test_list_notes_fixture(sdp):
 
 def test_add_note_fixture(sdp):
     sdp.add_request({"id": "104321"})
-    sdp.fail_next(1, 200, method="POST", body=load_fixture("api__add_note"))
+    sdp.fail_next(1, 200, method="POST", body=servicedesk_fixture("api__add_note"))
     with _client(sdp) as client:
         note = client.add_note("104321", "<p>hello</p>")
     assert note["id"] == "556601"
@@ -81,7 +81,7 @@ def test_add_note_fixture(sdp):
 
 
 def test_error_auth_fixture_is_permanent(sdp):
-    sdp.fail_next(1, 401, body=load_fixture("api__error_auth"))
+    sdp.fail_next(1, 401, body=servicedesk_fixture("api__error_auth"))
     with _client(sdp) as client, pytest.raises(ServiceDeskError) as caught:
         client.get_request("1")
     assert caught.value.permanent and caught.value.status == 401
@@ -92,7 +92,7 @@ def test_error_auth_fixture_is_permanent(sdp):
 def test_error_extra_key_fixture_falls_back_to_note():
     with FakeServiceDesk(api_key="k", note_key="note") as fake:
         fake.add_request({"id": "7"})
-        fake.fail_next(1, 400, method="POST", body=load_fixture("api__error_extra_key"))
+        fake.fail_next(1, 400, method="POST", body=servicedesk_fixture("api__error_extra_key"))
         with _client(fake) as client:
             note = client.add_note("7", "<p>x</p>")
         posts = [r for r in fake.requests_log if r.method == "POST"]

@@ -9,12 +9,13 @@ import pytest
 from django.db import connection
 
 from enhancements.models import Enhancement
-from tests.conftest import load_fixture, signed_headers
+from tests.fakes.fixtures import servicedesk_fixture
+from tests.signing import sign_webhook_meta
 from tickets.models import Tenant, Ticket
 
 pytestmark = pytest.mark.django_db
 
-CREATED = load_fixture("webhook__request_created")
+CREATED = servicedesk_fixture("webhook__request_created")
 
 
 def _error(response, code: str, status: int) -> dict:
@@ -45,7 +46,7 @@ def test_request_created_is_stored_and_queued(tenant, post_webhook):
 
 
 def test_minimal_payload_is_accepted(tenant, post_webhook):
-    response = post_webhook("acme", load_fixture("webhook__request_created_minimal"), secret=tenant.secret)
+    response = post_webhook("acme", servicedesk_fixture("webhook__request_created_minimal"), secret=tenant.secret)
     assert response.status_code == 202
     ticket = Ticket.objects.get(sdp_id="104322")
     assert ticket.subject == "" and ticket.tenant.slug == "acme"
@@ -85,7 +86,7 @@ def test_token_mode(make_tenant, post_webhook):
 
 
 def test_resolved_event_stores_history(tenant, post_webhook):
-    response = post_webhook("acme", load_fixture("webhook__request_resolved"), secret=tenant.secret)
+    response = post_webhook("acme", servicedesk_fixture("webhook__request_resolved"), secret=tenant.secret)
     assert response.status_code == 200
     assert response.json() == {"status": "stored", "ticket": "98765"}
     ticket = Ticket.objects.get(sdp_id="98765")
@@ -105,7 +106,7 @@ def test_closed_event_stores_history(tenant, post_webhook):
 
 
 def test_unknown_event_is_ignored(tenant, post_webhook):
-    payload = {**load_fixture("webhook__request_updated"), "event": "request_deleted"}
+    payload = {**servicedesk_fixture("webhook__request_updated"), "event": "request_deleted"}
     response = post_webhook("acme", payload, secret=tenant.secret)
     assert response.status_code == 200 and response.json() == {"status": "ignored"}
     assert not Ticket.objects.exists()
@@ -131,7 +132,7 @@ def test_bad_signatures_are_401(tenant, post_webhook, change):
 
 def test_signature_over_another_body_is_401(tenant, post_webhook):
     body = json.dumps(CREATED).encode()
-    headers = signed_headers(tenant.secret, body + b" ")
+    headers = sign_webhook_meta(tenant.secret, body + b" ")
     _error(post_webhook("acme", body, headers=headers), "invalid_signature", 401)
 
 

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from enhancements import tasks
 from enhancements.models import Enhancement
-from tests.conftest import load_fixture
+from tests.fakes.fixtures import servicedesk_fixture
 from tests.fakes.sdp import FakeServiceDesk
 from tests.fakes.zoho import FakeZohoAccounts
 from tickets.models import Tenant
@@ -18,7 +18,7 @@ from tickets.sdp.client import ServiceDeskError
 
 pytestmark = pytest.mark.django_db
 
-CREATED = load_fixture("webhook__request_created")
+CREATED = servicedesk_fixture("webhook__request_created")
 
 
 @pytest.fixture
