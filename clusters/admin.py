@@ -16,6 +16,7 @@ from django.utils.safestring import SafeString
 from clusters import services
 from clusters.models import ClusterCandidate, OutageCluster
 from clusters.render import ticket_link_html
+from project.admin_helpers import acting_user
 
 CHART_BUCKETS = 12
 
@@ -185,7 +186,7 @@ class OutageClusterAdmin(admin.ModelAdmin):
     def dismiss_view(self, request: HttpRequest, object_id: Any) -> HttpResponse:
         """Mark the cluster as not one outage."""
         obj = self._action(request, object_id)
-        if services.cluster_dismiss(cluster_id=str(obj.pk), user=request.user):
+        if services.cluster_dismiss(cluster_id=str(obj.pk), user=acting_user(request)):
             self.message_user(request, "Dismissed: no more tickets join it and no follow-ups are posted.")
             self.log_change(request, obj, "Dismissed")
         else:
@@ -215,5 +216,5 @@ class OutageClusterAdmin(admin.ModelAdmin):
     @admin.action(description="Dismiss the selected clusters", permissions=["change"])
     def dismiss_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Dismiss several clusters at once."""
-        done = sum(services.cluster_dismiss(cluster_id=str(c.pk), user=request.user) for c in queryset[:100])
+        done = sum(services.cluster_dismiss(cluster_id=str(c.pk), user=acting_user(request)) for c in queryset[:100])
         self.message_user(request, f"Dismissed {done} cluster(s).")

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -172,8 +172,8 @@ def cluster_check(*, ticket: Ticket, asset_names: list[str] | tuple[str, ...] = 
                 matches.append((other, match))
         open_clusters: dict[uuid.UUID, list[float]] = defaultdict(list)
         for other, match in matches:
-            if other.cluster_id is not None and other.cluster.status == OutageCluster.Status.OPEN:
-                open_clusters[other.cluster_id].append(match.score)
+            if other.cluster is not None and other.cluster.status == OutageCluster.Status.OPEN:
+                open_clusters[other.cluster.pk].append(match.score)
         now = timezone.now()
         if open_clusters:
             best = max(open_clusters, key=lambda c: (len(open_clusters[c]), sum(open_clusters[c])))
@@ -332,14 +332,14 @@ def followup_sweep(*, limit: int = 200) -> int:
 
 
 # --- a lead's actions -------------------------------------------------------------------------
-def cluster_dismiss(*, cluster_id: str, user: AbstractBaseUser | None) -> bool:
+def cluster_dismiss(*, cluster_id: str, user: User | None) -> bool:
     """Mark an open cluster dismissed (not one outage): no more tickets join it and no follow-ups are posted."""
     with transaction.atomic():
         done = OutageCluster.objects.filter(pk=cluster_id, status=OutageCluster.Status.OPEN).update(
             status=OutageCluster.Status.DISMISSED, dismissed_by=user, dismissed_at=timezone.now()
         )
         if done:
-            ClusterCandidate.objects.filter(cluster_id=cluster_id, followup_status="pending").update(
+            ClusterCandidate.objects.filter(cluster__pk=cluster_id, followup_status="pending").update(
                 followup_status="", followup_error="Cluster dismissed before the follow-up was posted."
             )
     return bool(done)

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import drf_spectacular_sidecar
+from django.contrib.auth.models import User
 from django.db.models import Count, Q, QuerySet
-from django.http import FileResponse, Http404, HttpRequest
+from django.http import Http404, HttpRequest
+from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import cache_control
@@ -198,7 +200,8 @@ class EnhancementViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         enhancement = self.get_object()
         body = FeedbackInSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        user = None if isinstance(request.user, TokenUser) else request.user
+        # A support lead's session acts as that user; an API token speaks for its tenant, not a person.
+        user = request.user if isinstance(request.user, User) else None
         feedback = services.feedback_create(
             enhancement_id=str(enhancement.pk),
             rating=body.validated_data["rating"],
@@ -231,7 +234,7 @@ class RedocView(SpectacularRedocView):
 
 
 @cache_control(public=True, max_age=86400)
-def docs_asset(request: HttpRequest, path: str) -> FileResponse:
+def docs_asset(request: HttpRequest, path: str) -> HttpResponseBase:
     """Serve a Swagger UI or Redoc file from the drf-spectacular-sidecar package."""
     # Served here because the sidecar app is not in INSTALLED_APPS (collectstatic would not find it).
     if not path.startswith(("swagger-ui-dist/", "redoc/")):

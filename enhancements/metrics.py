@@ -129,9 +129,9 @@ class DatabaseCollector(Collector):
             .values("tenant__slug")
             .annotate(prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
         )
-        for row in sorted(token_rows, key=lambda r: r["tenant__slug"]):
-            tokens.add_metric([row["tenant__slug"], "prompt"], row["prompt"] or 0)
-            tokens.add_metric([row["tenant__slug"], "completion"], row["completion"] or 0)
+        for used in sorted(token_rows, key=lambda r: r["tenant__slug"]):
+            tokens.add_metric([used["tenant__slug"], "prompt"], used["prompt"] or 0)
+            tokens.add_metric([used["tenant__slug"], "completion"], used["completion"] or 0)
         yield tokens
 
         yield self._time_to_note(enhancement, now)

@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from enhancements.models import Enhancement, Feedback
+from tickets.models import Tenant
 from tickets.sdp.links import ticket_url
 
 
@@ -25,7 +26,7 @@ class TicketSummarySerializer(serializers.Serializer):
 class EnhancementListSerializer(serializers.ModelSerializer):
     """An enhancement in a list: state, timings and ratings, without the note."""
 
-    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    tenant: serializers.SlugRelatedField[Tenant] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     ticket = TicketSummarySerializer(read_only=True)
     helpful = serializers.IntegerField(read_only=True, source="helpful_count")
     not_helpful = serializers.IntegerField(read_only=True, source="not_helpful_count")
@@ -132,4 +133,7 @@ class ErrorSerializer(serializers.Serializer):
 
     error = serializers.CharField(help_text="A stable code, e.g. `not_authenticated`, `not_found`, `invalid_payload`.")
     detail = serializers.CharField(help_text="A sentence for people.")
-    fields = serializers.DictField(required=False, help_text="With `invalid_payload`: the errors by field.")
+    # DRF moves declared fields off the class, so this does not replace Serializer.fields at run time.
+    fields = serializers.DictField(  # type: ignore[assignment]
+        required=False, help_text="With `invalid_payload`: the errors by field."
+    )

@@ -23,7 +23,7 @@ from enhancements.models import Enhancement
 from enhancements.webhook_fastpath import plainly_valid
 from project.errors import DB_RETRY_AFTER_SECONDS, error_response
 from tickets import history
-from tickets.models import Tenant
+from tickets.models import Tenant, field_max_lengths
 from tickets.sdp.schema import WebhookSerializer
 from tickets.storable import UnstorableValue, storable_json
 
@@ -137,7 +137,7 @@ EVENT_HANDLERS: dict[str, Callable[[Tenant, dict[str, Any], str, HttpRequest], J
 }
 
 
-MAX_DELIVERY_ID = Enhancement._meta.get_field("delivery_id").max_length
+MAX_DELIVERY_ID = field_max_lengths(Enhancement)["delivery_id"]
 
 
 def _raw_payload(body: bytes) -> Any:

@@ -1,9 +1,13 @@
-"""Admin building blocks shared by the apps: a bounded-count paginator and the show-a-secret-once page."""
+"""Admin building blocks shared by the apps: a bounded-count paginator, the show-a-secret-once page, the user."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.contrib import admin
+from django.contrib.auth.models import User
 from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.functional import cached_property
@@ -18,7 +22,8 @@ class CappedCountPaginator(Paginator):
     def count(self) -> int:
         """Return the number of rows, at most CAP + 1 (shown as "more than CAP")."""
         # Only primary keys: annotations the list shows (e.g. a latest rating) are not computed to count.
-        return self.object_list.order_by().values("pk")[: self.CAP + 1].count()
+        queryset = cast(QuerySet, self.object_list)  # the admin paginates querysets only
+        return queryset.order_by().values("pk")[: self.CAP + 1].count()
 
     @property
     def capped(self) -> bool:
@@ -43,3 +48,8 @@ def secret_once_response(
     )
     response["Cache-Control"] = "no-store"
     return response
+
+
+def acting_user(request: HttpRequest) -> User | None:
+    """Return the signed-in user making an admin request (admin views let no anonymous user in)."""
+    return request.user if isinstance(request.user, User) else None

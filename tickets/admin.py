@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -19,6 +19,9 @@ from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket, TicketFetch
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import ServiceDeskError, check_base_url
 from tickets.services import tenant_create_or_update, webhook_secret_key, webhook_url
+
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldsetSpec
 
 
 def connection_test(tenant: Tenant) -> tuple[bool, str]:
@@ -110,7 +113,8 @@ class TenantForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         """Refuse contradictory secret instructions."""
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if data.get("new_sdp_api_key") and data.get("clear_sdp_api_key"):
             self.add_error("clear_sdp_api_key", "Either set a new key or remove it, not both.")
         if data.get("new_webhook_secret") and data.get("rotate_webhook_secret"):
@@ -139,7 +143,7 @@ class TenantAdmin(admin.ModelAdmin):
     actions = ("test_connection_selected",)
     change_form_template = "admin/tickets/tenant/change_form.html"
 
-    def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> list[tuple[str | None, dict]]:
+    def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> _FieldsetSpec:
         """Return the layout; the secret fields only for users who may change the tenant."""
         can_change = obj is None or self.has_change_permission(request, obj)
         webhook = ["webhook_url_display", "webhook_auth", "secret_state"]
@@ -151,9 +155,9 @@ class TenantAdmin(admin.ModelAdmin):
             zoho += ["new_zoho_client_secret", "new_zoho_refresh_token"]
         return [
             (None, {"fields": ["slug", "name", "enabled", "review_required"]}),
-            ("Webhook (configure this in SDP)", {"fields": webhook}),
-            ("ServiceDesk Plus API", {"fields": sdp}),
-            ("SDP Cloud token renewal (Zoho OAuth)", {"fields": zoho, "classes": ["collapse"]}),
+            ("Webhook (configure this in SDP)", {"fields": tuple(webhook)}),
+            ("ServiceDesk Plus API", {"fields": tuple(sdp)}),
+            ("SDP Cloud token renewal (Zoho OAuth)", {"fields": tuple(zoho), "classes": ["collapse"]}),
             ("Limits and model", {"fields": ["llm_model", "note_language", "rate_limit_per_minute"]}),
             (
                 "Outage clusters, updates and urgency",

@@ -7,6 +7,7 @@ and is idempotent: running it again creates nothing twice.
 from __future__ import annotations
 
 import csv
+import functools
 import ipaddress
 import logging
 import re
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
@@ -25,7 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from project.retry import backoff_delay
-from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket, TicketImport
+from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket, TicketImport, field_max_lengths
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import ServiceDeskError
 from tickets.sdp.mapping import sdp_ms, sdp_time, ticket_fields_from_sdp
@@ -33,6 +34,7 @@ from tickets.services import article_upsert, asset_upsert, ticket_bulk_upsert
 from tickets.text import html_to_text
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PAGE_SIZE = 100
 # Attempts of one SDP call at the import level, on top of the client's own short retries: an import may wait
@@ -78,7 +80,7 @@ class TicketImportReport(ImportReport):
     resumed_from: datetime | None = None
 
 
-def _patiently(call: Callable[[], Any], *, what: str, backoff_base: float) -> Any:
+def _patiently(call: Callable[[], T], *, what: str, backoff_base: float) -> T:
     """Return call(), retrying transient SDP failures with backoff (layer 3 of project/retry.py); raise the last one."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
@@ -137,7 +139,8 @@ def tickets_import_from_sdp(
         start_index = 1
         while True:
             page = _patiently(
-                lambda start_index=start_index: client.list_requests(
+                functools.partial(
+                    client.list_requests,
                     start_index=start_index,
                     row_count=PAGE_SIZE,
                     search_criteria=criteria,
@@ -157,7 +160,7 @@ def tickets_import_from_sdp(
                     continue
                 try:
                     request = _patiently(
-                        lambda sdp_id=sdp_id: client.get_request(sdp_id),
+                        functools.partial(client.get_request, sdp_id),
                         what=f"get request {sdp_id}",
                         backoff_base=backoff_base,
                     )
@@ -198,7 +201,7 @@ def tickets_import_from_sdp(
 
 # --- assets from CSV ---------------------------------------------------------------------------------------------
 ASSET_COLUMNS = ("ip", "hostname", "role", "location", "owner", "notes")
-_ASSET_LIMITS = {f.name: f.max_length for f in Asset._meta.get_fields() if getattr(f, "max_length", None)}
+_ASSET_LIMITS = field_max_lengths(Asset)
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
@@ -266,7 +269,15 @@ def assets_import_csv(*, tenant: Tenant, path: Path) -> ImportReport:
             continue
         lookup = {"hostname": values["hostname"]} if values["hostname"] else {"ip": values["ip"]}
         before = Asset.objects.filter(tenant=tenant, **lookup).values(*ASSET_COLUMNS).first()
-        asset, created = asset_upsert(tenant=tenant, **{**values, "ip": values["ip"] or None})
+        asset, created = asset_upsert(
+            tenant=tenant,
+            ip=values["ip"] or None,
+            hostname=values["hostname"],
+            role=values["role"],
+            location=values["location"],
+            owner=values["owner"],
+            notes=values["notes"],
+        )
         if created:
             report.created += 1
         elif before == {c: getattr(asset, c) for c in ASSET_COLUMNS}:
@@ -278,7 +289,7 @@ def assets_import_csv(*, tenant: Tenant, path: Path) -> ImportReport:
 
 # --- knowledge articles from Markdown/HTML files or CSV ---------------------------------------------------------
 ARTICLE_SUFFIXES = (".md", ".markdown", ".html", ".htm")
-_ARTICLE_LIMITS = {f.name: f.max_length for f in KnowledgeArticle._meta.get_fields() if getattr(f, "max_length", None)}
+_ARTICLE_LIMITS = field_max_lengths(KnowledgeArticle)
 _url = URLValidator(schemes=["http", "https"])
 
 

@@ -9,6 +9,11 @@ from django.db.models import Q
 from tickets.fields import BitCodeField, EncryptedTextField
 
 
+def field_max_lengths(model: type[models.Model]) -> dict[str, int]:
+    """Return {field name: max_length} for the model's fields that have a maximum length."""
+    return {f.name: f.max_length for f in model._meta.concrete_fields if isinstance(f.max_length, int)}
+
+
 class Tenant(models.Model):
     """An MSP customer whose ServiceDesk Plus instance calls our webhook."""
 

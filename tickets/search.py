@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -331,13 +331,13 @@ def _pg_similar(
             limit,
         ]
     # The tickets come back in the same round trip (the tenant re-checked on the few rows found).
-    columns = ", ".join(f"t.{connection.ops.quote_name(f.column)}" for f in Ticket._meta.concrete_fields)
+    columns = ", ".join(f"t.{connection.ops.quote_name(f.column or f.attname)}" for f in Ticket._meta.concrete_fields)
     found = Ticket.objects.raw(
         f"SELECT {columns}, top.score FROM ({sql}) AS top JOIN tickets_ticket AS t ON t.id = top.id"  # noqa: S608
         " WHERE t.tenant_id = %s ORDER BY top.score DESC, t.resolved_at DESC NULLS LAST, t.id DESC",
         [*params, tenant.pk],
     )
-    return [(ticket, float(ticket.score)) for ticket in found]
+    return [(ticket, float(ticket.score)) for ticket in found]  # type: ignore[attr-defined] # a raw() column
 
 
 # --- similar tickets: SQLite FTS5 -------------------------------------------------------------------------------
@@ -384,7 +384,7 @@ def _sqlite_similar(
     terms, weight_sum = _select(list(words.values()), total)
     if not terms:
         return []
-    scores: Counter[int] = Counter()
+    scores: defaultdict[int, float] = defaultdict(float)
     matched: Counter[int] = Counter()
     for term in terms:
         for ticket_id, in_subject in postings[term.key].items():
@@ -399,7 +399,7 @@ def _sqlite_similar(
         excluded = set(Ticket.objects.filter(tenant=tenant, sdp_id=exclude_sdp_id).values_list("pk", flat=True))
         ranked = [pair for pair in ranked if pair[0] not in excluded]
     resolved = dict(Ticket.objects.filter(pk__in=[pk for pk, _ in ranked]).values_list("pk", "resolved_at"))
-    ranked.sort(key=lambda pair: (-pair[1], -(resolved[pair[0]].timestamp() if resolved.get(pair[0]) else 0), -pair[0]))
+    ranked.sort(key=lambda pair: (-pair[1], -(at.timestamp() if (at := resolved.get(pair[0])) else 0), -pair[0]))
     ranked = ranked[:limit]
     tickets = Ticket.objects.filter(tenant=tenant).in_bulk([pk for pk, _ in ranked])
     return [(tickets[pk], score) for pk, score in ranked if pk in tickets]

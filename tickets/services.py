@@ -301,11 +301,11 @@ def _pg_bulk_upsert(tickets: list[Ticket], update_fields: list[str]) -> None:
         else:
             values = [field.get_db_prep_save(getattr(t, field.attname), connection) for t in tickets]
         is_json = field.get_internal_type() == "JSONField"
-        columns.append(connection.ops.quote_name(field.column))
+        columns.append(connection.ops.quote_name(field.column or field.attname))
         arrays.append(values)
         selects.append(f"c{index}::jsonb" if is_json else f"c{index}")
     types = [("text" if f.get_internal_type() == "JSONField" else f.db_type(connection)) for f in fields]
-    by_name = {f.name: connection.ops.quote_name(f.column) for f in fields}
+    by_name = {f.name: connection.ops.quote_name(f.column or f.attname) for f in fields}
     sql = (
         f"INSERT INTO {Ticket._meta.db_table} ({', '.join(columns)})"  # noqa: S608 - identifiers from the model
         f" SELECT {', '.join(selects)} FROM unnest({', '.join(f'%s::{t}[]' for t in types)})"

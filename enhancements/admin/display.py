@@ -11,7 +11,7 @@ from enhancements.render import note_sanitise
 from tickets.sdp.links import ticket_url
 
 S = Enhancement.Status
-BADGE_COLOURS = {
+BADGE_COLOURS: dict[str, str] = {
     S.QUEUED: "#607d8b",
     S.RUNNING: "#0277bd",
     S.AWAITING_REVIEW: "#e65100",
@@ -115,7 +115,7 @@ def context_display(enhancement: Enhancement) -> SafeString:
         )
     assets = context.get("assets") or []
     if assets:
-        rows = [
+        asset_rows = [
             (
                 a.get("hostname") or "",
                 a.get("ip") or "",
@@ -129,7 +129,7 @@ def context_display(enhancement: Enhancement) -> SafeString:
             format_html(
                 "<h4>Assets</h4><table class='te-table'><tr><th>Hostname</th><th>IP</th><th>Role</th>"
                 "<th>Location</th><th>Owner</th></tr>{}</table>",
-                format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+                format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", asset_rows),
             )
         )
     articles = context.get("articles") or []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -19,7 +19,10 @@ from enhancements.admin.filters import ProviderFilter, RatingFilter
 from enhancements.dashboard import dashboard_page, duration
 from enhancements.extras import urgency_badges
 from enhancements.models import Enhancement, Feedback
-from project.admin_helpers import CappedCountPaginator
+from project.admin_helpers import CappedCountPaginator, acting_user
+
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldsetSpec
 
 S = Enhancement.Status
 BULK_LIMIT = 50
@@ -108,7 +111,7 @@ class EnhancementAdmin(admin.ModelAdmin):
         "history_display",
     )
 
-    def get_fieldsets(self, request: HttpRequest, obj: Enhancement | None = None) -> list[tuple[str | None, dict]]:
+    def get_fieldsets(self, request: HttpRequest, obj: Enhancement | None = None) -> _FieldsetSpec:
         """Return the detail page layout."""
         return [
             (None, {"fields": ("status_column", "ticket_column", "tenant", "error_plain")}),
@@ -288,7 +291,7 @@ class EnhancementAdmin(admin.ModelAdmin):
         obj = self._action_view(request, object_id, permitted=self.has_approve_permission(request))
         note = request.POST.get("note_html")
         # Outside any transaction: the post is a network call (Django wraps only the change form).
-        result = services.enhancement_approve(enhancement_id=str(obj.pk), user=request.user, note_html=note)
+        result = services.enhancement_approve(enhancement_id=str(obj.pk), user=acting_user(request), note_html=note)
         self._report(request, obj, result, "Approved and posted")
         return self._back(obj.pk)
 
@@ -296,14 +299,14 @@ class EnhancementAdmin(admin.ModelAdmin):
         """Reject the enhancement."""
         obj = self._action_view(request, object_id, permitted=self.has_approve_permission(request))
         self._report(
-            request, obj, services.enhancement_reject(enhancement_id=str(obj.pk), user=request.user), "Rejected"
+            request, obj, services.enhancement_reject(enhancement_id=str(obj.pk), user=acting_user(request)), "Rejected"
         )
         return self._back(obj.pk)
 
     def rerun_view(self, request: HttpRequest, object_id: Any) -> HttpResponse:
         """Queue a new enhancement of the same ticket and open it."""
         obj = self._action_view(request, object_id, permitted=self.has_rerun_permission(request))
-        result = services.enhancement_rerun_request(enhancement_id=str(obj.pk), user=request.user)
+        result = services.enhancement_rerun_request(enhancement_id=str(obj.pk), user=acting_user(request))
         self._report(request, obj, result, "Re-run")
         return self._back(result.enhancement_id or obj.pk)
 
@@ -311,7 +314,10 @@ class EnhancementAdmin(admin.ModelAdmin):
         """Post the note of a failed post again."""
         obj = self._action_view(request, object_id, permitted=self.has_rerun_permission(request))
         self._report(
-            request, obj, services.enhancement_repost(enhancement_id=str(obj.pk), user=request.user), "Re-posted"
+            request,
+            obj,
+            services.enhancement_repost(enhancement_id=str(obj.pk), user=acting_user(request)),
+            "Re-posted",
         )
         return self._back(obj.pk)
 
@@ -326,7 +332,7 @@ class EnhancementAdmin(admin.ModelAdmin):
             enhancement_id=str(obj.pk),
             rating=rating,
             comment=request.POST.get("feedback_comment", "")[:2000],
-            user=request.user,
+            user=acting_user(request),
         )
         self.message_user(request, f"Thanks: rated {feedback.get_rating_display().lower()}.", messages.SUCCESS)
         self.log_change(request, obj, f"Rated {feedback.get_rating_display().lower()}")
@@ -359,7 +365,7 @@ class EnhancementAdmin(admin.ModelAdmin):
             )
         counts = {"done": 0, "skipped": 0, "failed": 0}
         for obj in rows[:BULK_LIMIT]:
-            result = run(enhancement_id=str(obj.pk), user=request.user)
+            result = run(enhancement_id=str(obj.pk), user=acting_user(request))
             if result.failed:
                 counts["failed"] += 1
                 self.message_user(request, f"#{obj.ticket.sdp_id}: {result.message}", messages.ERROR)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -10,7 +12,10 @@ from django.urls import reverse
 
 from enhancements import services
 from enhancements.models import ApiToken
-from project.admin_helpers import secret_once_response
+from project.admin_helpers import acting_user, secret_once_response
+
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldGroups
 
 
 class ApiTokenForm(forms.ModelForm):
@@ -33,7 +38,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     actions = ("revoke_selected",)
     readonly_fields = ("prefix_display", "created_by", "created_at", "last_used_at", "revoked_at")
 
-    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> _FieldGroups:
         """Return the form fields (name and tenant only when adding)."""
         return ["name", "tenant"] if obj is None else ["name", "tenant", *self.readonly_fields]
 
@@ -56,7 +61,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         if change:
             super().save_model(request, obj, form, change)
             return
-        token, key = services.api_token_create(tenant=obj.tenant, name=obj.name, user=request.user)
+        token, key = services.api_token_create(tenant=obj.tenant, name=obj.name, user=acting_user(request))
         obj.pk, obj.prefix, obj.created_at = token.pk, token.prefix, token.created_at
         obj._state.adding = False
         request._te_new_key = key  # type: ignore[attr-defined]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
 from enhancements.models import ApiToken, Enhancement, Feedback
@@ -13,7 +13,7 @@ def feedback_create(
     enhancement_id: str,
     rating: str,
     comment: str = "",
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
     technician_email: str = "",
     api_token: ApiToken | None = None,
 ) -> Feedback:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -46,9 +46,7 @@ def _label(enhancement: Enhancement) -> str:
     return Enhancement.Status(enhancement.status).label.lower()
 
 
-def enhancement_approve(
-    *, enhancement_id: str, user: AbstractBaseUser | None, note_html: str | None = None
-) -> ReviewResult:
+def enhancement_approve(*, enhancement_id: str, user: User | None, note_html: str | None = None) -> ReviewResult:
     """Save the (edited) note sanitised, claim the row, and post it to SDP; never post twice."""
     now = timezone.now()
     row = Enhancement.objects.select_related("tenant", "ticket").get(pk=enhancement_id)
@@ -149,7 +147,7 @@ def enhancement_note_update(*, enhancement_id: str, note_html: str) -> bool:
     )
 
 
-def enhancement_reject(*, enhancement_id: str, user: AbstractBaseUser | None) -> ReviewResult:
+def enhancement_reject(*, enhancement_id: str, user: User | None) -> ReviewResult:
     """Mark an enhancement awaiting review as rejected (its note is never posted)."""
     now = timezone.now()
     rejected = Enhancement.objects.filter(_reviewable(now), pk=enhancement_id).update(
@@ -168,7 +166,7 @@ def enhancement_reject(*, enhancement_id: str, user: AbstractBaseUser | None) ->
     )
 
 
-def enhancement_rerun_request(*, enhancement_id: str, user: AbstractBaseUser | None) -> ReviewResult:
+def enhancement_rerun_request(*, enhancement_id: str, user: User | None) -> ReviewResult:
     """Queue a new enhancement of the same ticket unless one is already queued or running."""
     now = timezone.now()
     with transaction.atomic():
@@ -211,7 +209,7 @@ def enhancement_rerun_request(*, enhancement_id: str, user: AbstractBaseUser | N
     )
 
 
-def enhancement_repost(*, enhancement_id: str, user: AbstractBaseUser | None) -> ReviewResult:
+def enhancement_repost(*, enhancement_id: str, user: User | None) -> ReviewResult:
     """Post the note of an enhancement whose post failed; never post twice."""
     now = timezone.now()
     # Running (with started_at) rather than a new status: if this process dies mid-post, the sweep

@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from datetime import timedelta
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.utils import timezone
 
 from enhancements.models import ApiToken
@@ -19,7 +19,7 @@ def _token_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def api_token_create(*, tenant: Tenant, name: str, user: AbstractBaseUser | None = None) -> tuple[ApiToken, str]:
+def api_token_create(*, tenant: Tenant, name: str, user: User | None = None) -> tuple[ApiToken, str]:
     """Create an API token for one tenant; return it and its key, which is never retrievable again."""
     key = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(

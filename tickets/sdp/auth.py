@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from django.conf import settings
@@ -19,7 +20,7 @@ def servicedesk_client(*, tenant: Tenant, backoff_base: float | None = None) -> 
 
     Every caller goes through here (tests/test_layout.py checks it), so no path forgets the renewal.
     """
-    options = {} if backoff_base is None else {"backoff_base": backoff_base}
+    options: dict[str, Any] = {} if backoff_base is None else {"backoff_base": backoff_base}
     if not tenant.can_refresh_token:
         return ServiceDeskClient(
             base_url=tenant.sdp_base_url, api_key=tenant.sdp_api_key, auth_type=tenant.sdp_auth_type, **options

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from tickets.models import Ticket
+from tickets.models import Ticket, field_max_lengths
 from tickets.text import html_to_text
 
-_TICKET_LIMITS = {f.name: f.max_length for f in Ticket._meta.get_fields() if getattr(f, "max_length", None)}
+_TICKET_LIMITS = field_max_lengths(Ticket)
 
 
 def sdp_time(value: Any) -> datetime | None:

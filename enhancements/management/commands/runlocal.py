@@ -55,7 +55,11 @@ class Command(BaseCommand):
                     p.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     p.kill()
-        failed = [p.args[2] if p.args[1] == "-m" else p.args[1] for p in procs if p.returncode not in (0, -2, -15)]
+        failed = [
+            cmd[2] if cmd[1] == "-m" else cmd[1]
+            for cmd, p in zip((web, worker), procs, strict=True)
+            if p.returncode not in (0, -2, -15)
+        ]
         if failed and not stopping:
             self.stderr.write(f"stopped because a process exited: {failed}")
             os._exit(1)

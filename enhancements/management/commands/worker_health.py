@@ -100,7 +100,7 @@ class Command(BaseCommand):
         max_age: float = options["max_age"]
         host: str = options["host"] or socket.gethostname()
         state_file = Path(options["state_file"])
-        ok, message = self.check(host=host, max_age=max_age, state_file=state_file)
+        ok, message = self.cluster_health(host=host, max_age=max_age, state_file=state_file)
         if ok:
             self.stdout.write(f"OK: {message}")
             return
@@ -108,7 +108,7 @@ class Command(BaseCommand):
         self.stderr.write(f"UNHEALTHY: {message}")
         sys.exit(1)
 
-    def check(self, *, host: str, max_age: float, state_file: Path) -> tuple[bool, str]:
+    def cluster_health(self, *, host: str, max_age: float, state_file: Path) -> tuple[bool, str]:
         """Return (healthy, one-line reason) for the clusters that report from `host`."""
         from django.utils import timezone
         from django_q.brokers import get_broker

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ObjectDoesNotExist
 from django.core.management.base import BaseCommand, CommandError
 from django.db import models, transaction
 
@@ -42,7 +42,7 @@ class Command(BaseCommand):
                         try:
                             # Locked while re-encrypting, so an edit made meanwhile is not overwritten.
                             row = model._default_manager.select_for_update().get(pk=pk)
-                        except model.DoesNotExist:
+                        except ObjectDoesNotExist:
                             continue
                         except ImproperlyConfigured as exc:
                             raise CommandError(
