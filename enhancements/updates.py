@@ -20,9 +20,10 @@ from django.utils import timezone
 
 from clusters.similarity import content_words
 from enhancements.models import Enhancement, TicketUpdate
+from project.retry import backoff_delay
 from tickets.models import Tenant, Ticket
 from tickets.sdp.auth import servicedesk_client
-from tickets.sdp.client import ServiceDeskError, backoff_delay
+from tickets.sdp.client import ServiceDeskError
 from tickets.sdp.mapping import ticket_fields_from_sdp
 from tickets.text import html_to_text
 

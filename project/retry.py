@@ -19,6 +19,9 @@ Four layers retry, from the innermost (shortest waits) to the outermost (longest
    `backoff_delay(base=ENHANCEMENT_RETRY_BASE, cap=ENHANCEMENT_RETRY_MAX)` (30 s .. 30 min by default, at
    least `Retry-After`), up to `ENHANCEMENT_MAX_ATTEMPTS` (5) attempts, then `failed`. The sweep (every
    minute) enqueues due rows; Django-Q itself never retries a task (`max_attempts: 1`), the row is the truth.
+   The other worker jobs that call SDP keep the same rule on their own rows: fetching a resolved ticket's
+   text (`tickets/history.py`, `TicketFetch.due_at`, same base, cap and attempts) and checking a
+   `request_updated` event (`enhancements/updates.py`, `TicketUpdate`, cap 300 s, `UPDATE_MAX_ATTEMPTS`).
 
 Permanent failures (`ServiceDeskError(permanent=True)`: 400/401/403/404, bad configuration) are retried by
 no layer: they fail at once with the reason.

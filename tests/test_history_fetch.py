@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from enhancements.tasks import sweep
-from tests.conftest import load_fixture
+from tests.fakes.fixtures import servicedesk_fixture
 from tickets.models import Ticket, TicketFetch
 from tickets.search import similar_tickets
 from tickets.services import ticket_upsert
@@ -16,7 +16,7 @@ from tickets.tasks import fetch_ticket
 
 pytestmark = pytest.mark.django_db
 
-RESOLVED = load_fixture("webhook__request_resolved")["request"]
+RESOLVED = servicedesk_fixture("webhook__request_resolved")["request"]
 QUERY = "Outlook keeps prompting for my password after the password change"
 MINIMAL = {"event": "request_resolved", "request": {"id": RESOLVED["id"]}}
 

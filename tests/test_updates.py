@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from datetime import timedelta
 
 import httpx
@@ -13,10 +12,11 @@ from django.utils import timezone
 
 from enhancements import tasks
 from enhancements.models import Enhancement, TicketUpdate
-from tests.conftest import load_fixture, signed_headers
+from tests.fakes.fixtures import servicedesk_fixture
+from tests.signing import sign_webhook
 from tickets.models import Ticket
 
-CREATED = load_fixture("webhook__request_created")
+CREATED = servicedesk_fixture("webhook__request_created")
 SDP_ID = CREATED["request"]["id"]
 REPLY = "<p>Here is the exact error: 0x800CCC0E when Outlook connects to outlook.office365.com over port 993.</p>"
 
@@ -59,7 +59,7 @@ pytestmark = pytest.mark.django_db
 
 def test_an_edit_without_new_information_changes_nothing(enhanced, sdp, post_webhook):
     # SDP's trigger fires for the status change our own triage (or a technician) made.
-    response = post_webhook("acme", load_fixture("webhook__request_updated"), secret=enhanced.secret)
+    response = post_webhook("acme", servicedesk_fixture("webhook__request_updated"), secret=enhanced.secret)
     assert response.status_code == 202 and response.json()["status"] == "queued"
     assert _process_updates() == ["unchanged"]
     assert Enhancement.objects.count() == 1 and len(sdp.notes[SDP_ID]) == 1
@@ -180,8 +180,7 @@ def test_our_own_notes_and_field_writes_never_cause_another_enhancement(tmp_path
 
         def deliver(payload: dict) -> int:
             body = json.dumps(payload).encode()
-            django_style = signed_headers(result.secret, body, msg_id=f"msg_{uuid.uuid4().hex}")
-            headers = {k.removeprefix("HTTP_").replace("_", "-").lower(): v for k, v in django_style.items()}
+            headers = sign_webhook(result.secret, body)
             status, _, _ = stack.request(
                 "POST", "/webhook/servicedesk/loop/", body, {"Content-Type": "application/json", **headers}
             )

@@ -17,9 +17,11 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from project.retry import backoff_delay
 from tickets.models import Tenant, Ticket, TicketFetch
-from tickets.sdp.client import ServiceDeskError, backoff_delay
-from tickets.services import ticket_fields_from_sdp, ticket_refresh_from_sdp, ticket_upsert
+from tickets.sdp.client import ServiceDeskError
+from tickets.sdp.mapping import ticket_fields_from_sdp
+from tickets.services import ticket_refresh_from_sdp, ticket_upsert
 
 logger = logging.getLogger(__name__)
 
