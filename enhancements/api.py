@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from enhancements import services
-from enhancements.models import ApiToken, Enhancement
+from enhancements.authentication import TenantTokenAuthentication, TokenUser
+from enhancements.models import Enhancement
 from enhancements.serializers import (
     EnhancementDetailSerializer,
     EnhancementFilterSerializer,
@@ -45,44 +45,10 @@ _NOT_FOUND = OpenApiResponse(ErrorSerializer, description="not_found (also anoth
 _INVALID = OpenApiResponse(ErrorSerializer, description="invalid_payload (with `fields`) or invalid_json")
 
 
-@dataclass(frozen=True)
-class TokenUser:
-    """The caller behind a tenant API token (not a Django user)."""
-
-    token: ApiToken
-    is_authenticated: bool = True
-    is_staff: bool = False
-
-    def __str__(self) -> str:
-        return f"API token {self.token}"
-
-
-class TenantTokenAuthentication(authentication.BaseAuthentication):
-    """`Authorization: Token <key>` (or `Bearer <key>`) with a per-tenant ApiToken."""
-
-    keywords = ("token", "bearer")
-
-    def authenticate(self, request: Request) -> tuple[TokenUser, ApiToken] | None:
-        """Return the token's caller, None without a token header, or raise for a bad token."""
-        header = authentication.get_authorization_header(request).decode("latin-1").split()
-        if not header or header[0].lower() not in self.keywords:
-            return None
-        if len(header) != 2:
-            raise exceptions.AuthenticationFailed("The Authorization header must be `Token <key>`.")
-        token = services.api_token_authenticate(key=header[1])
-        if token is None:
-            raise exceptions.AuthenticationFailed("The API token is unknown or revoked.")
-        return TokenUser(token=token), token
-
-    def authenticate_header(self, request: Request) -> str:
-        """Return the WWW-Authenticate value, which makes failures answer 401 rather than 403."""
-        return "Token"
-
-
 class TenantTokenScheme(OpenApiAuthenticationExtension):
     """Describe the tenant token in the OpenAPI schema."""
 
-    target_class = "enhancements.api.TenantTokenAuthentication"
+    target_class = "enhancements.authentication.TenantTokenAuthentication"
     name = "tenantToken"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
