@@ -273,7 +273,7 @@ def latency(bursts: int) -> None:
           f"{statistics.median(followup_delays) / statistics.median(own_delays):.2f}\n")  # fmt: skip
 
 
-def _wait(predicate, timeout: float = 60.0) -> float:  # noqa: ANN001
+def _wait(predicate, timeout: float = 60.0) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

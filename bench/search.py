@@ -184,7 +184,7 @@ def _copy_tickets(gen: Generator, tenant_ids: list[int], start: int, count: int,
     raw = connection.connection
     batch: list[tuple] = []
 
-    def flush(copy) -> None:  # noqa: ANN001
+    def flush(copy) -> None:
         # The history is embedded as the import path does it (subject + description, the configured model).
         items = embeddings.embed_texts([embeddings.ticket_embedding_text(row[2], row[3]) for row in batch])
         for row, item in zip(batch, items or [None] * len(batch), strict=True):
@@ -265,7 +265,7 @@ def _ingest_stream(tenant_id: int, prefix: str, count: int, seed: int) -> float:
     return time.perf_counter() - began
 
 
-def _explain_median(search, by_id: dict, query_texts: list) -> None:  # noqa: ANN001
+def _explain_median(search, by_id: dict, query_texts: list) -> None:
     """Print EXPLAIN ANALYZE of the main statement of the query whose latency is the median."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -301,7 +301,7 @@ def _percentiles(samples: list[float]) -> tuple[float, float, float]:
     return pick(0.50), pick(0.95), pick(0.99)
 
 
-def _naive(cursor, tenant_id: int, text: str) -> list[str]:  # noqa: ANN001
+def _naive(cursor, tenant_id: int, text: str) -> list[str]:
     words = [w for w in "".join(c if c.isalnum() else " " for c in text.lower()).split() if len(w) > 1]
     cursor.execute(
         "SELECT sdp_id FROM tickets_ticket, to_tsquery('english', %s) AS q"

@@ -198,12 +198,12 @@ _pg_stats: dict[str, tuple[float, float, dict[str, float]]] = {}
 _pg_sizes: dict[tuple[str, int], tuple[float, int]] = {}
 
 
-def _pg_lexemes(cursor, text: str) -> list[str]:  # noqa: ANN001 - a DB-API cursor
+def _pg_lexemes(cursor, text: str) -> list[str]:
     cursor.execute("SELECT array(SELECT lexeme FROM unnest(to_tsvector('english', %s)))", [text])
     return list(cursor.fetchone()[0] or [])
 
 
-def _pg_query_terms(cursor, text: str) -> list[_Term]:  # noqa: ANN001
+def _pg_query_terms(cursor, text: str) -> list[_Term]:
     """Return the query's lexemes, normalised by PostgreSQL exactly as the documents were."""
     global _pg_stopped
     if _pg_stopped is None:
@@ -222,7 +222,7 @@ def _pg_query_terms(cursor, text: str) -> list[_Term]:  # noqa: ANN001
     return list(terms.values())
 
 
-def _pg_planner_stats(cursor) -> tuple[float, dict[str, float]]:  # noqa: ANN001
+def _pg_planner_stats(cursor) -> tuple[float, dict[str, float]]:
     """Return (table rows, lexeme frequencies) from the planner statistics, cached for a while."""
     key = connection.settings_dict["NAME"]
     cached = _pg_stats.get(key)
@@ -239,7 +239,7 @@ def _pg_planner_stats(cursor) -> tuple[float, dict[str, float]]:  # noqa: ANN001
     return float(rows or 0), table
 
 
-def _pg_tenant_size(cursor, tenant_id: int) -> int:  # noqa: ANN001
+def _pg_tenant_size(cursor, tenant_id: int) -> int:
     key = (connection.settings_dict["NAME"], tenant_id)
     cached = _pg_sizes.get(key)
     if cached and cached[0] > time.monotonic():
@@ -250,7 +250,7 @@ def _pg_tenant_size(cursor, tenant_id: int) -> int:  # noqa: ANN001
     return size
 
 
-def _pg_count(cursor, tenant_id: int, terms: list[_Term]) -> None:  # noqa: ANN001
+def _pg_count(cursor, tenant_id: int, terms: list[_Term]) -> None:
     """Set each term's exact document frequency within the tenant's history."""
     if not terms:
         return
@@ -449,7 +449,7 @@ def identifiers_in(text: str) -> list[str]:
     return list(found)[:MAX_IDENTIFIERS]
 
 
-def _identifier_matches(search, tenant: Tenant, text: str, exclude_sdp_id: str | None) -> dict[int, float]:  # noqa: ANN001
+def _identifier_matches(search, tenant: Tenant, text: str, exclude_sdp_id: str | None) -> dict[int, float]:
     """Return {ticket id: IDF-weighted share of the query's identifiers it contains} (one lexical lookup)."""
     words = {word for identifier in identifiers_in(text) for word in _WORD.findall(identifier) if len(word) > 1}
     if not words:

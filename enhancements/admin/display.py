@@ -50,7 +50,7 @@ def ticket_link(enhancement: Enhancement, *, subject_chars: int = 80) -> SafeStr
 def note_preview(enhancement: Enhancement) -> SafeString:
     """Return the sanitised note, rendered."""
     if not enhancement.note_html:
-        return mark_safe('<span class="quiet">No note generated yet.</span>')  # noqa: S308 - constant
+        return mark_safe('<span class="quiet">No note generated yet.</span>')
     cleaned = note_sanitise(html=enhancement.note_html, enhancement_id=str(enhancement.pk))
     # nh3 has removed scripts, event handlers and unknown tags: what is left is what SDP shows.
     return format_html(
@@ -149,7 +149,7 @@ def context_display(enhancement: Enhancement) -> SafeString:
             format_html("<h4>Knowledge articles</h4><ul>{}</ul>", format_html_join("", "<li>{}{}</li>", items))
         )
     if not parts:
-        return mark_safe('<span class="quiet">No context was found or gathered.</span>')  # noqa: S308 - constant
+        return mark_safe('<span class="quiet">No context was found or gathered.</span>')
     return format_html_join("", "{}", ((p,) for p in parts))
 
 

@@ -136,5 +136,5 @@ def redis_reachable(url: str) -> bool:
             return bool(client.ping())
         finally:
             client.close()
-    except Exception:  # noqa: BLE001 - any failure means "no Redis here"
+    except Exception:
         return False

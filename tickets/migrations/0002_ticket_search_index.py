@@ -103,8 +103,8 @@ SQLITE_BACKWARD = [
 ]
 
 
-def _run(statements: dict[str, list[str]]):  # noqa: ANN202 - a migration callable
-    def run(apps, schema_editor) -> None:  # noqa: ANN001
+def _run(statements: dict[str, list[str]]):
+    def run(apps, schema_editor) -> None:
         for sql in statements.get(schema_editor.connection.vendor, []):
             schema_editor.execute(sql)
 
