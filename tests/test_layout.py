@@ -65,13 +65,21 @@ def test_project_imports_no_app_except_in_urls():
     assert not offenders, offenders
 
 
-def test_tickets_never_imports_enhancements():
-    """Imports go one way: enhancements -> tickets -> project."""
-    offenders = [
-        f"{path.relative_to(ROOT)}:{line} {module}"
-        for path in _app_modules()
-        if path.parts[len(ROOT.parts)] == "tickets"
-        for line, module in _imported_modules(ast.parse(path.read_text()))
-        if module.split(".")[0] == "enhancements"
-    ]
+# Each part may import only the parts listed after it (docs/architecture.md).
+LAYERS = ("enhancements", "clusters", "tickets", "project")
+
+
+def test_imports_go_one_way():
+    """Imports go one way: enhancements -> clusters -> tickets -> project."""
+    offenders = []
+    for path in _app_modules():
+        part = path.parts[len(ROOT.parts)]
+        if part not in LAYERS or part == "project":
+            continue
+        above = set(LAYERS[: LAYERS.index(part)])
+        offenders += [
+            f"{path.relative_to(ROOT)}:{line} {module}"
+            for line, module in _imported_modules(ast.parse(path.read_text()))
+            if module.split(".")[0] in above
+        ]
     assert not offenders, offenders
