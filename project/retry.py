@@ -11,7 +11,7 @@ Four layers retry, from the innermost (shortest waits) to the outermost (longest
    `Retry-After`) and 5xx twice with its own exponential backoff; an answer that fails the schema is asked
    for once more; then the offline provider writes the note (labelled as a fallback), so the LLM never
    fails an enhancement.
-3. **The import loop** (`tickets/imports.py`, `_patiently`): each SDP call of `import_tickets` gets up to 6
+3. **The import loop** (`tickets/imports/from_sdp.py`, `_patiently`): each SDP call of `import_tickets` gets up to 6
    attempts on top of layer 1, waiting `backoff_delay(base=1, cap=60)` or `Retry-After` (at most 120 s), so an
    import can wait out a throttling window that a webhook-time call must not.
 4. **The pipeline's re-queue** (`enhancements/services/pipeline.py`, `enhancement_retry_later`): a transient

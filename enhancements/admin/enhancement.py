@@ -16,6 +16,7 @@ from django.utils.safestring import SafeString
 from enhancements import services
 from enhancements.admin import display
 from enhancements.admin.filters import ProviderFilter, RatingFilter
+from enhancements.admin.forms import EnhancementForm
 from enhancements.dashboard import dashboard_page, duration
 from enhancements.extras import urgency_badges
 from enhancements.models import Enhancement, Feedback
@@ -36,22 +37,6 @@ LIST_DEFERRED = (
     "ticket__resolution",
     "ticket__raw",
 )
-
-
-class EnhancementForm(forms.ModelForm):
-    """The change form: only the note can be edited, and only while awaiting review."""
-
-    class Meta:
-        model = Enhancement
-        fields = ["note_html"]
-        widgets = {
-            "note_html": forms.Textarea(attrs={"rows": 16, "cols": 110, "style": "font-family:monospace"}),
-        }
-        labels = {"note_html": "Note (HTML)"}
-        help_texts = {
-            "note_html": "Edit before approving. Saved and posted sanitised: scripts, styles and unknown tags "
-            "are removed. The preview shows what SDP will show."
-        }
 
 
 @admin.register(Enhancement)
