@@ -120,7 +120,7 @@ class EnhancementFilterSerializer(serializers.Serializer):
         the schema says a date is required there; an empty filter is a client mistake worth naming.
         """
         values = data.getlist if hasattr(data, "getlist") else lambda name: [data[name]]
-        empty = sorted(name for name in self.fields if name in data and not any(values(name)))
+        empty = sorted(name for name in list(self.fields) if name in data and not any(values(name)))
         if empty:
             raise serializers.ValidationError(
                 {name: ["This parameter is empty: give a value or leave it out."] for name in empty}

@@ -174,12 +174,12 @@ def repeated(ticket: Ticket) -> tuple[str, str]:
         score = text_similarity(mine, signature(other.subject, other.description))
         if score > best[0]:
             best = (score, other)
-    score, other = best
-    if other is None or score < REPEAT_SIMILARITY:
+    score, match = best
+    if match is None or score < REPEAT_SIMILARITY:
         return "", ""
-    when = other.sdp_created_at or other.created_at
+    when = match.sdp_created_at or match.created_at
     days = max(0, (moment - when).days) if when else 0
-    return other.sdp_id, f"#{other.sdp_id} “{other.subject[:80]}”, {days} days earlier"
+    return match.sdp_id, f"#{match.sdp_id} “{match.subject[:80]}”, {days} days earlier"
 
 
 @dataclass(frozen=True)

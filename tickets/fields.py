@@ -30,7 +30,7 @@ class BitCodeField(models.BinaryField):
     """Bytes stored as a bit string on PostgreSQL (`bit varying`, so `bit_count(a # b)` is their Hamming
     distance without an extension) and as a blob elsewhere."""
 
-    def db_type(self, connection: Any) -> str:
+    def db_type(self, connection: Any) -> str | None:
         """Return `bit varying` on PostgreSQL, the binary type elsewhere."""
         return "bit varying" if connection.vendor == "postgresql" else super().db_type(connection)
 

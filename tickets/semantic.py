@@ -9,6 +9,9 @@ is what every deployment has, so it is the one shipped and tested here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 from django.db import connection
 
@@ -18,7 +21,7 @@ from tickets.models import Tenant, Ticket
 PREFILTER = 200  # codes kept by the Hamming scan for float re-scoring
 
 
-def _rows(sql: str, params: list[object]) -> list[tuple]:
+def _rows(sql: str, params: Sequence[Any]) -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()

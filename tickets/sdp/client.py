@@ -98,6 +98,7 @@ def check_base_url(url: str, *, allow_insecure: bool | None = None, resolve: boo
     """
     allow = settings.SDP_ALLOW_INSECURE_URLS if allow_insecure is None else allow_insecure
     parts = _usable_url(url)
+    host = parts.hostname or ""  # _usable_url refuses a URL without one
     if allow:
         return
     if parts.scheme != "https":
@@ -105,15 +106,15 @@ def check_base_url(url: str, *, allow_insecure: bool | None = None, resolve: boo
             "The SDP URL must use https (set SDP_ALLOW_INSECURE_URLS=1 only for local testing).",
             permanent=True,
         )
-    if parts.hostname.lower() in ("localhost", "localhost.localdomain") or parts.hostname.endswith(".localhost"):
-        raise ServiceDeskError(f"The SDP host {parts.hostname} is a private or local address; refused.", permanent=True)
+    if host.lower() in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        raise ServiceDeskError(f"The SDP host {host} is a private or local address; refused.", permanent=True)
     if resolve:
         try:
-            addresses = [info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)]
+            addresses = [info[4][0] for info in socket.getaddrinfo(host, parts.port or 443)]
         except OSError as exc:
-            raise ServiceDeskError(f"The SDP host {parts.hostname} cannot be resolved: {exc}", permanent=False) from exc
+            raise ServiceDeskError(f"The SDP host {host} cannot be resolved: {exc}", permanent=False) from exc
     else:
-        addresses = [parts.hostname.strip("[]")]
+        addresses = [host.strip("[]")]
     for raw in addresses:
         try:
             address = ipaddress.ip_address(raw)
@@ -121,7 +122,7 @@ def check_base_url(url: str, *, allow_insecure: bool | None = None, resolve: boo
             continue  # a name we did not resolve: checked again when it is called
         if not address.is_global:
             raise ServiceDeskError(
-                f"The SDP host {parts.hostname} resolves to a private or local address ({address}); "
+                f"The SDP host {host} resolves to a private or local address ({address}); "
                 "refused (set SDP_ALLOW_INSECURE_URLS=1 only for local testing).",
                 permanent=True,
             )
