@@ -6,7 +6,7 @@ Run (about 15 minutes on 2 cores; see docs/benchmarks.md):
 
 It (re)creates the database `bench_search` on --pg-url, migrates the tickets app, and for each size: loads a
 generated history with COPY (10 tenants, a Zipf-like IT vocabulary, ticket lengths like real ones), builds the
-index, ANALYZEs, then times similar_tickets() and the naive baseline (an OR of every query word, ranked with
+index, ANALYZEs, then times ticket_search_similar() and the naive baseline (an OR of every query word, ranked with
 ts_rank over every match) on the same 200 queries, scores both against the generator's labels (a query's
 relevant tickets are those of its problem, in its tenant), and times the import path (ticket_fields_from_sdp +
 ticket_bulk_upsert, 100 tickets per page as the SDP list API gives them). Results go to stdout as Markdown.
@@ -274,7 +274,7 @@ def _explain_median(search, by_id: dict, query_texts: list) -> None:
     for tenant_id, _, text in query_texts:
         with CaptureQueriesContext(connection) as captured:
             began = time.perf_counter()
-            search.similar_tickets(by_id[tenant_id], text)
+            search.ticket_search_similar(tenant=by_id[tenant_id], text=text)
             elapsed = time.perf_counter() - began
         main = max(captured.captured_queries, key=lambda q: float(q["time"]))
         timed.append((elapsed, main["sql"]))
@@ -381,11 +381,11 @@ def run(
         search._pg_stats.clear()
         search._pg_sizes.clear()
         for tenant_id, _, text in query_texts[:20]:  # warm the caches as a running worker would have them
-            search.similar_tickets(by_id[tenant_id], text)
-            search.similar_tickets(by_id[tenant_id], text, mode="lexical")
+            search.ticket_search_similar(tenant=by_id[tenant_id], text=text)
+            search.ticket_search_similar(tenant=by_id[tenant_id], text=text, mode="lexical")
         load_before = os.getloadavg()[0]
         rows = []
-        # similar_tickets() as shipped; the same without the postings budget (every essential term's postings
+        # ticket_search_similar() as shipped; the same without the postings budget (every essential term's postings
         # read: what the budget costs in recall); the naive baseline (on the first naive_queries queries).
         exhaustive = {"CANDIDATE_POSTINGS": 10**12, "CANDIDATE_SHARE": 1.0}
         # Lexical and hybrid on the same queries in the same run (one after the other, under the same load).
@@ -406,7 +406,9 @@ def run(
             for tenant_id, problem, text in texts:
                 relevant = set(labels[(tenant_id, problem)])
                 began = time.perf_counter()
-                found = [t.sdp_id for t, _ in search.similar_tickets(by_id[tenant_id], text, mode=mode)]
+                found = [
+                    t.sdp_id for t, _ in search.ticket_search_similar(tenant=by_id[tenant_id], text=text, mode=mode)
+                ]
                 samples.append((time.perf_counter() - began) * 1000)
                 hits.append(len(relevant & set(found)) / min(5, len(relevant)))
             for key, value in saved.items():

@@ -22,9 +22,11 @@ def context_gather(*, ticket: Ticket) -> dict[str, Any]:
     text = ticket_text(ticket)
     # The new ticket's language and embedding, computed here in the worker (never in the webhook).
     indexing.ticket_index(ticket=ticket)
-    similar = search.similar_tickets(ticket.tenant, text, limit=MAX_SIMILAR, exclude_sdp_id=ticket.sdp_id)
-    assets = search.find_assets(ticket.tenant, text)
-    articles = search.find_articles(ticket.tenant, text, limit=MAX_ARTICLES)
+    similar = search.ticket_search_similar(
+        tenant=ticket.tenant, text=text, limit=MAX_SIMILAR, exclude_sdp_id=ticket.sdp_id
+    )
+    assets = search.asset_find_mentioned(tenant=ticket.tenant, text=text)
+    articles = search.article_find_relevant(tenant=ticket.tenant, text=text, limit=MAX_ARTICLES)
     return {
         "language": ticket.language,
         "similar_tickets": [

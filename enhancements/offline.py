@@ -19,7 +19,7 @@ from tickets import embeddings
 
 MAX_STEPS = 5
 MAX_CAUSES = 3
-# An article is attached only at or above this find_articles() score (it shares the ticket's rarest terms, in its
+# An article is attached only at or above this article_find_relevant() score (it shares the ticket's rarest terms, in
 # title or tags); below it a shared common word ("password", "VPN") brought it in.
 ARTICLE_MIN_SCORE = 0.35
 SAME_ACTION_COSINE = 0.8  # two action sentences at least this close say the same thing (local model)

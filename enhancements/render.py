@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import nh3
 from django.utils.html import escape, format_html, format_html_join
+from django.utils.safestring import SafeString
 
 from enhancements.extras import lead_paragraphs
 from tickets.models import Tenant
@@ -123,7 +124,7 @@ def _list_html(items: list[str]) -> str:
     return format_html("<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((i,) for i in items)))
 
 
-def _triage_line(items: list[dict[str, Any]]) -> str:
+def _triage_line(items: list[dict[str, Any]]) -> SafeString:
     shown = []
     for item in items:
         if not item.get("value"):
@@ -133,7 +134,7 @@ def _triage_line(items: list[dict[str, Any]]) -> str:
         percent = f" ({round(float(confidence) * 100)}%)" if isinstance(confidence, int | float) else ""
         shown.append(format_html("{}: {}{}{}", item.get("label", item.get("field", "")), item["value"], percent, state))
     if not shown:
-        return ""
+        return SafeString("")
     return format_html("<p><b>Suggested routing</b>: {}</p>", format_html_join(" · ", "{}", ((h,) for h in shown)))
 
 

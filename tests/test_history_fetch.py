@@ -10,7 +10,7 @@ from django.utils import timezone
 from enhancements.tasks import sweep
 from tests.fakes.fixtures import servicedesk_fixture
 from tickets.models import Ticket, TicketFetch
-from tickets.search import similar_tickets
+from tickets.search import ticket_search_similar
 from tickets.services import ticket_upsert
 from tickets.tasks import fetch_ticket
 
@@ -29,7 +29,7 @@ def token_tenant(make_tenant, sdp):
 
 
 def _ids(tenant, text: str = QUERY) -> list[str]:
-    return [t.sdp_id for t, _ in similar_tickets(tenant, text)]
+    return [t.sdp_id for t, _ in ticket_search_similar(tenant=tenant, text=text)]
 
 
 @pytest.mark.parametrize("event", ["request_resolved", "request_closed"])

@@ -9,7 +9,7 @@ from django.db import connection
 
 from tickets.evaluation import evaluate, load_history, load_queries, report_markdown
 from tickets.models import Ticket
-from tickets.search import fused_score, similar_tickets
+from tickets.search import fused_score, ticket_search_similar
 from tickets.services import ticket_bulk_upsert, ticket_upsert
 
 pytestmark = pytest.mark.django_db
@@ -65,8 +65,8 @@ def test_a_paraphrase_finds_what_the_words_alone_miss(make_tenant):
     acme = make_tenant("acme").tenant
     _history(acme, FILLER)
     query = "Computer says I'm unplugged from power\nIt is on the cable but the percentage keeps falling."
-    assert "battery" not in _ids(similar_tickets(acme, query, mode="lexical"))
-    assert _ids(similar_tickets(acme, query))[:1] == ["battery"]
+    assert "battery" not in _ids(ticket_search_similar(tenant=acme, text=query, mode="lexical"))
+    assert _ids(ticket_search_similar(tenant=acme, text=query))[:1] == ["battery"]
 
 
 def test_an_exact_identifier_wins_when_it_matches(make_tenant):
@@ -81,10 +81,10 @@ def test_an_exact_identifier_wins_when_it_matches(make_tenant):
         },
     )
     query = "S drive will not open\nError 0x80070035 when I click the mapped drive."
-    results = similar_tickets(acme, query)
+    results = ticket_search_similar(tenant=acme, text=query)
     assert _ids(results)[0] == "code" and results[0][1] > results[1][1]
     # A ticket sharing nothing but the error code is not enough for the words alone; the code brings it in.
-    assert "only-code" not in _ids(similar_tickets(acme, query, mode="lexical"))
+    assert "only-code" not in _ids(ticket_search_similar(tenant=acme, text=query, mode="lexical"))
     assert "only-code" in _ids(results)
 
 
@@ -94,10 +94,10 @@ def test_semantic_candidates_stay_in_their_tenant_and_skip_the_ticket_itself(mak
     _history(acme, rows)
     _history(other, {"9": rows["1"]})
     query = "Battery keeps going down even though it is plugged in\nThe percentage keeps falling."
-    assert _ids(similar_tickets(acme, query)) == ["1"]
-    assert _ids(similar_tickets(other, query)) == ["9"]
-    assert similar_tickets(acme, query, exclude_sdp_id="1") == []
-    assert similar_tickets(acme, query, mode="semantic", exclude_sdp_id="1") == []
+    assert _ids(ticket_search_similar(tenant=acme, text=query)) == ["1"]
+    assert _ids(ticket_search_similar(tenant=other, text=query)) == ["9"]
+    assert ticket_search_similar(tenant=acme, text=query, exclude_sdp_id="1") == []
+    assert ticket_search_similar(tenant=acme, text=query, mode="semantic", exclude_sdp_id="1") == []
 
 
 def test_tickets_without_an_embedding_are_still_found_lexically(make_tenant, settings):
@@ -109,11 +109,15 @@ def test_tickets_without_an_embedding_are_still_found_lexically(make_tenant, set
     }
     ticket_upsert(tenant=acme, sdp_id="1", fields=fields, source="webhook")  # not embedded yet (the sweep does it)
     text = "VPN disconnects every few minutes\nThe GlobalProtect VPN client drops the tunnel on hotel wifi."
-    hybrid = similar_tickets(acme, text)
+    hybrid = ticket_search_similar(tenant=acme, text=text)
     assert _ids(hybrid) == ["1"]
     settings.EMBEDDINGS_PROVIDER = "off"
-    assert similar_tickets(acme, text) == hybrid == similar_tickets(acme, text, mode="lexical")
-    assert similar_tickets(acme, text, mode="semantic") == []
+    assert (
+        ticket_search_similar(tenant=acme, text=text)
+        == hybrid
+        == ticket_search_similar(tenant=acme, text=text, mode="lexical")
+    )
+    assert ticket_search_similar(tenant=acme, text=text, mode="semantic") == []
 
 
 def test_fused_score_is_an_or_of_the_evidence():
@@ -123,4 +127,4 @@ def test_fused_score_is_an_or_of_the_evidence():
     assert 0.5 < fused_score(0.5, 0.9) < 1.0 and fused_score(0.5, 0.9) > fused_score(0.5, 0.5)
     assert fused_score(0.0, 1.0) < fused_score(1.0, 0.0)  # meaning alone never beats a full lexical match
     with pytest.raises(ValueError, match="mode"):
-        similar_tickets(None, "x", mode="fuzzy")
+        ticket_search_similar(tenant=None, text="x", mode="fuzzy")

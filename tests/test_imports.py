@@ -11,7 +11,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from tests.fakes.sdp import sdp_time
-from tickets.imports import articles_import, assets_import_csv, tickets_import_from_sdp
+from tickets.imports import article_import, asset_import_csv, ticket_import_from_sdp
 from tickets.models import Asset, KnowledgeArticle, Ticket, TicketImport
 from tickets.sdp.client import ServiceDeskError
 from tickets.services import ticket_upsert
@@ -56,7 +56,7 @@ def sdp_tenant(make_tenant, sdp):
 
 def _import(tenant, **kwargs):
     now = time.time()
-    return tickets_import_from_sdp(
+    return ticket_import_from_sdp(
         tenant=tenant,
         since=datetime.fromtimestamp(now - 30 * 86400, tz=UTC),
         until=datetime.fromtimestamp(now, tz=UTC),
@@ -169,12 +169,12 @@ def test_import_tickets_command_needs_credentials(make_tenant):
 
 # --- assets -------------------------------------------------------------------------------------------------------
 def test_assets_valid_file_imports_every_row_once(tenant):
-    report = assets_import_csv(tenant=tenant.tenant, path=IMPORT_FIXTURES / "assets_valid.csv")
+    report = asset_import_csv(tenant=tenant.tenant, path=IMPORT_FIXTURES / "assets_valid.csv")
     assert (report.created, report.skipped) == (8, 0)
     fs = Asset.objects.get(tenant=tenant.tenant, ip="10.40.1.12")
     assert fs.hostname == "glx-fs01.globex.example.com" and "\\\\GLX-FS01\\Shared" in fs.notes
     assert Asset.objects.get(hostname="www.globex.example.com").ip == "2001:db8:40::25"
-    again = assets_import_csv(tenant=tenant.tenant, path=IMPORT_FIXTURES / "assets_valid.csv")
+    again = asset_import_csv(tenant=tenant.tenant, path=IMPORT_FIXTURES / "assets_valid.csv")
     assert (again.created, again.updated, again.unchanged) == (0, 0, 8)
     assert Asset.objects.count() == 8
 
@@ -195,7 +195,7 @@ def test_assets_bad_rows_are_reported_with_line_numbers(tenant):
 def test_asset_ip_already_used_by_another_host_is_reported(tenant, tmp_path):
     path = tmp_path / "a.csv"
     path.write_text("ip,hostname\n10.0.0.1,alpha\n10.0.0.1,beta\n,bad_name!\n")
-    report = assets_import_csv(tenant=tenant.tenant, path=path)
+    report = asset_import_csv(tenant=tenant.tenant, path=path)
     assert report.created == 1
     assert report.problems == [
         ("line 3", "IP in use: 10.0.0.1 already belongs to alpha"),
@@ -212,13 +212,13 @@ def test_articles_from_csv(tenant):
     spooler = KnowledgeArticle.objects.get(title="Resetting a stuck print spooler")
     assert "net start spooler" in spooler.body and spooler.tags == "printers, print spooler, print queue"
     assert '"The network path was not found"' in KnowledgeArticle.objects.get(title__startswith="Mapped drive").body
-    again = articles_import(tenant=tenant.tenant, path=IMPORT_FIXTURES / "articles.csv")
+    again = article_import(tenant=tenant.tenant, path=IMPORT_FIXTURES / "articles.csv")
     assert (again.created, again.unchanged) == (0, 4)
 
 
 def test_articles_from_a_folder_of_markdown_and_html(tenant):
     folder = IMPORT_FIXTURES / "articles"
-    report = articles_import(tenant=tenant.tenant, path=folder)
+    report = article_import(tenant=tenant.tenant, path=folder)
     files = [p for p in folder.iterdir() if p.suffix in (".md", ".html")]
     assert report.created == len(files) and report.skipped == 0
     html = KnowledgeArticle.objects.filter(url__isnull=False).exclude(url="")
@@ -236,7 +236,7 @@ def test_article_files_are_validated(tenant, tmp_path):
         "<body><h1>Printer offline</h1><p>Restart the spooler.</p><script>x()</script></body></html>"
     )
     (tmp_path / "notes.txt").write_text("ignored")
-    report = articles_import(tenant=tenant.tenant, path=tmp_path)
+    report = article_import(tenant=tenant.tenant, path=tmp_path)
     assert report.created == 2
     assert dict(report.problems) == {
         "badurl.md": "invalid URL: 'javascript:alert(1)'",

@@ -171,7 +171,7 @@ def test_secrets_are_never_logged(make_tenant, post_webhook, json_logs, known_se
             "SDP_KEY": SDP_KEY,
             "TOKEN_SECRET": TOKEN_SECRET,
             "WEBHOOK_SECRET": hmac_tenant.secret,
-            "WEBHOOK_SIGNING_KEY": webhook_secret_key(hmac_tenant.secret),
+            "WEBHOOK_SIGNING_KEY": webhook_secret_key(secret=hmac_tenant.secret),
         }
         assert token_tenant.secret == TOKEN_SECRET
 

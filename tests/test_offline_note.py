@@ -11,9 +11,9 @@ from enhancements.context import context_gather
 from enhancements.llm import OfflineProvider
 from enhancements.offline import classify, merge_actions, note_parts
 from tickets.evaluation import load_history, load_queries
-from tickets.imports import articles_import
+from tickets.imports import article_import
 from tickets.models import Ticket
-from tickets.search import similar_tickets
+from tickets.search import ticket_search_similar
 from tickets.services import ticket_bulk_upsert
 
 pytestmark = pytest.mark.django_db
@@ -58,7 +58,7 @@ def demo(make_tenant):
         for r in rows
     ]
     ticket_bulk_upsert(tenant=tenant, items=items, source=Ticket.Source.IMPORT)
-    articles_import(tenant=tenant, path=DEMO / "articles")
+    article_import(tenant=tenant, path=DEMO / "articles")
     return tenant
 
 
@@ -100,7 +100,7 @@ def test_note_quality_on_the_labelled_set():
         tenant = tenants[query["tenant"]]
         similar = [
             {"sdp_id": t.sdp_id, "subject": t.subject, "score": s, "resolution": t.resolution}
-            for t, s in similar_tickets(tenant, query["text"])
+            for t, s in ticket_search_similar(tenant=tenant, text=query["text"])
         ]
         actions, _ = note_parts(similar)
         if actions and set(actions[0].tickets) & set(query["relevant"]):

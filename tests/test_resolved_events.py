@@ -8,7 +8,7 @@ import pytest
 
 from tests.fakes.fixtures import servicedesk_fixture
 from tickets.models import Ticket
-from tickets.search import similar_tickets
+from tickets.search import ticket_search_similar
 
 pytestmark = pytest.mark.django_db
 
@@ -18,7 +18,7 @@ SCANNER_QUERY = "Scanner does not send to email\nThe MFP scan to email fails wit
 
 
 def _ids(tenant, text: str) -> list[str]:
-    return [t.sdp_id for t, _ in similar_tickets(tenant, text)]
+    return [t.sdp_id for t, _ in ticket_search_similar(tenant=tenant, text=text)]
 
 
 def test_resolved_event_stores_a_searchable_ticket(tenant, post_webhook):
@@ -75,7 +75,7 @@ def test_an_open_ticket_joins_the_history_when_resolved(tenant, post_webhook):
     assert Ticket.objects.get(sdp_id="98765").is_resolved
     assert _ids(tenant.tenant, OUTLOOK_QUERY) == ["98765"]
     assert _ids(tenant.tenant, OUTLOOK_QUERY + "\n") == ["98765"]
-    assert similar_tickets(tenant.tenant, OUTLOOK_QUERY, exclude_sdp_id="98765") == []
+    assert ticket_search_similar(tenant=tenant.tenant, text=OUTLOOK_QUERY, exclude_sdp_id="98765") == []
 
 
 def test_another_tenant_never_sees_the_ticket(tenant, make_tenant, post_webhook):

@@ -10,7 +10,7 @@ import pytest
 
 from enhancements.models import Enhancement
 from enhancements.services import enhancement_approve, enhancement_process
-from tests.conftest import load_fixture
+from tests.fakes.fixtures import servicedesk_fixture
 from tests.review_helpers import operator, support_lead
 from tests.test_admin import _tenant_form
 from tickets.models import Tenant
@@ -19,7 +19,7 @@ from tickets.services import tenant_create_or_update
 
 pytestmark = pytest.mark.django_db
 
-CREATED = load_fixture("webhook__request_created")
+CREATED = servicedesk_fixture("webhook__request_created")
 
 IMPOSSIBLE = [
     pytest.param("https://example.com:99999", "port", id="port-too-large"),

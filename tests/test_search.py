@@ -12,7 +12,7 @@ import pytest
 from django.db import connection
 
 from tickets.models import Tenant, Ticket
-from tickets.search import find_articles, find_assets, similar_tickets
+from tickets.search import article_find_relevant, asset_find_mentioned, ticket_search_similar
 from tickets.services import article_upsert, asset_upsert, tenant_create_or_update, ticket_bulk_upsert, ticket_upsert
 
 pytestmark = pytest.mark.django_db
@@ -69,7 +69,7 @@ def test_recall_at_5_and_tenant_isolation(history):
     misses = []
     for query in queries:
         tenant = history[query["tenant"]]
-        results = similar_tickets(tenant, query["text"], limit=5)
+        results = ticket_search_similar(tenant=tenant, text=query["text"], limit=5)
         found = _ids(results)
         # Never another tenant's ticket, decoys (near-copies planted in another tenant) included.
         assert all(ticket.tenant_id == tenant.pk for ticket, _ in results), query["id"]
@@ -92,7 +92,7 @@ def test_unrelated_text_suggests_nothing(history):
         "Lunch order for Friday\nWho wants pizza for the team lunch?",
         "Hello\nThanks, regards",
     ):
-        assert similar_tickets(history["acme"], text) == [], text
+        assert ticket_search_similar(tenant=history["acme"], text=text) == [], text
 
 
 def test_only_resolved_tickets_of_the_tenant_and_never_the_ticket_itself(make_tenant):
@@ -104,10 +104,10 @@ def test_only_resolved_tickets_of_the_tenant_and_never_the_ticket_itself(make_te
     ticket_upsert(tenant=other, sdp_id="3", fields={**fields, "status": "Closed", "is_resolved": True}, source="api")
     ticket_upsert(tenant=acme, sdp_id="4", fields={**fields, "status": "Closed", "is_resolved": True}, source="api")
 
-    assert sorted(_ids(similar_tickets(acme, text))) == ["1", "4"]
-    assert _ids(similar_tickets(acme, text, exclude_sdp_id="4")) == ["1"]
-    assert _ids(similar_tickets(other, text)) == ["3"]
-    assert similar_tickets(acme, text, limit=1)[0][1] <= 1.0
+    assert sorted(_ids(ticket_search_similar(tenant=acme, text=text))) == ["1", "4"]
+    assert _ids(ticket_search_similar(tenant=acme, text=text, exclude_sdp_id="4")) == ["1"]
+    assert _ids(ticket_search_similar(tenant=other, text=text)) == ["3"]
+    assert ticket_search_similar(tenant=acme, text=text, limit=1)[0][1] <= 1.0
 
 
 def test_subject_matches_rank_above_body_matches(make_tenant):
@@ -126,7 +126,7 @@ def test_subject_matches_rank_above_body_matches(make_tenant):
         source="api",
     )
     ticket_upsert(tenant=acme, sdp_id="x", fields={"subject": "Monitor flickers", **closed}, source="api")
-    results = similar_tickets(acme, "Printer queue jammed\nNothing prints from tray two")
+    results = ticket_search_similar(tenant=acme, text="Printer queue jammed\nNothing prints from tray two")
     assert _ids(results)[:2] == ["subject", "body"]
     assert results[0][1] > results[1][1]
 
@@ -140,7 +140,7 @@ def test_find_assets_by_ip_and_hostname(make_tenant):
     asset_upsert(tenant=other, ip="10.20.0.15", hostname="fs01", role="Someone else's")
 
     def roles(text: str) -> list[str]:
-        return sorted(asset.role for asset, _ in find_assets(acme, text))
+        return sorted(asset.role for asset, _ in asset_find_mentioned(tenant=acme, text=text))
 
     assert roles("Cannot reach \\\\10.20.0.15\\share since this morning") == ["File server"]
     assert roles("Map to FS01 fails") == ["File server"]  # short name, any case, stored with its domain
@@ -149,7 +149,7 @@ def test_find_assets_by_ip_and_hostname(make_tenant):
     assert roles("Firewall at 2001:DB8:0:0::42 drops traffic") == ["Firewall"]  # IPv6, written differently
     assert roles("Version 10.20.0.155 and 999.1.1.1 are not addresses of ours") == []
     assert roles("Nothing here mentions a host") == []
-    scores = dict((a.role, s) for a, s in find_assets(acme, "fs01.corp.acme.local and dc01"))
+    scores = dict((a.role, s) for a, s in asset_find_mentioned(tenant=acme, text="fs01.corp.acme.local and dc01"))
     assert scores == {"File server": 1.0, "Domain controller": 1.0}
 
 
@@ -166,8 +166,10 @@ def test_find_articles_ranked(make_tenant):
         tenant=acme, title="Mailbox size limits", body="Archive old mail when Outlook says the mailbox is full."
     )
     article_upsert(tenant=other, title="Outlook keeps asking for the password", body="Other tenant's copy.")
-    results = find_articles(acme, "Outlook password prompt\nOutlook keeps asking for my password after the change")
+    results = article_find_relevant(
+        tenant=acme, text="Outlook password prompt\nOutlook keeps asking for my password after the change"
+    )
     assert [a.title for a, _ in results][0] == "Outlook keeps asking for the password"
     assert all(a.tenant_id == acme.pk for a, _ in results)
     assert all(0 < s <= 1 for _, s in results)
-    assert find_articles(acme, "Coffee machine leaking") == []
+    assert article_find_relevant(tenant=acme, text="Coffee machine leaking") == []

@@ -238,7 +238,7 @@ def _wait(predicate, timeout: float = 60.0) -> None:
 def test_leads_see_why_an_update_did_or_did_not_refresh(enhanced, post_webhook, client):
     from tests.review_helpers import support_lead
 
-    post_webhook("acme", load_fixture("webhook__request_updated"), secret=enhanced.secret)
+    post_webhook("acme", servicedesk_fixture("webhook__request_updated"), secret=enhanced.secret)
     _process_updates()
     client.force_login(support_lead())
     page = client.get("/admin/enhancements/ticketupdate/").content.decode()

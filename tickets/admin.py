@@ -205,7 +205,9 @@ class TenantAdmin(admin.ModelAdmin):
             if obj.webhook_auth == Tenant.WebhookAuth.HMAC
             else "Send the secret in the X-ServiceDesk-Token header."
         )
-        return format_html("<code>{}</code><br><span class='help'>POST, JSON body. {}</span>", webhook_url(obj), how)
+        return format_html(
+            "<code>{}</code><br><span class='help'>POST, JSON body. {}</span>", webhook_url(tenant=obj), how
+        )
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: forms.ModelForm, change: bool) -> None:
         """Create or update the tenant through the service; remember a generated secret to show it once."""
@@ -245,12 +247,12 @@ class TenantAdmin(admin.ModelAdmin):
         if not secret:
             return None
         notes = [
-            f"Webhook URL: {webhook_url(obj)}",
+            f"Webhook URL: {webhook_url(tenant=obj)}",
             "Copy the secret now: it is stored encrypted and never shown again.",
         ]
         shown = [("Webhook secret", secret)]
         if obj.webhook_auth == Tenant.WebhookAuth.HMAC:
-            shown.append(("Signing key for an SDP Deluge function", webhook_secret_key(secret)))
+            shown.append(("Signing key for an SDP Deluge function", webhook_secret_key(secret=secret)))
         return secret_once_response(
             request,
             self.admin_site,

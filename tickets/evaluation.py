@@ -17,7 +17,7 @@ from typing import Any
 from django.db import transaction
 
 from tickets.models import Tenant, Ticket
-from tickets.search import MODES, similar_tickets
+from tickets.search import MODES, ticket_search_similar
 
 QUERY_FILES = ("queries.json", "queries_extra.json")
 
@@ -90,7 +90,10 @@ def evaluate(
     for mode in modes:
         by_kind: dict[str, Figures] = defaultdict(Figures)
         for query in queries:
-            found = [t.sdp_id for t, _ in similar_tickets(tenants[query["tenant"]], query["text"], mode=mode)]
+            found = [
+                t.sdp_id
+                for t, _ in ticket_search_similar(tenant=tenants[query["tenant"]], text=query["text"], mode=mode)
+            ]
             relevant = set(query["relevant"])
             recall = len(relevant & set(found[:5])) / min(len(relevant), 5)
             for kind in (query["kind"], "all"):

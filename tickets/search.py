@@ -458,8 +458,8 @@ def _identifier_matches(search, tenant: Tenant, text: str, exclude_sdp_id: str |
     return {ticket.pk: min(score, 1.0) for ticket, score in found}
 
 
-def similar_tickets(
-    tenant: Tenant, text: str, *, limit: int = 5, exclude_sdp_id: str | None = None, mode: str = "hybrid"
+def ticket_search_similar(
+    *, tenant: Tenant, text: str, limit: int = 5, exclude_sdp_id: str | None = None, mode: str = "hybrid"
 ) -> list[tuple[Ticket, float]]:
     """Return up to `limit` resolved tickets of the tenant most similar to text, best first, scored 0..1.
 
@@ -535,7 +535,7 @@ def _host_tokens(text: str) -> set[str]:
     return names
 
 
-def find_assets(tenant: Tenant, text: str) -> list[tuple[Asset, float]]:
+def asset_find_mentioned(*, tenant: Tenant, text: str) -> list[tuple[Asset, float]]:
     """Return the tenant's assets whose IP or hostname (with or without its domain) appears in text."""
     ips = ips_in(text)
     tokens = _host_tokens(text)
@@ -569,7 +569,7 @@ def _stems(text: str) -> set[str]:
     return {_stem(w) for w in _content_words(text)}
 
 
-def find_articles(tenant: Tenant, text: str, *, limit: int = 3) -> list[tuple[KnowledgeArticle, float]]:
+def article_find_relevant(*, tenant: Tenant, text: str, limit: int = 3) -> list[tuple[KnowledgeArticle, float]]:
     """Return up to `limit` of the tenant's articles matching text, best first, scored 0..1."""
     query = _stems(text)
     if not query or limit <= 0:

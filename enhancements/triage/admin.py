@@ -19,6 +19,7 @@ from enhancements.triage.choices import choices_refresh
 from enhancements.triage.dashboard import acceptance_rows, dry_run, history_accuracy
 from enhancements.triage.models import SdpChoice, TriageDecision, TriageField, TriageMode, TriageSetting
 from enhancements.triage.services import triage_setting_update, triage_settings, triage_undo
+from project.admin_helpers import acting_user
 from tickets.models import Tenant
 from tickets.sdp.client import ServiceDeskError
 
@@ -202,5 +203,5 @@ class TriageDecisionAdmin(admin.ModelAdmin):
     def undo_writes(self, request: HttpRequest, queryset: QuerySet[TriageDecision]) -> None:
         """Undo each selected write; report each outcome."""
         for decision in queryset:
-            result = triage_undo(decision_id=decision.pk, user=request.user)
+            result = triage_undo(decision_id=decision.pk, user=acting_user(request))
             messages.add_message(request, messages.SUCCESS if result.undone else messages.WARNING, result.message)

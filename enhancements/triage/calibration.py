@@ -17,6 +17,7 @@ import bisect
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.utils import timezone
 
@@ -123,7 +124,7 @@ class Outcome:
     right: bool
 
 
-def _threshold_rows(confidences: Sequence[tuple[float | None, bool]], total: int) -> list[dict[str, float | int]]:
+def _threshold_rows(confidences: Sequence[tuple[float | None, bool]], total: int) -> list[dict[str, Any]]:
     rows = []
     for threshold in THRESHOLDS:
         chosen = [right for conf, right in confidences if conf is not None and conf >= threshold]
@@ -154,7 +155,7 @@ def _bins(confidences: Sequence[tuple[float | None, bool]]) -> list[dict[str, fl
     return rows
 
 
-def _advised(rows: list[dict[str, float | int]], target: float) -> float | None:
+def _advised(rows: list[dict[str, Any]], target: float) -> float | None:
     for row in rows:
         accuracy = row["accuracy"]
         if accuracy is not None and accuracy >= target and int(row["suggested"]) >= 20:

@@ -11,9 +11,10 @@ probability of being right by the tenant's calibration (calibration.py), fitted 
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tickets import search
@@ -44,7 +45,7 @@ class Suggestion:
     value: str
     raw_score: float
     confidence: float | None = None
-    tallies: dict[str, float] = field(default_factory=dict)
+    tallies: dict[str, float] = dataclasses.field(default_factory=dict)
     provider: str = "offline"
     model: str = "neighbour-vote-v1"
 
@@ -83,7 +84,7 @@ def ticket_final_fields(ticket: Ticket) -> dict[str, str]:
 def neighbours_find(*, tenant: Tenant, ticket: Ticket, limit: int = NEIGHBOURS) -> list[Neighbour]:
     """Return the ticket's most similar resolved tickets of the same tenant, with their final fields."""
     text = f"{ticket.subject}\n{ticket.description}".strip()
-    found = search.similar_tickets(tenant, text, limit=limit, exclude_sdp_id=ticket.sdp_id)
+    found = search.ticket_search_similar(tenant=tenant, text=text, limit=limit, exclude_sdp_id=ticket.sdp_id)
     return [Neighbour(sdp_id=t.sdp_id, score=float(score), fields=ticket_final_fields(t)) for t, score in found]
 
 

@@ -4,16 +4,16 @@ Every import validates each record, imports the good ones, reports the bad ones 
 and is idempotent: running it again creates nothing twice.
 """
 
-from tickets.imports.articles import articles_import
-from tickets.imports.assets import assets_import_csv
-from tickets.imports.from_sdp import TicketImportReport, ticket_import_window, tickets_import_from_sdp
+from tickets.imports.articles import article_import
+from tickets.imports.assets import asset_import_csv
+from tickets.imports.from_sdp import TicketImportReport, ticket_import_from_sdp, ticket_import_window
 from tickets.imports.report import ImportReport
 
 __all__ = [
     "ImportReport",
     "TicketImportReport",
-    "articles_import",
-    "assets_import_csv",
-    "tickets_import_from_sdp",
+    "article_import",
+    "asset_import_csv",
+    "ticket_import_from_sdp",
     "ticket_import_window",
 ]

@@ -110,7 +110,7 @@ def _article_records(path: Path) -> Iterator[ArticleRecord]:
         )
 
 
-def articles_import(*, tenant: Tenant, path: Path) -> ImportReport:
+def article_import(*, tenant: Tenant, path: Path) -> ImportReport:
     """Validate and import knowledge articles from a folder of Markdown/HTML files or a CSV; return the report."""
     report = ImportReport()
     if path.is_file() and path.suffix.lower() != ".csv":

@@ -24,7 +24,7 @@ def _hostname_error(hostname: str) -> str | None:
     return None
 
 
-def assets_import_csv(*, tenant: Tenant, path: Path) -> ImportReport:
+def asset_import_csv(*, tenant: Tenant, path: Path) -> ImportReport:
     """Validate every row of an assets CSV and import the good ones into the tenant's inventory; return the report."""
     report = ImportReport()
     with path.open(newline="", encoding="utf-8-sig") as handle:

@@ -65,7 +65,7 @@ def ticket_import_window(*, tenant: Tenant, since: datetime, until: datetime, re
     return TicketImport.objects.create(tenant=tenant, since=since, until=until)
 
 
-def tickets_import_from_sdp(
+def ticket_import_from_sdp(
     *,
     tenant: Tenant,
     since: datetime,

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from tickets.imports import articles_import, assets_import_csv
+from tickets.imports import article_import, asset_import_csv
 from tickets.models import Tenant, Ticket
 from tickets.services import tenant_create_or_update, ticket_bulk_upsert, webhook_url
 
@@ -54,8 +54,8 @@ class Command(BaseCommand):
             )
         ticket_bulk_upsert(tenant=tenant, items=items, source=Ticket.Source.IMPORT)
         # The same importers as import_assets / import_articles; the demo files have no bad rows to report.
-        assets_import_csv(tenant=tenant, path=DEMO_DIR / "assets.csv")
-        articles_import(tenant=tenant, path=DEMO_DIR / "articles")
+        asset_import_csv(tenant=tenant, path=DEMO_DIR / "assets.csv")
+        article_import(tenant=tenant, path=DEMO_DIR / "articles")
 
         User = get_user_model()
         if not User.objects.filter(username="admin").exists():
@@ -73,7 +73,7 @@ class Command(BaseCommand):
                     "",
                     "Ticket Enhancer is starting (web on port 8000 + worker).",
                     f"  Admin:          {base}/admin/   login: admin / {password}",
-                    f"  Demo webhook:   {webhook_url(tenant)}",
+                    f"  Demo webhook:   {webhook_url(tenant=tenant)}",
                     f"  Webhook secret: {tenant.webhook_secret}",
                     "  Send a signed sample webhook (in another terminal):",
                     "      .venv/bin/python manage.py send_webhook demo",

@@ -71,12 +71,12 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         tenant = result.tenant
         self.stdout.write(f"Tenant {tenant.slug} {'created' if result.created else 'updated'}.")
-        self.stdout.write(f"Webhook URL:  {webhook_url(tenant)}")
+        self.stdout.write(f"Webhook URL:  {webhook_url(tenant=tenant)}")
         self.stdout.write(f"Webhook auth: {tenant.webhook_auth}")
         if result.secret:
             self.stdout.write(f"Webhook secret (shown once, store it now): {result.secret}")
             if tenant.webhook_auth == Tenant.WebhookAuth.HMAC:
-                self.stdout.write(f"Signing key for an SDP Deluge function: {webhook_secret_key(result.secret)}")
+                self.stdout.write(f"Signing key for an SDP Deluge function: {webhook_secret_key(secret=result.secret)}")
             else:
                 self.stdout.write("Send it in the X-ServiceDesk-Token header of the SDP webhook.")
         else:

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from tickets.imports import articles_import
+from tickets.imports import article_import
 from tickets.management.commands.import_assets import report_write
 from tickets.models import Tenant
 
@@ -30,7 +30,7 @@ class Command(BaseCommand):
         if not path.exists():
             raise CommandError(f"{path} does not exist.")
         try:
-            report = articles_import(tenant=tenant, path=path)
+            report = article_import(tenant=tenant, path=path)
         except (UnicodeDecodeError, OSError) as exc:
             raise CommandError(f"Cannot read {path}: {exc}") from exc
         report_write(self, report)

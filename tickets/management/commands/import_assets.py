@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from tickets.imports import ImportReport, assets_import_csv
+from tickets.imports import ImportReport, asset_import_csv
 from tickets.models import Tenant
 
 
@@ -33,7 +33,7 @@ class Command(BaseCommand):
         if not path.is_file():
             raise CommandError(f"{path} is not a file.")
         try:
-            report = assets_import_csv(tenant=tenant, path=path)
+            report = asset_import_csv(tenant=tenant, path=path)
         except (UnicodeDecodeError, OSError) as exc:
             raise CommandError(f"Cannot read {path}: {exc}") from exc
         report_write(self, report)

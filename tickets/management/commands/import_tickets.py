@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from tqdm import tqdm
 
-from tickets.imports import tickets_import_from_sdp
+from tickets.imports import ticket_import_from_sdp
 from tickets.models import Tenant
 from tickets.sdp.client import ServiceDeskError
 
@@ -61,7 +61,7 @@ class Command(BaseCommand):
             bar.update(done - bar.n)
 
         try:
-            report = tickets_import_from_sdp(
+            report = ticket_import_from_sdp(
                 tenant=tenant, since=since, until=until, restart=options["restart"], progress=progress
             )
         except ServiceDeskError as exc:

@@ -33,7 +33,7 @@ class Command(migrate.Command):
             help="Seconds to wait for another migrate to finish before failing (PostgreSQL only, default 300).",
         )
 
-    def handle(self, *args: Any, **options: Any) -> None:
+    def handle(self, *args: Any, **options: Any) -> str | None:
         connection = connections[options["database"]]
         if connection.vendor != "postgresql":
             return super().handle(*args, **options)
