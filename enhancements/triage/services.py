@@ -30,9 +30,10 @@ from enhancements.triage.calibration import Calibrator, calibrator_for
 from enhancements.triage.choices import Choices, choices_for
 from enhancements.triage.engine import Neighbour, Suggestion, neighbours_find, ticket_final_fields, votes_all
 from enhancements.triage.models import TriageDecision, TriageField, TriageMode, TriageSetting
+from project.retry import backoff_delay
 from tickets.models import Tenant, Ticket
 from tickets.sdp.auth import servicedesk_client
-from tickets.sdp.client import ServiceDeskError, backoff_delay
+from tickets.sdp.client import ServiceDeskError
 
 logger = logging.getLogger(__name__)
 
