@@ -299,10 +299,9 @@ def test_a_support_lead_sees_open_clusters_and_dismisses_splits_and_links(sdp_te
 @pytest.mark.django_db(transaction=True)
 def test_a_burst_on_real_workers_forms_one_cluster_with_exactly_one_follow_up_each(tmp_path, sdp):
     import time as _time
-    import uuid as _uuid
 
-    from tests.conftest import signed_headers
     from tests.processes import running_stack
+    from tests.signing import sign_webhook
     from tickets.services import tenant_create_or_update
 
     result = tenant_create_or_update(slug="burst", name="Burst", sdp_base_url=sdp.url, sdp_api_key=sdp.api_key)
@@ -312,8 +311,7 @@ def test_a_burst_on_real_workers_forms_one_cluster_with_exactly_one_follow_up_ea
             request = _request(f"r{n}", subject, body, 600 + n * 0.2)
             sdp.add_request(request)
             raw = json.dumps({"event": "request_created", "request": request}).encode()
-            head = signed_headers(result.secret, raw, msg_id=f"msg_{_uuid.uuid4().hex}")
-            headers = {k.removeprefix("HTTP_").replace("_", "-").lower(): v for k, v in head.items()}
+            headers = sign_webhook(result.secret, raw)
             status, _, _ = stack.request(
                 "POST", "/webhook/servicedesk/burst/", raw, {"Content-Type": "application/json", **headers}
             )
