@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     live = [cluster() for _ in range(args.clusters)]
     results: list[dict[str, float | str]] = []
 
-    def wait(predicate, timeout: float, what: str):  # noqa: ANN001, ANN202
+    def wait(predicate, timeout: float, what: str):
         deadline = time.monotonic() + timeout
         while not (value := predicate()):
             if time.monotonic() > deadline:

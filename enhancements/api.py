@@ -26,7 +26,7 @@ from rest_framework.response import Response
 
 from enhancements import services
 from enhancements.authentication import TenantTokenAuthentication, TokenUser
-from enhancements.models import Enhancement
+from enhancements.models import ApiToken, Enhancement
 from enhancements.serializers import (
     EnhancementDetailSerializer,
     EnhancementFilterSerializer,

@@ -159,7 +159,7 @@ def _heartbeat_loop() -> None:
     interval = settings.ENHANCEMENT_HEARTBEAT_SECONDS
     sweep_every = settings.ENHANCEMENT_SWEEP_SECONDS
     up_since: float | None = None
-    next_sweep = time.monotonic() + random.uniform(0, sweep_every)  # noqa: S311 - jitter, not a secret
+    next_sweep = time.monotonic() + random.uniform(0, sweep_every)
     while True:
         time.sleep(min(interval, sweep_every))
         try:

@@ -121,9 +121,9 @@ def enhancement_create_from_webhook(
                 )
             else:
                 existing = Enhancement.objects.filter(ticket=ticket, trigger=Enhancement.Trigger.WEBHOOK)
-                pk = existing.values_list("pk", flat=True).first()
-                if pk:
-                    return WebhookOutcome(enhancement_id=str(pk), duplicate=True)
+                earlier = existing.values_list("pk", flat=True).first()
+                if earlier:
+                    return WebhookOutcome(enhancement_id=str(earlier), duplicate=True)
                 ticket_merge_webhook(ticket=ticket, request=request)
             enhancement = Enhancement.objects.create(
                 tenant=tenant,
@@ -135,15 +135,17 @@ def enhancement_create_from_webhook(
             transaction.on_commit(lambda: enhancement_enqueue(enhancement_id=str(enhancement.pk)))
     except IntegrityError:
         # A reused delivery id, or a concurrent delivery of the same request that won the race.
-        pk = None
+        found = None
         if delivery_id:
-            pk = Enhancement.objects.filter(tenant=tenant, delivery_id=delivery_id).values_list("pk", flat=True).first()
-        if pk is None:
+            found = (
+                Enhancement.objects.filter(tenant=tenant, delivery_id=delivery_id).values_list("pk", flat=True).first()
+            )
+        if found is None:
             same = Q(tenant=tenant, ticket__sdp_id=sdp_id, trigger=Enhancement.Trigger.WEBHOOK)
-            pk = Enhancement.objects.filter(same).values_list("pk", flat=True).first()
-        if pk is None:
+            found = Enhancement.objects.filter(same).values_list("pk", flat=True).first()
+        if found is None:
             raise
-        return WebhookOutcome(enhancement_id=str(pk), duplicate=True)
+        return WebhookOutcome(enhancement_id=str(found), duplicate=True)
     return WebhookOutcome(enhancement_id=str(enhancement.pk), duplicate=False)
 
 

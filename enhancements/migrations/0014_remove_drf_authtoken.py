@@ -20,7 +20,7 @@ def _drop_authtoken(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("enhancements", "0011_ticket_update_permissions"),
+        ("enhancements", "0013_enhancement_heartbeat"),
         ("contenttypes", "0002_remove_content_type_name"),
         ("auth", "0012_alter_user_first_name_max_length"),
     ]
