@@ -225,9 +225,9 @@ def latency(bursts: int) -> None:
     """Print the time from the threshold-crossing webhook to the follow-up notes, with real processes."""
     import tempfile
 
-    from tests.conftest import signed_headers
     from tests.fakes.sdp import FakeServiceDesk, sdp_time
     from tests.processes import running_stack
+    from tests.signing import sign_webhook
     from tickets.services import tenant_create_or_update
 
     vpn = [t for t in STORMS["tickets"] if t["storm"] == "acme-vpn-60"]
@@ -246,8 +246,7 @@ def latency(bursts: int) -> None:
                                "created_time": sdp_time(created + n * 60_000)}  # fmt: skip
                     sdp.add_request(request)
                     body = json.dumps({"event": "request_created", "request": request}).encode()
-                    head = signed_headers(result.secret, body)
-                    headers = {k.removeprefix("HTTP_").replace("_", "-").lower(): v for k, v in head.items()}
+                    headers = sign_webhook(result.secret, body)
                     if n < 2:
                         stack.request(
                             "POST",

@@ -9,7 +9,7 @@ import yaml
 from django.utils import timezone
 
 from enhancements.models import Enhancement
-from tests.test_deploy import K8S, KUBERNETES_VERSION, kustomize, one
+from tests.deploy.common import K8S, KUBERNETES_VERSION, kustomize, one
 from tests.test_metrics import scrape, value
 from tickets.models import Ticket
 

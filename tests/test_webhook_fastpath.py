@@ -11,17 +11,15 @@ from django.db import connection
 
 from enhancements.models import Enhancement
 from enhancements.webhook_fastpath import plainly_valid
-from tests.conftest import FIXTURES, load_fixture
+from tests.fakes.fixtures import SERVICEDESK_FIXTURES, servicedesk_fixture
 from tickets.models import Tenant, Ticket
 from tickets.sdp.schema import WebhookSerializer
 
-CREATED = load_fixture("webhook__request_created")
+CREATED = servicedesk_fixture("webhook__request_created")
 
 
 def _variants() -> list[object]:
-    bodies: list[object] = [
-        json.loads(p.read_text()) for p in sorted((FIXTURES / "servicedesk").glob("webhook__*.json"))
-    ]
+    bodies: list[object] = [json.loads(p.read_text()) for p in sorted(SERVICEDESK_FIXTURES.glob("webhook__*.json"))]
     base = copy.deepcopy(CREATED)
     edits = [
         ("event", " request_created"), ("event", ""), ("event", None), ("event", "x" * 64), ("event", "x" * 65),
