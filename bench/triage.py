@@ -104,8 +104,8 @@ def run(size: int, sample: int, pg_url: str, database: str) -> None:
         neighbours_find(tenant=tenant, ticket=ticket)
     began = time.perf_counter()
     for ticket in chosen:
-        search.similar_tickets(
-            tenant, f"{ticket.subject}\n{ticket.description}", limit=10, exclude_sdp_id=ticket.sdp_id
+        search.ticket_search_similar(
+            tenant=tenant, text=f"{ticket.subject}\n{ticket.description}", limit=10, exclude_sdp_id=ticket.sdp_id
         )
     baseline = time.perf_counter() - began
     report = triage_report_build(tenant=tenant, sample=sample)
