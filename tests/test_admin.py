@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -200,6 +202,47 @@ def test_approve_on_a_permanent_sdp_error_fails_and_repost_then_posts(lead_clien
     lead_client.post(_action_url(awaiting, "repost"))
     assert len(sdp.notes["104321"]) == 1
     assert LogEntry.objects.filter(object_id=str(awaiting.pk), change_message__startswith="Re-posted").count() == 1
+
+
+def test_a_repost_in_flight_is_not_taken_for_a_dead_worker_by_the_sweep(transactional_db, awaiting, sdp):
+    """The row still carried the beat of the worker that generated it; the sweep re-queued it mid-post."""
+    from datetime import timedelta
+
+    from django.db import connections
+    from django.utils import timezone
+
+    from enhancements.services import enhancement_approve, enhancement_repost, enhancement_sweep
+
+    # A permanent SDP error on approval leaves the row FAILED with its note, ready for a re-post.
+    sdp.fail_next(1, 401, method="POST")
+    enhancement_approve(enhancement_id=str(awaiting.pk), user=support_lead())
+    awaiting.refresh_from_db()
+    assert awaiting.status == Enhancement.Status.FAILED and awaiting.heartbeat_at is not None
+    # Minutes later a lead re-posts: the generating worker's last beat is old by now.
+    Enhancement.objects.filter(pk=awaiting.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=10))
+    # SDP stores the note at once but answers after 2 s: the post is in flight while the sweep runs.
+    sdp.fail_next(1, "timeout", method="POST", path_contains="notes", delay=2.0, process=True)
+    results: list = []
+
+    def repost() -> None:
+        try:
+            results.append(enhancement_repost(enhancement_id=str(awaiting.pk), user=None))
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=repost)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not sdp.notes.get("104321") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sdp.notes.get("104321"), "the re-post never reached SDP"
+    swept = enhancement_sweep()
+    thread.join(timeout=20)
+    assert results and results[0].changed, results
+    assert swept.get("recovered", 0) == 0, swept
+    awaiting.refresh_from_db()
+    assert awaiting.status == Enhancement.Status.POSTED
+    assert len(sdp.notes["104321"]) == 1
 
 
 def test_reject_never_posts_and_is_idempotent(lead_client, awaiting, sdp):

@@ -217,7 +217,9 @@ def enhancement_repost(*, enhancement_id: str, user: User | None) -> ReviewResul
     claimed = (
         Enhancement.objects.filter(pk=enhancement_id, status=Enhancement.Status.FAILED)
         .exclude(note_html="")
-        .update(status=Enhancement.Status.RUNNING, started_at=now, finished_at=None)
+        # No beat: the worker that beat for this row is long gone, and the sweep would take a stale beat for
+        # a dead worker and re-queue the row mid-post (a second note). A beatless row waits for STUCK_AFTER.
+        .update(status=Enhancement.Status.RUNNING, started_at=now, finished_at=None, heartbeat_at=None, worker="")
     )
     row = Enhancement.objects.select_related("tenant", "ticket").get(pk=enhancement_id)
     if not claimed:
