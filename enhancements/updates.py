@@ -196,6 +196,14 @@ def ticket_update_process(*, update_id: str) -> str:
             return _finish(update, S.FAILED, f"ServiceDesk Plus: {exc}")
         delay = max(backoff_delay(update.attempts, base=settings.ENHANCEMENT_RETRY_BASE, cap=300), exc.retry_after or 0)
         return _defer(update, timezone.now() + timedelta(seconds=delay), f"Will retry: ServiceDesk Plus: {exc}")
+    except Exception as exc:
+        # Anything else (a database blip, an answer of a shape we did not expect, a bug) is retried a bounded
+        # number of times like SDP errors; before, the row sat in running until the sweep re-queued it, forever.
+        logger.exception("ticket update of #%s failed unexpectedly", update.sdp_id)
+        if update.attempts >= UPDATE_MAX_ATTEMPTS:
+            return _finish(update, S.FAILED, f"Gave up after {update.attempts} attempts: unexpected error: {exc!r}")
+        delay = backoff_delay(update.attempts, base=settings.ENHANCEMENT_RETRY_BASE, cap=300)
+        return _defer(update, timezone.now() + timedelta(seconds=delay), f"Will retry: unexpected error: {exc!r}")
 
 
 def _process(update: TicketUpdate) -> str:
@@ -281,9 +289,14 @@ def _refresh(
 def ticket_update_sweep(*, limit: int = 200) -> int:
     """Re-enqueue updates that are due (deferred or lost by the broker) and recover stuck ones."""
     now = timezone.now()
-    TicketUpdate.objects.filter(status=S.RUNNING, started_at__lt=now - UPDATE_STUCK_AFTER).update(
-        status=S.PENDING, next_attempt_at=now, enqueued_at=None
+    stuck = TicketUpdate.objects.filter(status=S.RUNNING, started_at__lt=now - UPDATE_STUCK_AFTER)
+    # A worker died during the last allowed attempt: stop there, as for any other failure.
+    stuck.filter(attempts__gte=UPDATE_MAX_ATTEMPTS).update(
+        status=S.FAILED,
+        reason=f"The worker stopped responding during the last allowed attempt ({UPDATE_MAX_ATTEMPTS}).",
+        finished_at=now,
     )
+    stuck.update(status=S.PENDING, next_attempt_at=now, enqueued_at=None)
     due = TicketUpdate.objects.filter(status=S.PENDING).filter(
         Q(enqueued_at__isnull=True, next_attempt_at__isnull=True)
         | Q(enqueued_at__isnull=True, next_attempt_at__lte=now)

@@ -235,6 +235,35 @@ def _wait(predicate, timeout: float = 60.0) -> None:
     raise AssertionError("not settled in time")
 
 
+def test_an_unexpected_error_is_retried_a_bounded_number_of_times(enhanced, sdp, post_webhook):
+    from enhancements.updates import UPDATE_MAX_ATTEMPTS
+
+    # An answer of a shape we do not expect: the sender as a bare string, not an object.
+    sdp.conversations[SDP_ID].append({"id": "77", "from": "someone@example.com", "description": "<p>more</p>"})
+    response = post_webhook("acme", _updated(), secret=enhanced.secret)
+    assert response.status_code == 202
+    update = TicketUpdate.objects.get()
+    outcomes = []
+    for _ in range(UPDATE_MAX_ATTEMPTS + 2):
+        TicketUpdate.objects.filter(pk=update.pk).update(next_attempt_at=None)  # the backoff has passed
+        outcomes.append(tasks.process_ticket_update(str(update.pk)))
+    update.refresh_from_db()
+    assert update.status == "failed" and update.attempts == UPDATE_MAX_ATTEMPTS, (outcomes, update.reason)
+    assert "unexpected error" in update.reason
+    assert outcomes[: UPDATE_MAX_ATTEMPTS - 1] == ["pending"] * (UPDATE_MAX_ATTEMPTS - 1)
+
+
+def test_the_sweep_fails_an_update_whose_worker_died_in_its_last_attempt(enhanced, post_webhook):
+    from enhancements.updates import UPDATE_MAX_ATTEMPTS, UPDATE_STUCK_AFTER, ticket_update_sweep
+
+    post_webhook("acme", _updated(), secret=enhanced.secret)
+    long_ago = timezone.now() - UPDATE_STUCK_AFTER - timedelta(minutes=1)
+    TicketUpdate.objects.update(status="running", started_at=long_ago, attempts=UPDATE_MAX_ATTEMPTS)
+    ticket_update_sweep()
+    update = TicketUpdate.objects.get()
+    assert update.status == "failed" and "last allowed attempt" in update.reason
+
+
 def test_leads_see_why_an_update_did_or_did_not_refresh(enhanced, post_webhook, client):
     from tests.review_helpers import support_lead
 
