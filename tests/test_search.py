@@ -3,53 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.db import connection
 
+from tickets.evaluation import load_history
 from tickets.models import Tenant, Ticket
 from tickets.search import article_find_relevant, asset_find_mentioned, ticket_search_similar
-from tickets.services import article_upsert, asset_upsert, tenant_create_or_update, ticket_bulk_upsert, ticket_upsert
+from tickets.services import article_upsert, asset_upsert, ticket_upsert
 
 pytestmark = pytest.mark.django_db
 
 RETRIEVAL = Path(__file__).parent / "fixtures" / "retrieval"
 
 
-def _when(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-def load_history() -> dict[str, Tenant]:
-    """Store the labelled retrieval set's tickets (three tenants) and return the tenants by slug."""
-    by_tenant: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
-    for row in json.loads((RETRIEVAL / "tickets.json").read_text(encoding="utf-8")):
-        fields = {
-            key: row.get(key, "")
-            for key in ("subject", "description", "status", "priority", "category", "resolution", "technician")
-        }
-        fields |= {
-            "requester_name": row.get("requester_name", ""),
-            "requester_email": row.get("requester_email", ""),
-            "sdp_created_at": _when(row.get("created_at")),
-            "resolved_at": _when(row.get("resolved_at")),
-            "is_resolved": row["status"] in Ticket.RESOLVED_STATUSES,
-        }
-        by_tenant[row["tenant"]].append((str(row["sdp_id"]), fields))
-    tenants = {}
-    for slug, items in by_tenant.items():
-        tenants[slug] = tenant_create_or_update(slug=slug, name=slug.title()).tenant
-        ticket_bulk_upsert(tenant=tenants[slug], items=items, source=Ticket.Source.IMPORT)
-    return tenants
-
-
 @pytest.fixture
 def history() -> dict[str, Tenant]:
-    return load_history()
+    return load_history(RETRIEVAL)
 
 
 def _ids(results: list[tuple[Ticket, float]]) -> list[str]:
