@@ -83,3 +83,19 @@ def test_imports_go_one_way():
             if module.split(".")[0] in above
         ]
     assert not offenders, offenders
+
+
+# Modules still over the limit, each waiting for its split (docs/architecture.md); the list only shrinks.
+OVER_LIMIT = {"tickets/search.py", "tickets/sdp/client.py", "enhancements/services/pipeline.py"}
+MAX_LINES = 400
+
+
+def test_app_modules_stay_under_400_lines():
+    """A module over 400 lines holds more than one concern: split it (CONVENTIONS.md, "small modules")."""
+    offenders = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for path in _app_modules()
+        if len(path.read_text().splitlines()) > MAX_LINES
+    }
+    new = {name: lines for name, lines in offenders.items() if name not in OVER_LIMIT}
+    assert not new, f"modules over {MAX_LINES} lines: {new}"

@@ -16,9 +16,9 @@ from enhancements.models import Enhancement, Feedback
 from enhancements.render import note_render
 from enhancements.triage.calibration import calibrator_for
 from enhancements.triage.choices import choices_for
+from enhancements.triage.decide import _is_unset, triage_settings
 from enhancements.triage.engine import ticket_final_fields
 from enhancements.triage.models import TriageCalibration, TriageDecision, TriageField, TriageMode
-from enhancements.triage.services import _is_unset, triage_settings
 from tickets.models import Tenant
 
 A = TriageDecision.Acceptance

@@ -1,0 +1,252 @@
+"""Triage writes to SDP: apply pending decisions without overwriting a person, retry, and undo.
+
+- Every write records the previous value and the reason; the PUT carries an update reason naming Ticket
+  Enhancer. The decision is marked before the call, so after an unclear outcome the next attempt reads the
+  request first: our value there means done (no second write), a person's value means leave it.
+- Undo writes the previous value back (unless a person changed the field since) and adds a note saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
+from django.db.models import F, Q
+from django.utils import timezone
+from django.utils.html import format_html
+
+from enhancements.triage.choices import Choices, choices_for
+from enhancements.triage.decide import DEFAULT_THRESHOLD, _is_unset, triage_settings
+from enhancements.triage.models import TriageDecision, TriageField
+from project.retry import backoff_delay
+from tickets.sdp.auth import servicedesk_client
+from tickets.sdp.client import ServiceDeskError
+
+logger = logging.getLogger(__name__)
+
+Outcome = TriageDecision.Outcome
+MAX_WRITE_ATTEMPTS = 5
+# The SDP request key of each field.
+SDP_KEYS = {"category": "category", "subcategory": "subcategory", "priority": "priority", "group": "group",
+            "technician": "technician"}  # fmt: skip
+
+
+# --- writing ----------------------------------------------------------------------------------------------------
+def _current(request: dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if isinstance(value, dict):
+        return str(value.get("name") or "").strip()
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _ref(choices: Choices, kind: str, name: str, parent: str = "") -> dict[str, str]:
+    sdp_id = choices.ids.get((kind, f"{parent}\x00{name}" if kind == "subcategory" else name))
+    return {"id": sdp_id, "name": name} if sdp_id else {"name": name}
+
+
+def _update_reason(decisions: list[TriageDecision], enhancement_id: str) -> str:
+    parts = [f"{d.get_field_display()} “{d.value}” ({(d.confidence or 0):.0%})" for d in decisions]
+    return f"Ticket Enhancer triage (ref {enhancement_id}): set {', '.join(parts)}; the field was empty."[:250]
+
+
+def triage_apply(*, enhancement_id: str) -> dict[str, int]:
+    """Write the enhancement's pending decisions to SDP; return counts by resulting outcome.
+
+    Reads the request just before the PUT; only empty or default fields are written, in one PUT.
+    """
+    lock = f"triage-apply:{enhancement_id}"
+    if not cache.add(lock, "1", timeout=120):
+        return {"busy": 1}
+    try:
+        return _apply(enhancement_id)
+    finally:
+        cache.delete(lock)
+
+
+def _apply(enhancement_id: str) -> dict[str, int]:
+    pending = list(
+        TriageDecision.objects.select_related("tenant", "ticket").filter(
+            enhancement_id=enhancement_id, outcome=Outcome.PENDING
+        )
+    )
+    counts: dict[str, int] = {}
+    if not pending:
+        return counts
+    TriageDecision.objects.filter(pk__in=[d.pk for d in pending]).update(attempts=F("attempts") + 1)
+    tenant, ticket = pending[0].tenant, pending[0].ticket
+    settings_ = triage_settings(tenant=tenant)
+    choices = choices_for(tenant=tenant)
+    now = timezone.now()
+    to_write: list[TriageDecision] = []
+    changes: dict[str, Any] = {}
+    try:
+        with servicedesk_client(tenant=tenant) as client:
+            request = client.get_request(ticket.sdp_id)
+            for decision in pending:
+                current = _current(request, SDP_KEYS[decision.field])
+                if decision.write_started_at and current == decision.value:
+                    # An earlier attempt's outcome was unclear and SDP has our value: it landed. No second write.
+                    _finish(decision, Outcome.APPLIED, decision.reason, written_at=now)
+                    counts[Outcome.APPLIED] = counts.get(Outcome.APPLIED, 0) + 1
+                    continue
+                if not _is_unset(current, settings_[decision.field]):
+                    why = (
+                        f"Left alone: a person set “{current}” while our earlier write's outcome was unclear."
+                        if decision.write_started_at
+                        else f"Left alone: a person set “{current}” before we wrote."
+                    )
+                    _finish(decision, Outcome.HUMAN_SET, why, previous=current)
+                    counts[Outcome.HUMAN_SET] = counts.get(Outcome.HUMAN_SET, 0) + 1
+                    continue
+                if not choices.allows(decision.field, decision.value):
+                    _finish(decision, Outcome.NOT_IN_LIST, f"“{decision.value}” is no longer in the SDP list.")
+                    counts[Outcome.NOT_IN_LIST] = counts.get(Outcome.NOT_IN_LIST, 0) + 1
+                    continue
+                if not decision.write_started_at:
+                    decision.previous_value = current
+                    decision.previous_subvalue = _current(request, "subcategory")
+                changes[SDP_KEYS[decision.field]] = _ref(choices, decision.field, decision.value)
+                if decision.field == TriageField.CATEGORY:
+                    sub_ok = (
+                        decision.subvalue
+                        and (decision.sub_confidence or 0) >= (decision.threshold or DEFAULT_THRESHOLD)
+                        and choices.allows("subcategory", decision.subvalue, category=decision.value)
+                        and not _current(request, "subcategory")
+                    )
+                    if sub_ok:
+                        changes["subcategory"] = _ref(choices, "subcategory", decision.subvalue, decision.value)
+                to_write.append(decision)
+            if not to_write:
+                return counts
+            # Record the attempt before the call: a crash or timeout leaves rows that say a write was in flight.
+            TriageDecision.objects.filter(pk__in=[d.pk for d in to_write]).update(write_started_at=now)
+            for decision in to_write:
+                decision.write_started_at = now
+                decision.save(update_fields=["previous_value", "previous_subvalue"])
+            client.update_request(ticket.sdp_id, changes, reason=_update_reason(to_write, enhancement_id))
+    except ServiceDeskError as exc:
+        return _write_failed(to_write or pending, exc, counts)
+    for decision in to_write:
+        wrote_sub = decision.field == TriageField.CATEGORY and "subcategory" in changes
+        reason = decision.reason + (f" Subcategory “{decision.subvalue}” written too." if wrote_sub else "")
+        _finish(decision, Outcome.APPLIED, reason, written_at=timezone.now())
+        counts[Outcome.APPLIED] = counts.get(Outcome.APPLIED, 0) + 1
+    logger.info("triage wrote %s to SDP request %s", ", ".join(changes), ticket.sdp_id)
+    return counts
+
+
+def _finish(
+    decision: TriageDecision, outcome: str, reason: str, *, written_at: Any = None, previous: str | None = None
+) -> None:
+    decision.outcome = outcome
+    decision.reason = reason[:2000]
+    fields = ["outcome", "reason"]
+    if written_at is not None:
+        decision.written_at = written_at
+        fields.append("written_at")
+    if previous is not None:
+        decision.previous_value = previous[:200]
+        fields.append("previous_value")
+    decision.save(update_fields=fields)
+
+
+def _write_failed(decisions: list[TriageDecision], exc: ServiceDeskError, counts: dict[str, int]) -> dict[str, int]:
+    for decision in decisions:
+        decision.refresh_from_db(fields=["attempts"])
+        if exc.permanent or decision.attempts >= MAX_WRITE_ATTEMPTS:
+            _finish(decision, Outcome.FAILED, f"Not written: ServiceDesk Plus: {exc}")
+            counts[Outcome.FAILED] = counts.get(Outcome.FAILED, 0) + 1
+        else:
+            delay = max(
+                backoff_delay(max(decision.attempts, 1), base=settings.ENHANCEMENT_RETRY_BASE,
+                              cap=settings.ENHANCEMENT_RETRY_MAX),
+                exc.retry_after or 0.0,
+            )  # fmt: skip
+            decision.next_attempt_at = timezone.now() + timedelta(seconds=delay)
+            decision.reason = f"Attempt {decision.attempts or 1} failed, will retry: ServiceDesk Plus: {exc}"[:2000]
+            decision.save(update_fields=["next_attempt_at", "reason"])
+            counts["retry"] = counts.get("retry", 0) + 1
+    return counts
+
+
+def triage_sweep(*, limit: int = 200) -> int:
+    """Retry pending writes that are due (lost tasks, transient failures); return how many enhancements ran."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=60)
+    due = (
+        TriageDecision.objects.filter(outcome=Outcome.PENDING, created_at__lt=stale)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .order_by()
+        .values_list("enhancement_id", flat=True)
+        .distinct()[:limit]
+    )
+    ran = 0
+    for enhancement_id in list(due):
+        triage_apply(enhancement_id=str(enhancement_id))
+        ran += 1
+    return ran
+
+
+# --- undo -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UndoResult:
+    """What an undo did, in a sentence for the admin."""
+
+    undone: bool
+    message: str
+
+
+def triage_undo(*, decision_id: int, user: AbstractBaseUser | None) -> UndoResult:
+    """Write the previous value back (unless a person changed the field since) and add a note saying so."""
+    decision = TriageDecision.objects.select_related("tenant", "ticket").get(pk=decision_id)
+    label = decision.get_field_display()
+    if decision.outcome != Outcome.APPLIED:
+        return UndoResult(False, f"Nothing undone: {label} of #{decision.ticket.sdp_id} was not written by us.")
+    tenant, ticket = decision.tenant, decision.ticket
+    key = SDP_KEYS[decision.field]
+    choices = choices_for(tenant=tenant)
+    who = getattr(user, "get_username", lambda: "")() or "a support lead"
+    try:
+        with servicedesk_client(tenant=tenant) as client:
+            request = client.get_request(ticket.sdp_id)
+            current = _current(request, key)
+            if current != decision.value:
+                return UndoResult(
+                    False,
+                    f"Not undone: {label} of #{ticket.sdp_id} is now “{current or 'empty'}”, changed since our write "
+                    "(a person's value is never overwritten).",
+                )
+            previous = decision.previous_value
+            changes: dict[str, Any] = {key: _ref(choices, decision.field, previous) if previous else None}
+            if decision.field == TriageField.CATEGORY:
+                wrote_sub = _current(request, "subcategory") == decision.subvalue and decision.subvalue
+                if wrote_sub:
+                    prev_sub = decision.previous_subvalue
+                    changes["subcategory"] = (
+                        _ref(choices, "subcategory", prev_sub, previous) if prev_sub and previous else None
+                    )
+            reason = f"Ticket Enhancer: undo of its triage change (ref {decision.enhancement_id}) by {who}."
+            client.update_request(ticket.sdp_id, changes, reason=reason[:250])
+            now = timezone.now()
+            TriageDecision.objects.filter(pk=decision.pk).update(
+                outcome=Outcome.UNDONE, undone_at=now, undone_by=user if user and user.pk else None
+            )
+            note = format_html(
+                "<p><b>Ticket Enhancer</b>: {} undid the automatic change of <b>{}</b> from “{}” back to “{}”.</p>",
+                who,
+                label,
+                decision.value,
+                previous or "empty",
+            )
+            created = client.add_note(ticket.sdp_id, str(note))
+    except ServiceDeskError as exc:
+        return UndoResult(False, f"Not undone: ServiceDesk Plus: {exc}")
+    TriageDecision.objects.filter(pk=decision.pk).update(undo_note_id=str(created.get("id", "")))
+    return UndoResult(
+        True, f"Undone: {label} of #{ticket.sdp_id} is “{previous or 'empty'}” again; a note in SDP says so."
+    )
