@@ -2,7 +2,7 @@
 
 Four layers retry, from the innermost (shortest waits) to the outermost (longest):
 
-1. **The SDP client** (`tickets/sdp/client.py`, `ServiceDeskClient._call`): up to `max_retries` (2) more
+1. **The SDP client** (`tickets/sdp/transport.py`, `ServiceDeskTransport._call`): up to `max_retries` (2) more
    tries of one call, waiting `backoff_delay(base=0.5, cap=10)` or SDP's `Retry-After` when it is at most
    10 s (longer waits go back to the caller). A POST is repeated only when SDP certainly did not act on it
    (429, throttled, connection refused); an unclear outcome (timeout, 5xx) is the caller's to check. A 401
