@@ -261,8 +261,28 @@ def count_rows() -> dict[str, int]:
     return {"floor": floor, "app": Enhancement.objects.count()}
 
 
-def in_process(secret: str, count: int) -> None:
-    """Time count webhooks one after another inside this process, app (test client) and floor view; print them."""
+def _wsgi_post(app: Callable[..., Any], path: str, body: str, headers: dict[str, str]) -> int:
+    """Return the status of one POST through a WSGI application, as gunicorn would call it."""
+    import io
+
+    raw = body.encode()
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "127.0.0.1",
+        "REMOTE_ADDR": "127.0.0.1", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(raw)),
+        "wsgi.input": io.BytesIO(raw), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False, **headers,
+    }  # fmt: skip
+    status: list[str] = []
+    result = app(environ, lambda line, _headers, _exc=None: status.append(line))
+    b"".join(result)
+    getattr(result, "close", lambda: None)()
+    return int(status[0].split()[0])
+
+
+def in_process(secret: str, count: int, profile: int = 0) -> None:
+    """Time count webhooks one after another inside this process, app (project.wsgi, the slim chain gunicorn
+    serves) and floor view; print them, and with profile > 0 the top functions of a cProfile of the app."""
     from django.db import connection
     from django.test import Client
     from django.test.utils import override_settings
@@ -273,7 +293,6 @@ def in_process(secret: str, count: int) -> None:
     floor_views._KEY = base64.b64decode(secret.removeprefix("whsec_"))
     key = floor_views._KEY
     template = json.loads(FIXTURE.read_text())
-    client = Client(HTTP_HOST="127.0.0.1")
     with override_settings(ROOT_URLCONF="bench.floor.urls", MIDDLEWARE=[]):
         floor_client = Client(HTTP_HOST="127.0.0.1")  # the floor's handler: no middleware, one URL
     path = f"/webhook/servicedesk/{SLUG}/"
@@ -286,9 +305,11 @@ def in_process(secret: str, count: int) -> None:
         headers = {"HTTP_WEBHOOK_ID": msg_id, "HTTP_WEBHOOK_TIMESTAMP": timestamp}
         return body, {**headers, "HTTP_WEBHOOK_SIGNATURE": f"v1,{base64.b64encode(digest).decode()}"}
 
+    from project.wsgi import application
+
     def app(number: int) -> int:
         body, headers = signed("ipa", number)
-        return client.generic("POST", path, body, content_type="application/json", **headers).status_code
+        return _wsgi_post(application, path, body, headers)
 
     def floor(number: int) -> int:
         body, headers = signed("ipf", number)
@@ -315,6 +336,19 @@ def in_process(secret: str, count: int) -> None:
             f"{name}: {cpu / count * 1000:.1f} ms CPU and {wall / count * 1000:.1f} ms wall per webhook, "
             f"{len(statements)} SQL statements besides BEGIN/COMMIT: {[sql[:24] for sql in statements]}"
         )
+    if profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile(time.process_time)  # CPU, not waits for PostgreSQL or Redis
+        profiler.enable()
+        for number in range(10**7, 10**7 + count):
+            assert app(number) == 202
+        profiler.disable()
+        stats = pstats.Stats(profiler).strip_dirs()
+        for order in ("cumulative", "tottime"):
+            print(f"\napp under cProfile, {count} webhooks, by {order}:")
+            stats.sort_stats(order).print_stats(profile)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -335,10 +369,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conn-max-age", help="CONN_MAX_AGE (default: the settings')")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--in-process", type=int, metavar="N", help="instead: time N webhooks in this process")
+    parser.add_argument("--profile", type=int, default=0, metavar="K", help="with --in-process: cProfile, top K")
     args = parser.parse_args(argv)
     if args.in_process:
         recreate_database(args.database_url)
-        in_process(prepare(args.database_url, args.redis_url), args.in_process)
+        in_process(prepare(args.database_url, args.redis_url), args.in_process, args.profile)
         return
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
