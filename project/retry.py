@@ -14,7 +14,7 @@ Four layers retry, from the innermost (shortest waits) to the outermost (longest
 3. **The import loop** (`tickets/imports/from_sdp.py`, `_patiently`): each SDP call of `import_tickets` gets up to 6
    attempts on top of layer 1, waiting `backoff_delay(base=1, cap=60)` or `Retry-After` (at most 120 s), so an
    import can wait out a throttling window that a webhook-time call must not.
-4. **The pipeline's re-queue** (`enhancements/services/pipeline.py`, `enhancement_retry_later`): a transient
+4. **The pipeline's re-queue** (`enhancements/services/processing.py`, `enhancement_retry_later`): a transient
    failure puts the Enhancement row back to `queued` with `next_attempt_at` after
    `backoff_delay(base=ENHANCEMENT_RETRY_BASE, cap=ENHANCEMENT_RETRY_MAX)` (30 s .. 30 min by default, at
    least `Retry-After`), up to `ENHANCEMENT_MAX_ATTEMPTS` (5) attempts, then `failed`. The sweep (every

@@ -90,7 +90,6 @@ MAX_MODULE_LINES = 400
 # the limit: the test fails for an entry that is no longer needed, so the list only shrinks.
 OVER_THE_LIMIT = {
     "tickets/search.py",
-    "enhancements/services/pipeline.py",
 }
 
 

@@ -1,6 +1,8 @@
 """Business logic of the enhancement side, one module per sub-domain.
 
-- `pipeline`: webhook intake, enqueueing, claiming, the pipeline's stages, posting, retries and the sweep.
+- `pipeline`: webhook intake (a new ticket and its queued enhancement), re-runs and enqueueing.
+- `processing`: claiming, the pipeline's stages, posting once, retries and failures.
+- `sweep`: re-enqueueing due or lost rows and recovering rows whose worker died.
 - `review`: the actions of support leads (approve, edit, reject, re-run, re-post).
 - `feedback`: ratings.
 - `tokens`: API tokens.
@@ -10,17 +12,18 @@ The note itself (rendering, escaping, sanitising, the marker) lives in `enhancem
 from enhancements.services.feedback import feedback_create
 from enhancements.services.pipeline import (
     TASK_PROCESS,
-    PermanentError,
     WebhookOutcome,
-    enhancement_claim,
     enhancement_create_from_webhook,
     enhancement_enqueue,
+    enhancement_rerun,
+)
+from enhancements.services.processing import (
+    PermanentError,
+    enhancement_claim,
     enhancement_fail,
     enhancement_post,
     enhancement_process,
-    enhancement_rerun,
     enhancement_retry_later,
-    enhancement_sweep,
 )
 from enhancements.services.review import (
     APPROVAL_CLAIM_EXPIRES,
@@ -31,6 +34,7 @@ from enhancements.services.review import (
     enhancement_repost,
     enhancement_rerun_request,
 )
+from enhancements.services.sweep import enhancement_sweep
 from enhancements.services.tokens import (
     API_TOKEN_PREFIX,
     api_token_authenticate,

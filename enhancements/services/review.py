@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from enhancements.models import Enhancement
 from enhancements.render import note_sanitise
-from enhancements.services.pipeline import enhancement_fail, enhancement_post, enhancement_rerun
+from enhancements.services.pipeline import enhancement_rerun
+from enhancements.services.processing import enhancement_fail, enhancement_post
 from tickets.models import Ticket
 from tickets.sdp.client import ServiceDeskError
 
