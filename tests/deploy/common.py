@@ -26,7 +26,15 @@ K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = {"base": K8S / "base", "production": K8S / "overlays" / "production"}
 KUBERNETES_VERSION = "1.32.0"  # a version kubernetes-validate ships schemas for; our clusters run 1.32+
 APP_SERVICES = ("migrate", "web", "worker")
-SECRET_NAMES = {"SECRET_KEY", "FIELD_ENCRYPTION_KEY", "DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY"}
+SECRET_NAMES = {
+    "SECRET_KEY",
+    "FIELD_ENCRYPTION_KEY",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "OPENAI_API_KEY",
+    "EMBEDDINGS_API_KEY",
+    "METRICS_TOKEN",
+}
 BIN = Path(sys.executable).parent
 
 

@@ -1,14 +1,19 @@
-"""Drift between compose.yaml and the kompose-derived base."""
+"""Drift between compose.yaml and the kompose-derived base, and between the settings and every file that sets them."""
 
 from __future__ import annotations
 
+import ast
 import copy
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.deploy.common import (
     APP_SERVICES,
+    ROOT,
     compose_command,
     compose_ports,
     containers,
@@ -127,3 +132,167 @@ def test_production_keeps_the_base_app_containers(built: dict[str, list[dict[str
         assert p["command" if "command" in b else "args"] == b.get("command", b.get("args"))
         assert env_names(p, built["production"]) - PRODUCTION_ONLY_ENV == env_names(b, built["base"])
         assert p["image"].rsplit(":", 1)[0].endswith("/ticket-enhancer")
+
+
+# --- Settings: what the app reads, .env.example, compose and the Kubernetes base agree --------------
+# Modules that read the environment: the app code (settings.py above all) and the gunicorn config.
+ENV_READERS = (
+    *sorted(
+        path
+        for package in ("project", "tickets", "clusters", "enhancements")
+        for path in (ROOT / package).rglob("*.py")
+        if "migrations" not in path.parts
+    ),
+    ROOT / "deploy" / "gunicorn.conf.py",
+)
+ENV_EXAMPLE = ROOT / ".env.example"
+K8S_BASE = ROOT / "deploy" / "k8s" / "base"
+# Read by the app, but no deployment sets it by hand: not in .env.example.
+NOT_IN_ENV_EXAMPLE = {"POD_IP": "Kubernetes sets it (downward API) in the production overlay"}
+# In .env.example's "Compose only" section: compose.yaml uses them itself (${...}); the containers never see them.
+COMPOSE_ONLY = {"POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD", "IMAGE", "TAG", "WEB_PORT"}
+# In .env.example's "Local runs and tests only" section: not forwarded by compose, not in Kubernetes.
+LOCAL_ONLY = {
+    "Q_SYNC": "runs tasks in the calling process (tests)",
+    "STATIC_MANIFEST": "the image's collectstatic decides",
+    "WORKER_HEALTH_STATE_FILE": "the worker's health check reads the image's default path",
+    "GUNICORN_BIND": "compose publishes and the probes call port 8000",
+}
+# What reads a name: django-environ (`env.int("X")`), settings.secret("X"), os.environ, and gunicorn.conf.py's _int.
+READERS = ("env", "secret", "os.environ.get", "os.getenv", "_int")
+SECRET_HOWTO = "docs/architecture.md, 'Settings', lists the files a secret goes in"
+
+
+def env_reads(paths: tuple[Path, ...] = ENV_READERS) -> dict[str, str]:
+    """Return {environment name: where it is read} for env.<cast>("X"), secret("X"), os.environ / os.getenv."""
+    found: dict[str, str] = {}
+
+    def record(node: ast.AST, path: Path) -> None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isupper():
+            where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            found.setdefault(node.value, f"{where}:{node.lineno}")
+
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and node.args:
+                func = ast.unparse(node.func)
+                if func in READERS or (func.startswith("env.") and func != "env.read_env"):
+                    record(node.args[0], path)
+            elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
+                record(node.slice, path)
+    return found
+
+
+def env_example(text: str | None = None) -> dict[str, str]:
+    """Return {name: example value} of .env.example's `NAME=value` lines, commented ones too."""
+    text = ENV_EXAMPLE.read_text() if text is None else text
+    return {m[1]: m[2].strip() for m in re.finditer(r"^#?\s?([A-Z][A-Z0-9_]+)=(.*)$", text, flags=re.MULTILINE)}
+
+
+def k8s_base_env() -> tuple[set[str], dict[str, set[str]], set[str]]:
+    """Return the base's config.env names, each app container's secretKeyRef names, the Secret template's keys."""
+    config = {
+        line.partition("=")[0].strip()
+        for line in (K8S_BASE / "config.env").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    }
+    refs: dict[str, set[str]] = {}
+    for path in sorted(K8S_BASE.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") not in ("Deployment", "Job"):
+                continue
+            spec = doc["spec"]["template"]["spec"]
+            for container in spec.get("initContainers", []) + spec.get("containers", []):
+                refs[container["name"]] = {
+                    item["name"] for item in container.get("env", []) if "secretKeyRef" in item.get("valueFrom", {})
+                }
+    (template,) = yaml.safe_load_all((K8S_BASE / "secret.template.yaml").read_text())
+    return config, refs, set(template["stringData"])
+
+
+def settings_env_problems(
+    reads: dict[str, str],
+    example: dict[str, str],
+    compose: dict[str, Any],
+    k8s: tuple[set[str], dict[str, set[str]], set[str]],
+) -> list[str]:
+    """Return, one sentence each, every setting missing from a file it must be in, naming the file."""
+    config, refs, secret_keys = k8s
+    problems = [
+        f"{name} (read at {where}) is not in .env.example: add `{name}=<default>` with a comment saying what it does"
+        for name, where in sorted(reads.items())
+        if name not in example and name not in NOT_IN_ENV_EXAMPLE
+    ]
+    forwarded = {service: set(compose["services"][service].get("environment") or {}) for service in ("web", "worker")}
+    interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", yaml.safe_dump(compose)))
+    for name, value in sorted(example.items()):
+        if name in COMPOSE_ONLY:
+            if name not in interpolated:
+                problems.append(f"{name} is in COMPOSE_ONLY but compose.yaml does not use it: remove it from both")
+            continue
+        if name in LOCAL_ONLY:
+            if any(name in names for names in forwarded.values()) or name in config:
+                problems.append(f"{name} is forwarded, so it is not local only: remove it from LOCAL_ONLY")
+            continue
+        if name not in reads:
+            problems.append(f"{name} is in .env.example but nothing reads it: remove it from .env.example")
+        for service, names in forwarded.items():
+            if name not in names:
+                problems.append(
+                    f"{name} is not forwarded to {service}: add `{name}: ${{{name}:-{value}}}` to "
+                    "x-app-environment in compose.yaml"
+                )
+        if name in config:
+            continue
+        missing = [c for c in ("web", "worker", "migrate") if name not in refs.get(c, set())]
+        if name in secret_keys and not missing:
+            continue
+        if name not in secret_keys and not any(name in r for r in refs.values()):
+            problems.append(
+                f"{name} is not in the Kubernetes base: add `{name}={value}` to deploy/k8s/base/config.env "
+                f"(a secret goes in deploy/k8s/base/secret.template.yaml instead: {SECRET_HOWTO})"
+            )
+            continue
+        if name not in secret_keys:
+            problems.append(f"{name} is a secretKeyRef but not in deploy/k8s/base/secret.template.yaml: add it there")
+        if missing:
+            problems.append(f"{name} has no secretKeyRef in the {missing} containers: add one ({SECRET_HOWTO})")
+    for service, names in forwarded.items():
+        problems += [
+            f"compose.yaml forwards {name} to {service} but .env.example does not describe it: add `{name}=` there"
+            for name in sorted(names - set(example))
+        ]
+    problems += [
+        f"{name} is in NOT_IN_ENV_EXAMPLE but nothing reads it: remove it from NOT_IN_ENV_EXAMPLE in {__name__}"
+        for name in sorted(set(NOT_IN_ENV_EXAMPLE) - set(reads))
+    ]
+    problems += [
+        f"{name} is in LOCAL_ONLY but not in .env.example: add `# {name}=` to its 'Local runs and tests only' section"
+        for name in sorted(set(LOCAL_ONLY) - set(example))
+    ]
+    return problems
+
+
+def test_every_setting_is_in_env_example_compose_and_kubernetes() -> None:
+    """Both ways: what the app reads is in .env.example; what .env.example names reaches compose and Kubernetes."""
+    problems = settings_env_problems(env_reads(), env_example(), load_compose(), k8s_base_env())
+    assert not problems, "settings drifted (docs/architecture.md, 'Settings'):\n" + "\n".join(problems)
+
+
+def test_settings_env_check_names_the_file_to_fix(tmp_path: Path) -> None:
+    """Each way the check can fail names the file a new setting must be added to."""
+    module = tmp_path / "settings.py"
+    module.write_text('NEW_ONE = env.int("NEW_ONE", default=3)\nOTHER = os.environ.get("OTHER_ONE", "")\n')
+    reads = env_reads((module,))
+    assert set(reads) == {"NEW_ONE", "OTHER_ONE"}
+    compose, k8s = load_compose(), k8s_base_env()
+    example = env_example()
+    problems = settings_env_problems({**env_reads(), **reads}, example, compose, k8s)
+    assert any("NEW_ONE" in p and "add `NEW_ONE=<default>`" in p and ".env.example" in p for p in problems), problems
+    example["NEW_ONE"] = "3"
+    problems = settings_env_problems({**env_reads(), **reads}, example, compose, k8s)
+    assert any("NEW_ONE: ${NEW_ONE:-3}" in p and "compose.yaml" in p for p in problems), problems
+    assert any("NEW_ONE=3" in p and "deploy/k8s/base/config.env" in p for p in problems), problems
+    example["UNREAD"] = "1"
+    problems = settings_env_problems(env_reads(), example, compose, k8s)
+    assert any("UNREAD is in .env.example but nothing reads it" in p for p in problems), problems
