@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
+from django.conf import settings
 from django.contrib import admin
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
@@ -19,6 +20,8 @@ from django.utils.safestring import SafeString
 
 from clusters.services import open_cluster_count
 from enhancements.models import Enhancement, Feedback
+from tickets.admin_budget import budget_summary
+from tickets.ai_budget import budget_states
 from tickets.models import Tenant
 
 S = Enhancement.Status
@@ -212,9 +215,33 @@ def duration(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
+def budget_rows(*, tenants: list[Tenant]) -> list[dict[str, object]]:
+    """Return today's AI use per tenant: tokens, estimated cost, budget, share used and state."""
+    rows = []
+    for state in budget_states(tenants=tenants):
+        share = state.share
+        rows.append(
+            {
+                "tenant": state.tenant,
+                "tokens": state.tokens,
+                "token_budget": state.token_budget or "unlimited",
+                "cost": f"{state.cost:.2f}",
+                "cost_cap": f"{state.cost_cap:.2f}" if state.cost_cap_micros else "none",
+                "calls": state.calls,
+                "share": "—" if share is None else f"{share:.0%}",
+                "reached": bool(state.exhausted),
+                "summary": budget_summary(state),
+                "change_url": reverse("admin:tickets_tenant_change", args=[state.tenant.pk]),
+            }
+        )
+    return rows
+
+
 def dashboard_page(request: HttpRequest, *, admin_site: admin.AdminSite, opts: Options) -> HttpResponse:
     """Return the dashboard page for the last 30 days, for all tenants or the one asked for."""
-    tenants = list(Tenant.objects.order_by("name").only("id", "name", "slug"))
+    tenants = list(
+        Tenant.objects.order_by("name").only("id", "name", "slug", "llm_daily_token_budget", "llm_daily_cost_cap")
+    )
     selected = next((t for t in tenants if str(t.pk) == request.GET.get("tenant", "")), None)
     board = dashboard_build(tenant=selected, days=30)
     context = {
@@ -230,6 +257,8 @@ def dashboard_page(request: HttpRequest, *, admin_site: admin.AdminSite, opts: O
         "failure_rate": "—" if board.failure_rate is None else f"{board.failure_rate:.1%}",
         "helpful_rate": "—" if board.helpful_rate is None else f"{board.helpful_rate:.0%}",
         "open_clusters": open_cluster_count(tenant=selected),
+        "budgets": budget_rows(tenants=[selected] if selected else tenants),
+        "budget_timezone": settings.LLM_BUDGET_TIMEZONE,
         "clusters_url": reverse("admin:clusters_outagecluster_changelist")
         + "?status__exact=open"
         + (f"&tenant__id__exact={selected.pk}" if selected else ""),

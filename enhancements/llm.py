@@ -16,6 +16,7 @@ from django.conf import settings
 from enhancements import llm_budget, offline
 from enhancements.redaction import redact
 from enhancements.urgency import LLM_SCHEMA as URGENCY_SCHEMA
+from tickets.ai_budget import budget_check, llm_usage_record
 from tickets.language import language_name
 from tickets.models import Tenant, Ticket
 
@@ -257,8 +258,9 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(self, *, model: str | None = None) -> None:
+    def __init__(self, *, model: str | None = None, tenant: Tenant | None = None) -> None:
         self.model = model or settings.OPENAI_MODEL
+        self.tenant = tenant  # whose daily AI budget each call counts against (tickets/ai_budget.py)
         self._client = _openai_client(settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY, settings.LLM_TIMEOUT)
 
     def _complete(self, prompt: str) -> tuple[dict[str, Any], Any]:
@@ -282,6 +284,16 @@ class OpenAIProvider:
         llm_budget.settle(
             base_url=base_url, api_key=api_key, reserved=reserved, used=getattr(usage, "total_tokens", None)
         )
+        if self.tenant is not None:
+            # Every answer is billed, one that fails the schema too; without a reported usage, the estimate.
+            estimate = usage is None or getattr(usage, "total_tokens", None) is None
+            completion = settings.LLM_COMPLETION_TOKENS_ESTIMATE
+            llm_usage_record(
+                tenant=self.tenant,
+                model=self.model,
+                prompt_tokens=reserved - completion if estimate else getattr(usage, "prompt_tokens", 0),
+                completion_tokens=completion if estimate else getattr(usage, "completion_tokens", 0),
+            )
         try:
             content = response.choices[0].message.content or ""
             output = json.loads(content)
@@ -328,7 +340,12 @@ def enhancement_generate(*, tenant: Tenant, ticket: Ticket, context: dict[str, A
     offline = OfflineProvider()
     if provider_name() == "offline":
         return offline.generate(ticket=ticket, context=context)
-    provider = OpenAIProvider(model=tenant.llm_model or None)
+    if spent := budget_check(tenant=tenant):
+        logger.warning("tenant %s: AI budget for today reached (%s); offline note", tenant.slug, spent)
+        result = offline.generate(ticket=ticket, context=context)
+        result.output["budget_reached"] = f"AI budget for today reached: {spent}."
+        return result
+    provider = OpenAIProvider(model=tenant.llm_model or None, tenant=tenant)
     try:
         return provider.generate(ticket=ticket, context=context)
     except LLMError as exc:

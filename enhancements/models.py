@@ -54,6 +54,11 @@ class Enhancement(models.Model):
     model = models.CharField(max_length=100, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    over_budget = models.BooleanField(
+        "AI budget reached",
+        default=False,
+        help_text="The tenant's daily AI budget was spent: the note was written offline (tickets/ai_budget.py).",
+    )
     output = models.JSONField(default=dict, blank=True)
     note_html = models.TextField(blank=True)
     post_started_at = models.DateTimeField(

@@ -21,6 +21,17 @@ MARKER_PREFIX = "ticket-enhancer:"
 NOTE_TAGS = {"a", "b", "strong", "i", "em", "u", "p", "br", "div", "span", "ul", "ol", "li", "pre", "code", "h3", "h4"}
 NOTE_ATTRIBUTES = {"a": {"href", "target"}, "p": {"style"}, "span": {"style"}, "div": {"style"}}
 NOTE_STYLE_PROPERTIES = {"color", "font-size", "font-weight", "font-style"}
+# Said at the top of a note written offline because the tenant's daily AI budget was spent (tickets/ai_budget.py),
+# in the tenant's note language (English for a language not listed).
+BUDGET_SENTENCE = {
+    "en": "AI budget for today reached; this note was written offline.",
+    "de": "KI-Budget für heute erreicht; diese Notiz wurde offline erstellt.",
+    "fr": "Budget IA du jour atteint ; cette note a été rédigée hors ligne.",
+    "es": "Presupuesto de IA de hoy alcanzado; esta nota se redactó sin conexión.",
+    "it": "Budget IA di oggi raggiunto; questa nota è stata scritta offline.",
+    "nl": "AI-budget voor vandaag bereikt; deze notitie is offline geschreven.",
+    "pt": "Orçamento de IA de hoje atingido; esta nota foi escrita offline.",
+}
 
 
 def marker(enhancement_id: str) -> str:
@@ -65,6 +76,9 @@ def note_render(
     subjects = {item["sdp_id"]: item.get("subject", "") for item in context.get("similar_tickets", [])}
     related = [str(t) for t in output.get("related_tickets", [])]
     parts = lead_paragraphs(tenant=tenant, context=context, output=output)
+    if output.get("budget_reached"):
+        sentence = BUDGET_SENTENCE.get((tenant.note_language or "en").lower(), BUDGET_SENTENCE["en"])
+        parts.insert(0, format_html("<p><b>{}</b></p>", sentence))
     parts.append(format_html("<p><b>Ticket Enhancer summary</b></p><p>{}</p>", output.get("summary", "")))
     if output.get("probable_causes"):
         parts.append(format_html("<p><b>Probable causes</b></p>{}", _list(output["probable_causes"])))
@@ -107,7 +121,9 @@ def note_render(
     if hints:
         parts.append(format_html("<p><i>{}</i></p>", format_html_join(" · ", "{}", ((h,) for h in hints))))
     label = f"{provider} / {model}" if model else provider
-    if fallback_reason:
+    if output.get("budget_reached"):
+        label += " (offline: the tenant's AI budget for today was reached)"
+    elif fallback_reason:
         label += " (offline fallback: the LLM was unavailable)"
     parts.append(
         format_html(

@@ -9,6 +9,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from project.envparse import llm_prices, not_negative, time_zone
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -295,6 +297,11 @@ LLM_BUDGET_BURST_SECONDS = env.float("LLM_BUDGET_BURST_SECONDS", default=1.0)
 LLM_BUDGET_MAX_WAIT = env.float("LLM_BUDGET_MAX_WAIT", default=60.0)
 LLM_COMPLETION_TOKENS_ESTIMATE = env.int("LLM_COMPLETION_TOKENS_ESTIMATE", default=600)
 SDP_TIMEOUT = env.float("SDP_TIMEOUT", default=15.0)
+# Each tenant's daily AI budget, unless its own is set (tickets/ai_budget.py, docs/security.md); 0 = unlimited.
+LLM_DAILY_TOKEN_BUDGET = env.int("LLM_DAILY_TOKEN_BUDGET", default=2_000_000)
+LLM_DAILY_COST_CAP = not_negative("LLM_DAILY_COST_CAP", env.str("LLM_DAILY_COST_CAP", default="0"))
+LLM_PRICES = llm_prices(env.str("LLM_PRICES", default="gpt-4o-mini=0.15:0.60"))  # per 1M prompt:completion tokens
+LLM_BUDGET_TIMEZONE = time_zone("LLM_BUDGET_TIMEZONE", env.str("LLM_BUDGET_TIMEZONE", default="UTC"))
 # Embeddings for the similar-ticket search (tickets/embeddings.py): `local` = the static model shipped in the
 # wordllama wheel (no network), `openai` = any OpenAI-compatible /v1/embeddings, `off` = lexical search only.
 EMBEDDINGS_PROVIDER = env.str("EMBEDDINGS_PROVIDER", default="local")
@@ -337,12 +344,11 @@ for _name in (
 ):
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name} must be a positive number")
-if min(LLM_REQUESTS_PER_MINUTE, LLM_TOKENS_PER_MINUTE, LLM_COMPLETION_TOKENS_ESTIMATE) < 0 or not (
-    LLM_BUDGET_BURST_SECONDS > 0 and LLM_BUDGET_MAX_WAIT >= 0
-):
+_counts = (LLM_REQUESTS_PER_MINUTE, LLM_TOKENS_PER_MINUTE, LLM_COMPLETION_TOKENS_ESTIMATE, LLM_DAILY_TOKEN_BUDGET)
+if min(_counts) < 0 or not (LLM_BUDGET_BURST_SECONDS > 0 and LLM_BUDGET_MAX_WAIT >= 0):
     raise ImproperlyConfigured(
-        "LLM_REQUESTS_PER_MINUTE, LLM_TOKENS_PER_MINUTE and LLM_COMPLETION_TOKENS_ESTIMATE must not be negative, "
-        "LLM_BUDGET_BURST_SECONDS must be positive"
+        "LLM_REQUESTS_PER_MINUTE, LLM_TOKENS_PER_MINUTE, LLM_COMPLETION_TOKENS_ESTIMATE and LLM_DAILY_TOKEN_BUDGET "
+        "must not be negative, LLM_BUDGET_BURST_SECONDS must be positive"
     )
 if ENHANCEMENT_THREADS < 1 or ENHANCEMENT_HEARTBEAT_SECONDS <= 0 or ENHANCEMENT_SWEEP_SECONDS < 1:
     raise ImproperlyConfigured(

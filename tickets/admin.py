@@ -15,10 +15,11 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from project.admin_helpers import CappedCountPaginator, secret_once_response
+from tickets.admin_budget import budget_lift, budget_today, lift_budget_selected
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket, TicketFetch
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import ServiceDeskError, check_base_url
-from tickets.services import tenant_create_or_update, webhook_secret_key, webhook_url
+from tickets.services import USE_DEFAULT, tenant_create_or_update, webhook_secret_key, webhook_url
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldsetSpec
@@ -33,6 +34,11 @@ def connection_test(tenant: Tenant) -> tuple[bool, str]:
         return False, f"{tenant.slug}: connection failed: {exc}"
     total = f"{page.total_count} requests visible" if page.total_count is not None else "requests readable"
     return True, f"{tenant.slug}: connected to {tenant.sdp_base_url} ({total})."
+
+
+def _or_default(value: Any) -> Any:
+    """Return the form's value for a per-tenant setting; empty means the deployment's default."""
+    return USE_DEFAULT if value is None else value
 
 
 def _write_only(label: str, help_text: str) -> forms.CharField:
@@ -82,6 +88,8 @@ class TenantForm(forms.ModelForm):
             "llm_model",
             "note_language",
             "rate_limit_per_minute",
+            "llm_daily_token_budget",
+            "llm_daily_cost_cap",
             "cluster_window_minutes",
             "cluster_threshold",
             "refresh_interval_minutes",
@@ -140,7 +148,7 @@ class TenantAdmin(admin.ModelAdmin):
     )
     list_filter = ("enabled", "review_required", "sdp_auth_type", "webhook_auth")
     search_fields = ("slug", "name", "sdp_base_url")
-    actions = ("test_connection_selected",)
+    actions = ("test_connection_selected", lift_budget_selected)
     change_form_template = "admin/tickets/tenant/change_form.html"
 
     def get_fieldsets(self, request: HttpRequest, obj: Tenant | None = None) -> _FieldsetSpec:
@@ -160,6 +168,10 @@ class TenantAdmin(admin.ModelAdmin):
             ("SDP Cloud token renewal (Zoho OAuth)", {"fields": tuple(zoho), "classes": ["collapse"]}),
             ("Limits and model", {"fields": ["llm_model", "note_language", "rate_limit_per_minute"]}),
             (
+                "Daily AI budget (denial of wallet)",
+                {"fields": ["llm_daily_token_budget", "llm_daily_cost_cap", "ai_budget_today"]},
+            ),
+            (
                 "Outage clusters, updates and urgency",
                 {
                     "fields": [
@@ -174,8 +186,13 @@ class TenantAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Tenant | None = None) -> tuple[str, ...]:
         """Return the display-only fields; the slug is fixed once the webhook URL is in use."""
-        fixed = ("webhook_url_display", "secret_state", "api_key_state", "zoho_state")
+        fixed = ("webhook_url_display", "secret_state", "api_key_state", "zoho_state", "ai_budget_today")
         return (*fixed, "slug") if obj is not None else fixed
+
+    @admin.display(description="AI use today")
+    def ai_budget_today(self, obj: Tenant) -> str:
+        """Return today's tokens and estimated cost against the budget."""
+        return budget_today(obj)
 
     @admin.display(description="SDP API key")
     def api_key_state(self, obj: Tenant) -> str:
@@ -227,6 +244,8 @@ class TenantAdmin(admin.ModelAdmin):
             llm_model=data["llm_model"],
             note_language=data["note_language"],
             rate_limit_per_minute=data["rate_limit_per_minute"],
+            llm_daily_token_budget=_or_default(data.get("llm_daily_token_budget")),
+            llm_daily_cost_cap=_or_default(data.get("llm_daily_cost_cap")),
             cluster_window_minutes=data["cluster_window_minutes"],
             cluster_threshold=data["cluster_threshold"],
             refresh_interval_minutes=data["refresh_interval_minutes"],
@@ -278,7 +297,12 @@ class TenantAdmin(admin.ModelAdmin):
                 "<int:object_id>/test-connection/",
                 self.admin_site.admin_view(self.test_connection_view),
                 name="tickets_tenant_test_connection",
-            )
+            ),
+            path(
+                "<int:object_id>/lift-budget/",
+                self.admin_site.admin_view(self.lift_budget_view),
+                name="tickets_tenant_lift_budget",
+            ),
         ]
         return own + super().get_urls()
 
@@ -289,6 +313,14 @@ class TenantAdmin(admin.ModelAdmin):
             raise PermissionDenied
         ok, message = connection_test(tenant)
         self.message_user(request, message, messages.SUCCESS if ok else messages.ERROR)
+        return HttpResponseRedirect(reverse("admin:tickets_tenant_change", args=[tenant.pk]))
+
+    def lift_budget_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """Lift the tenant's AI budget for today (POST, by users who may change the tenant; audited)."""
+        tenant = get_object_or_404(Tenant, pk=object_id)
+        if request.method != "POST" or not self.has_change_permission(request, tenant):
+            raise PermissionDenied
+        budget_lift(self, request, tenant)
         return HttpResponseRedirect(reverse("admin:tickets_tenant_change", args=[tenant.pk]))
 
     @admin.action(description="Test connection to SDP", permissions=["change"])

@@ -62,6 +62,24 @@ class Tenant(models.Model):
         help_text="Language the LLM writes notes in (ISO 639-1, e.g. en, de, fr; empty: English).",
     )
     rate_limit_per_minute = models.PositiveIntegerField(default=600, help_text="0 disables the limit.")
+    # The daily AI cost guard (tickets/ai_budget.py); empty = the deployment's default, 0 = unlimited.
+    llm_daily_token_budget = models.PositiveBigIntegerField(
+        "daily AI token budget",
+        null=True,
+        blank=True,
+        help_text="Tokens the LLM may use per day for this tenant (enhancements and triage). Empty: the default "
+        "LLM_DAILY_TOKEN_BUDGET; 0: unlimited. Past it, notes are written offline until the next day.",
+    )
+    llm_daily_cost_cap = models.DecimalField(
+        "daily AI cost cap",
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Estimated cost per day (LLM_PRICES) after which notes are written offline. Empty: the default "
+        "LLM_DAILY_COST_CAP; 0: no cap.",
+    )
     # Outage clusters, refreshed notes and urgency cues (issue 14).
     cluster_window_minutes = models.PositiveIntegerField(
         default=30,
@@ -243,3 +261,28 @@ class TicketFetch(models.Model):
 
     def __str__(self) -> str:
         return f"fetch of {self.ticket}"
+
+
+class LlmUsage(models.Model):
+    """One tenant's LLM use on one day (the budget's day), added to by one UPSERT per call (tickets/ai_budget.py)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="llm_usage")
+    day = models.DateField()
+    calls = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    tokens = models.PositiveBigIntegerField(default=0, help_text="Prompt plus completion tokens.")
+    cost_micros = models.PositiveBigIntegerField(default=0, help_text="Estimated cost, in millionths.")
+    extra_tokens = models.PositiveBigIntegerField(default=0, help_text="Tokens an operator added to today's budget.")
+    extra_cost_micros = models.PositiveBigIntegerField(default=0, help_text="Cost an operator added to today's cap.")
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "day"], name="llm_usage_one_row_per_day")]
+        ordering = ["-day", "tenant"]
+        verbose_name = "LLM usage"
+        verbose_name_plural = "LLM usage"
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.day}: {self.tokens} tokens"

@@ -8,6 +8,7 @@ import secrets
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -36,6 +37,10 @@ def webhook_secret_generate(*, auth: str) -> str:
 def webhook_secret_key(*, secret: str) -> str:
     """Return the printable signing key inside a `whsec_` secret (what a Deluge function needs)."""
     return base64.b64decode(secret.removeprefix("whsec_") + "==").decode("ascii", errors="replace")
+
+
+# Given for a per-tenant setting, clears it so the deployment's default applies.
+USE_DEFAULT = "default"
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ def tenant_create_or_update(
     refresh_interval_minutes: int | None = None,
     vip_requesters: str | None = None,
     note_language: str | None = None,
+    llm_daily_token_budget: int | str | None = None,
+    llm_daily_cost_cap: Decimal | str | None = None,
 ) -> TenantResult:
     """Create the tenant, or update only the given fields of an existing one."""
     for url in (sdp_base_url, zoho_accounts_url):
@@ -102,6 +109,12 @@ def tenant_create_or_update(
     for field, value in updates.items():
         if value is not None:
             setattr(tenant, field, value)
+    # The daily AI budget: None leaves it, "default" clears it (the deployment's default applies), 0 = unlimited.
+    if llm_daily_token_budget is not None:
+        tokens = None if llm_daily_token_budget == USE_DEFAULT else int(llm_daily_token_budget)
+        tenant.llm_daily_token_budget = tokens
+    if llm_daily_cost_cap is not None:
+        tenant.llm_daily_cost_cap = None if llm_daily_cost_cap == USE_DEFAULT else Decimal(llm_daily_cost_cap)
     if sdp_api_key is not None or zoho_refresh_token is not None:
         tenant.sdp_token_expires_at = None  # a changed credential is renewed before its next use
     new_secret = None

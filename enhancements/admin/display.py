@@ -194,3 +194,11 @@ def history_display(enhancement: Enhancement) -> SafeString:
         for e in others
     ]
     return format_html("<ul>{}</ul>", format_html_join("", '<li><a href="{}">{}</a> {} {}{}</li>', rows))
+
+
+def budget_explanation(enhancement: Enhancement) -> str:
+    """Return whether the tenant's daily AI budget made the note an offline one, and why."""
+    if not enhancement.over_budget:
+        return "Within the tenant's daily AI budget." if enhancement.provider == "openai" else "—"
+    reason = (enhancement.output or {}).get("budget_reached") or "AI budget for today reached."
+    return f"{reason} The note was written offline (an operator can lift the budget on the tenant)."

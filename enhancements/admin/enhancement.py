@@ -27,16 +27,8 @@ if TYPE_CHECKING:
 
 S = Enhancement.Status
 BULK_LIMIT = 50
-LIST_DEFERRED = (
-    "context",
-    "output",
-    "note_html",
-    "timings",
-    "error",
-    "ticket__description",
-    "ticket__resolution",
-    "ticket__raw",
-)
+LIST_DEFERRED = ("context", "output", "note_html", "timings", "error", "ticket__description", "ticket__resolution",
+                 "ticket__raw")  # fmt: skip
 
 
 @admin.register(Enhancement)
@@ -92,6 +84,7 @@ class EnhancementAdmin(admin.ModelAdmin):
         "provider",
         "model",
         "tokens_display",
+        "budget_display",
         "feedback_display",
         "history_display",
     )
@@ -111,6 +104,7 @@ class EnhancementAdmin(admin.ModelAdmin):
                         ("created_at", "started_at", "finished_at", "posted_at"),
                         "timings_display",
                         ("provider", "model"),
+                        "budget_display",
                         "tokens_display",
                         "sdp_note_id",
                     )
@@ -184,7 +178,13 @@ class EnhancementAdmin(admin.ModelAdmin):
     @admin.display(description="Provider / model", ordering="provider")
     def provider_model(self, obj: Enhancement) -> str:
         """Return provider and model."""
-        return " / ".join(p for p in (obj.provider, obj.model) if p) or "—"
+        label = " / ".join(p for p in (obj.provider, obj.model) if p) or "—"
+        return f"{label} · AI budget reached" if obj.over_budget else label
+
+    @admin.display(description="AI budget")
+    def budget_display(self, obj: Enhancement) -> str:
+        """Return whether the tenant's daily AI budget made this note an offline one, and why."""
+        return display.budget_explanation(obj)
 
     @admin.display(description="Rating")
     def rating_column(self, obj: Enhancement) -> str:

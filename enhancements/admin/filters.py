@@ -37,10 +37,17 @@ class ProviderFilter(admin.SimpleListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
         """Return the filter choices."""
-        return [("openai", "OpenAI-compatible"), ("offline", "Offline"), ("none", "None yet")]
+        return [
+            ("openai", "OpenAI-compatible"),
+            ("offline", "Offline"),
+            ("budget", "Offline: AI budget reached"),
+            ("none", "None yet"),
+        ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
         """Return the rows of that provider."""
         if self.value() == "none":
             return queryset.filter(provider="")
+        if self.value() == "budget":
+            return queryset.filter(over_budget=True)
         return queryset.filter(provider=self.value()) if self.value() else None

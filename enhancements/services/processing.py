@@ -130,6 +130,7 @@ def _process(enhancement: Enhancement, timings: dict[str, int]) -> str:
     enhancement.model = generation.model
     enhancement.prompt_tokens = generation.prompt_tokens
     enhancement.completion_tokens = generation.completion_tokens
+    enhancement.over_budget = bool(generation.output.get("budget_reached"))
     enhancement.note_html = note_html
     enhancement.timings = timings
     enhancement.error = (
@@ -138,7 +139,7 @@ def _process(enhancement: Enhancement, timings: dict[str, int]) -> str:
     now = timezone.now()
     generated = [
         "context", "output", "provider", "model", "prompt_tokens", "completion_tokens", "note_html", "timings", "error",
-        "urgency",
+        "urgency", "over_budget",
     ]  # fmt: skip
     if tenant.review_required:
         enhancement.status = Enhancement.Status.AWAITING_REVIEW

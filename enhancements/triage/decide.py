@@ -20,6 +20,7 @@ from enhancements.triage.calibration import Calibrator, calibrator_for
 from enhancements.triage.choices import Choices, choices_for
 from enhancements.triage.engine import Neighbour, Suggestion, neighbours_find, ticket_final_fields, votes_all
 from enhancements.triage.models import TriageDecision, TriageField, TriageMode, TriageSetting
+from tickets.ai_budget import budget_check
 from tickets.models import Tenant, Ticket
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ def triage_suggest(
     fallback = ""
     if use_llm is None:
         use_llm = provider_name() == "openai"
+    if use_llm and (spent := budget_check(tenant=tenant)):
+        use_llm, fallback = False, f"AI budget for today reached: {spent}"
     if use_llm:
         from enhancements.triage.llm import llm_triage
 
@@ -181,7 +184,8 @@ def triage_decide(
             tenant=tenant, trusted=trusted,
         )  # fmt: skip
         if result.fallback_reason:
-            reason += f" (LLM unavailable, neighbour vote used: {result.fallback_reason[:200]})"
+            why = "" if result.fallback_reason.startswith("AI budget") else "LLM unavailable, "
+            reason += f" ({why}neighbour vote used: {result.fallback_reason[:200]})"
         values: dict[str, Any] = {
             "tenant": tenant,
             "ticket": ticket,

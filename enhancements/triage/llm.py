@@ -20,6 +20,7 @@ from enhancements.llm import LLMError, _openai_client
 from enhancements.redaction import redact
 from enhancements.triage.choices import Choices
 from enhancements.triage.engine import Neighbour, Suggestion
+from tickets.ai_budget import llm_usage_record
 from tickets.models import Tenant, Ticket
 
 FIELDS = ("category", "subcategory", "priority", "group", "technician")
@@ -86,6 +87,13 @@ def llm_triage(
                 "json_schema": {"name": "ticket_triage", "strict": True, "schema": schema},
             },
             temperature=0,
+        )
+        usage = getattr(response, "usage", None)
+        llm_usage_record(
+            tenant=tenant,
+            model=model,
+            prompt_tokens=getattr(usage, "prompt_tokens", None),
+            completion_tokens=getattr(usage, "completion_tokens", None),
         )
         output = json.loads(response.choices[0].message.content or "")
         jsonschema.validate(output, schema)

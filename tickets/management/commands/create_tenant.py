@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -10,6 +13,23 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tickets.models import Tenant
 from tickets.sdp.client import ServiceDeskError
 from tickets.services import tenant_create_or_update, webhook_secret_key, webhook_url
+
+
+def _amount(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Return an argparse type: "default", or a number of `kind` that is not negative."""
+
+    def parse(text: str) -> Any:
+        if text.strip().lower() == "default":
+            return "default"
+        try:
+            value = kind(text)
+        except (ValueError, InvalidOperation):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'default'") from None
+        if not value >= 0 or (isinstance(value, Decimal) and not value.is_finite()):
+            raise argparse.ArgumentTypeError(f"{text!r} must not be negative (0 = unlimited)")
+        return value
+
+    return parse
 
 
 class Command(BaseCommand):
@@ -34,6 +54,17 @@ class Command(BaseCommand):
             "--refresh-interval", type=int, dest="refresh_interval_minutes", help="minutes between updated notes"
         )
         parser.add_argument("--note-language", help="language of LLM notes, ISO 639-1 (default en)")
+        budget = parser.add_argument_group("Daily AI budget (docs/security.md, denial of wallet)")
+        budget.add_argument(
+            "--daily-token-budget",
+            type=_amount(int),
+            help="tokens per day for LLM calls; 0 = unlimited; 'default' = LLM_DAILY_TOKEN_BUDGET",
+        )
+        budget.add_argument(
+            "--daily-cost-cap",
+            type=_amount(Decimal),
+            help="estimated cost per day (LLM_PRICES); 0 = no cap; 'default' = LLM_DAILY_COST_CAP",
+        )
         parser.add_argument("--webhook-secret", help="Use this secret instead of generating one")
         parser.add_argument("--rotate-secret", action="store_true", help="Generate a new webhook secret")
         review = parser.add_mutually_exclusive_group()
@@ -64,6 +95,8 @@ class Command(BaseCommand):
                 cluster_threshold=options["cluster_threshold"],
                 refresh_interval_minutes=options["refresh_interval_minutes"],
                 note_language=options["note_language"],
+                llm_daily_token_budget=options["daily_token_budget"],
+                llm_daily_cost_cap=options["daily_cost_cap"],
             )
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
