@@ -335,8 +335,14 @@ def provider_name() -> str:
     return settings.LLM_PROVIDER
 
 
-def enhancement_generate(*, tenant: Tenant, ticket: Ticket, context: dict[str, Any]) -> Generation:
-    """Return a Generation; when the LLM fails, the offline result labelled with the reason."""
+def enhancement_generate(
+    *, tenant: Tenant, ticket: Ticket, context: dict[str, Any], wait_for_budget: bool = True
+) -> Generation:
+    """Return a Generation; when the LLM fails, the offline result labelled with the reason.
+
+    Raises BudgetExhausted when the provider's shared budget has no room, unless `wait_for_budget` is False (the
+    enhancement waited long enough): then the offline result, saying why.
+    """
     offline = OfflineProvider()
     if provider_name() == "offline":
         return offline.generate(ticket=ticket, context=context)
@@ -352,4 +358,15 @@ def enhancement_generate(*, tenant: Tenant, ticket: Ticket, context: dict[str, A
         logger.warning("LLM failed, using the offline provider: %s", exc)
         result = offline.generate(ticket=ticket, context=context)
         result.fallback_reason = f"{provider.model}: {exc}"
+        return result
+    except llm_budget.BudgetExhausted as exc:
+        if wait_for_budget:
+            raise
+        logger.warning("the shared LLM budget stayed full past LLM_BUDGET_MAX_DEFER; offline note: %s", exc)
+        result = offline.generate(ticket=ticket, context=context)
+        result.fallback_reason = f"{provider.model}: {exc}"
+        minutes = round(settings.LLM_BUDGET_MAX_DEFER / 60)
+        result.output["offline_reason"] = (
+            f"the LLM provider's rate limit had no room for {minutes} min, so this note was written offline"
+        )
         return result

@@ -123,6 +123,8 @@ def note_render(
     label = f"{provider} / {model}" if model else provider
     if output.get("budget_reached"):
         label += " (offline: the tenant's AI budget for today was reached)"
+    elif output.get("offline_reason"):
+        label += f" ({output['offline_reason']})"
     elif fallback_reason:
         label += " (offline fallback: the LLM was unavailable)"
     parts.append(

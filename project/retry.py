@@ -22,6 +22,10 @@ Four layers retry, from the innermost (shortest waits) to the outermost (longest
    The other worker jobs that call SDP keep the same rule on their own rows: fetching a resolved ticket's
    text (`tickets/history.py`, `TicketFetch.due_at`, same base, cap and attempts) and checking a
    `request_updated` event (`enhancements/updates.py`, `TicketUpdate`, cap 300 s, `UPDATE_MAX_ATTEMPTS`).
+   Waiting for the provider budget shared by all workers (`enhancements/llm_budget.py`: a call waits up to
+   `LLM_BUDGET_MAX_WAIT`, then raises `BudgetExhausted`) is not a failure: `enhancement_defer` re-queues the row
+   after the budget's wait, without counting the attempt, until `LLM_BUDGET_MAX_DEFER` after its creation;
+   the attempt after that writes the offline note and says why.
 
 Permanent failures (`ServiceDeskError(permanent=True)`: 400/401/403/404, bad configuration) are retried by
 no layer: they fail at once with the reason.

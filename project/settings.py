@@ -296,6 +296,7 @@ LLM_TOKENS_PER_MINUTE = env.int("LLM_TOKENS_PER_MINUTE", default=0)
 LLM_BUDGET_BURST_SECONDS = env.float("LLM_BUDGET_BURST_SECONDS", default=1.0)
 LLM_BUDGET_MAX_WAIT = env.float("LLM_BUDGET_MAX_WAIT", default=60.0)
 LLM_COMPLETION_TOKENS_ESTIMATE = env.int("LLM_COMPLETION_TOKENS_ESTIMATE", default=600)
+LLM_BUDGET_MAX_DEFER = env.float("LLM_BUDGET_MAX_DEFER", default=3600.0)  # then the offline note (processing.py)
 SDP_TIMEOUT = env.float("SDP_TIMEOUT", default=15.0)
 # Each tenant's daily AI budget, unless its own is set (tickets/ai_budget.py, docs/security.md); 0 = unlimited.
 LLM_DAILY_TOKEN_BUDGET = env.int("LLM_DAILY_TOKEN_BUDGET", default=2_000_000)

@@ -199,3 +199,37 @@ def test_malformed_budget_settings_fail_loudly():
     assert done.returncode != 0 and "LLM_PRICES" in done.stderr
     done = manage("check", LLM_BUDGET_TIMEZONE="Mars/Olympus")
     assert done.returncode != 0 and "LLM_BUDGET_TIMEZONE" in done.stderr
+
+
+# --- the provider's shared per-minute budget: waiting is not a failed attempt ---------------------------------
+def test_waiting_for_the_shared_llm_budget_spends_no_attempt_and_ends_with_an_offline_note(
+    make_tenant, post_webhook, openai_fake, settings
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.LLM_REQUESTS_PER_MINUTE = 1  # the first call takes the minute's only request
+    settings.LLM_BUDGET_MAX_WAIT = 0
+    settings.ENHANCEMENT_MAX_ATTEMPTS = 2
+    result = make_tenant("acme")
+    assert _enhance(post_webhook, result, "7301").provider == "openai"
+
+    waiting = _enhance(post_webhook, result, "7302")
+    for _ in range(settings.ENHANCEMENT_MAX_ATTEMPTS + 3):
+        assert waiting.status == Enhancement.Status.QUEUED, waiting.error
+        assert waiting.attempts == 0 and waiting.next_attempt_at > timezone.now()
+        assert "not a failed attempt" in waiting.error
+        Enhancement.objects.filter(pk=waiting.pk).update(next_attempt_at=timezone.now())
+        tasks.process_enhancement(str(waiting.pk))
+        waiting.refresh_from_db()
+    assert _chat_calls(openai_fake) == 1
+
+    # Bounded by its age: past LLM_BUDGET_MAX_DEFER the ticket still gets its note, written offline, saying why.
+    old = timezone.now() - timedelta(seconds=settings.LLM_BUDGET_MAX_DEFER + 1)
+    Enhancement.objects.filter(pk=waiting.pk).update(created_at=old, next_attempt_at=timezone.now())
+    tasks.process_enhancement(str(waiting.pk))
+    waiting.refresh_from_db()
+    assert waiting.status == Enhancement.Status.COMPLETED and waiting.provider == "offline"
+    assert "rate limit had no room for 60 min" in waiting.note_html
+    assert "LLM_REQUESTS_PER_MINUTE" in waiting.error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import F, Q
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from enhancements.context import context_gather
@@ -79,7 +81,7 @@ def enhancement_process(*, enhancement_id: str) -> str:
         except PermanentError as exc:
             return enhancement_fail(enhancement=enhancement, error=str(exc), timings=timings)
         except BudgetExhausted as exc:
-            return enhancement_retry_later(
+            return enhancement_defer(
                 enhancement=enhancement, error=str(exc), retry_after=exc.retry_after, timings=timings
             )
         except Exception as exc:
@@ -109,7 +111,10 @@ def _process(enhancement: Enhancement, timings: dict[str, int]) -> str:
     with _stage(timings, "cluster"):
         context.update(pipeline_extras(enhancement=enhancement, ticket=ticket, context=context))
     with _stage(timings, "generate"):
-        generation = enhancement_generate(tenant=tenant, ticket=ticket, context=context)
+        # Waiting for room in the provider's shared budget is not a failure, up to LLM_BUDGET_MAX_DEFER in all.
+        age = (timezone.now() - enhancement.created_at).total_seconds()
+        wait = age < settings.LLM_BUDGET_MAX_DEFER
+        generation = enhancement_generate(tenant=tenant, ticket=ticket, context=context, wait_for_budget=wait)
     generation.output = output_extras(context=context, generation=generation)
     enhancement.urgency = generation.output.get("urgency_cues", [])
     with _stage(timings, "triage"):
@@ -228,6 +233,25 @@ def enhancement_retry_later(
         status=Enhancement.Status.QUEUED,
         next_attempt_at=timezone.now() + timedelta(seconds=delay),
         error=f"Attempt {attempts} failed, will retry: {error}"[:2000],
+        **({"timings": timings} if timings is not None else {}),
+    )
+    return Enhancement.Status.QUEUED
+
+
+def enhancement_defer(
+    *, enhancement: Enhancement, error: str, retry_after: float, timings: dict[str, int] | None = None
+) -> str:
+    """Queue the enhancement again after `retry_after` without spending an attempt (the LLM budget was full).
+
+    Bounded by LLM_BUDGET_MAX_DEFER from its creation: past it, the next attempt writes the offline note.
+    """
+    delay = max(retry_after, 1.0) * random.uniform(1.0, 1.5)  # jitter: the deferred rows do not return together
+    logger.info("the shared LLM budget is full; trying again in %.0fs (no attempt counted)", delay)
+    Enhancement.objects.filter(pk=enhancement.pk, status=Enhancement.Status.RUNNING).update(
+        status=Enhancement.Status.QUEUED,
+        attempts=Greatest(F("attempts") - 1, 0),
+        next_attempt_at=timezone.now() + timedelta(seconds=delay),
+        error=f"Waiting for room in the LLM budget (not a failed attempt): {error}"[:2000],
         **({"timings": timings} if timings is not None else {}),
     )
     return Enhancement.Status.QUEUED

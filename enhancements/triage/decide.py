@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 
 from enhancements.llm import LLMError, provider_name
+from enhancements.llm_budget import BudgetExhausted
 from enhancements.triage.calibration import Calibrator, calibrator_for
 from enhancements.triage.choices import Choices, choices_for
 from enhancements.triage.engine import Neighbour, Suggestion, neighbours_find, ticket_final_fields, votes_all
@@ -102,7 +103,8 @@ def triage_suggest(
             suggestions = llm_triage(tenant=tenant, ticket=ticket, neighbours=neighbours, choices=choices)
             model = next(iter(suggestions.values())).model if suggestions else tenant.llm_model or settings.OPENAI_MODEL
             return TriageResult(suggestions=suggestions, provider="openai", model=model)
-        except LLMError as exc:
+        except (LLMError, BudgetExhausted) as exc:
+            # A full shared budget does not hold the note back for triage: the vote answers at once.
             logger.warning("triage LLM failed, using the neighbour vote: %s", exc)
             fallback = str(exc)
     votes = votes_all(
