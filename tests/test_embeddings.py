@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import subprocess
 import sys
 import textwrap
@@ -15,6 +17,7 @@ from enhancements import tasks
 from tests.fakes.openai import FakeOpenAI
 from tickets import embeddings
 from tickets.indexing import tickets_embed_pending, tickets_pending_count
+from tickets.language import text_language, texts_language
 from tickets.models import Ticket
 from tickets.services import ticket_bulk_upsert, ticket_upsert
 
@@ -208,3 +211,34 @@ def test_reembed_tickets_refuses_bad_arguments(make_tenant, settings):
     settings.EMBEDDINGS_PROVIDER = "off"
     with pytest.raises(CommandError, match="off"):
         call_command("reembed_tickets", "acme")
+
+
+def _corpus() -> list[str]:
+    """Ticket texts of the labelled set (five languages) and strings that stress tokenizers and the detector."""
+    fixtures = ROOT / "tests" / "fixtures" / "retrieval"
+    texts = [f"{t['subject']}\n{t['description']}" for t in json.loads((fixtures / "tickets.json").read_text())]
+    texts += [q["text"] for q in json.loads((fixtures / "queries_extra.json").read_text())]
+    rng = random.Random(12)
+    alphabet = [*"abc ABC  \n\t▁é日本😀<>s/&;0x", "<s>", "</s>", "<unk>", "  ", "▁▁", "\xa0", "ÄÖÜß", "русский"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))) for _ in range(1500)]
+    return texts + ["", " ", "  a", "a  ", "▁", " ▁ x", "\n", "<s>hello", "x</s>y", "SHOUTING IN CAPITALS ONLY"]
+
+
+def test_local_tokens_a_word_at_a_time_are_the_tokenizers():
+    # The provider tokenizes each distinct word once and caches it; the ids must be those of the whole text.
+    local = embeddings.LocalProvider()
+    texts = _corpus()
+    expected = [e.ids for e in local._tokenizer.encode_batch(texts, add_special_tokens=False)]
+    assert local._ids(texts) == expected
+    assert local._ids(texts) == expected  # from the cache this time
+    assert sum(map(len, expected)) > 50_000
+
+
+def test_batched_language_detection_answers_as_classify_does():
+    texts = _corpus()
+    one_by_one = [text_language(text) for text in texts]
+    assert texts_language(texts) == one_by_one
+    pages = range(0, 70, 7)
+    assert [texts_language(texts[i : i + 7]) for i in pages] == [one_by_one[i : i + 7] for i in pages]
+    assert {"en", "de", "fr", "es", "nl"} <= set(one_by_one) and "" in one_by_one
+    assert texts_language([]) == []

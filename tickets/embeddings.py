@@ -14,6 +14,7 @@ int8 (`vector_pack`), the model name and dimension, and a sign-bit code for a Ha
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ MAX_CHARS = 2000  # what one ticket contributes: its subject and the start of it
 OPENAI_BATCH = 128
 LOCAL_MODEL = "wordllama-l2_supercat-256"
 OPENAI_DEFAULT_MODEL = "text-embedding-3-small"
+CACHE_WORDS = 200_000  # distinct words whose tokens a process keeps (a few tens of MB at most)
+_WORD = re.compile("▁*[^▁]+|▁+")  # a word with the "▁"s before it (SentencePiece's space)
+_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 
 
 class EmbeddingError(Exception):
@@ -62,6 +66,8 @@ class LocalProvider:
     model = LOCAL_MODEL
 
     def __init__(self) -> None:
+        import json
+
         import wordllama
         from tokenizers import Tokenizer
         from wordllama import WordLlama
@@ -73,20 +79,66 @@ class LocalProvider:
         # One zero row past the vocabulary: padding points there and adds nothing to a sum.
         self._matrix = np.vstack([wl.embedding, np.zeros((1, wl.embedding.shape[1]), dtype=np.float32)])
         self._pad = self._matrix.shape[0] - 1
-        # WordLlama's own embed() pads each batch to its longest text; a ticket history mixes one-liners with
-        # pasted logs, so texts are batched by length instead (the same mean of token vectors, much less padding).
         self._tokenizer = Tokenizer.from_str(wl.tokenizer.to_str())
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
+        # The same tokenizer without its normaliser (which only prepends "▁" and turns spaces into "▁"), for
+        # the words of a text: see _ids().
+        config = json.loads(wl.tokenizer.to_str())
+        config["normalizer"] = None
+        self._words = Tokenizer.from_str(json.dumps(config))
+        self._words.no_padding()
+        self._words.no_truncation()
+        self._cache: dict[str, list[int]] = {}
+
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Return the token ids of each text, as the model's tokenizer gives them, a cached word at a time.
+
+        The tokenizer (SentencePiece-style BPE, no pre-tokenizer) works on the whole text; no token of its
+        vocabulary holds a "▁" after another character, so no token spans the start of a word and the text's
+        tokens are its words' tokens one after another. Tickets reuse the same few thousand words, so each
+        distinct word is tokenized once per process (tests/test_embeddings.py checks the ids are the same).
+        """
+        cache = self._cache
+        if len(cache) > CACHE_WORDS:
+            cache.clear()
+        split: list[list[str] | None] = []
+        unseen: dict[str, None] = {}
+        whole: list[int] = []
+        for index, text in enumerate(texts):
+            if not text or ("<" in text and any(token in text for token in _SPECIAL_TOKENS)):
+                split.append(None)  # special tokens are matched before normalisation: the tokenizer decides
+                whole.append(index)
+                continue
+            words = _WORD.findall("▁" + text.replace(" ", "▁"))
+            split.append(words)
+            for word in words:
+                if word not in cache:
+                    unseen[word] = None
+        if unseen:
+            news = list(unseen)
+            for word, encoding in zip(news, self._words.encode_batch(news, add_special_tokens=False), strict=True):
+                cache[word] = list(encoding.ids)
+        out: list[list[int]] = []
+        for segments in split:
+            ids: list[int] = []
+            for segment in segments or ():
+                ids += cache[segment]
+            out.append(ids)
+        if whole:
+            encoded = self._tokenizer.encode_batch([texts[i] for i in whole], add_special_tokens=False)
+            for index, encoding in zip(whole, encoded, strict=True):
+                out[index] = encoding.ids
+        return out
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Return one normalised 256-dimension row per text (the mean of its token vectors)."""
         out = np.zeros((len(texts), self._matrix.shape[1]), dtype=np.float32)
         if not texts:
             return out
-        encoded = [
-            e.ids for e in self._tokenizer.encode_batch([t[:MAX_CHARS] for t in texts], add_special_tokens=False)
-        ]
+        encoded = self._ids([t[:MAX_CHARS] for t in texts])
+        # Texts batched by length (a ticket history mixes one-liners with pasted logs: little padding), each
+        # padded with the zero row past the vocabulary, which adds nothing to a sum.
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), 64):
             chunk = order[start : start + 64]
@@ -94,7 +146,7 @@ class LocalProvider:
             ids = np.full((len(chunk), width), self._pad, dtype=np.int64)
             for row, index in enumerate(chunk):
                 tokens = encoded[index]
-                ids[row, : len(tokens)] = np.clip(tokens, 0, self._pad - 1)
+                ids[row, : len(tokens)] = tokens
             lengths = np.array([max(1, len(encoded[i])) for i in chunk], dtype=np.float32)
             out[chunk] = self._matrix[ids].sum(axis=1) / lengths[:, None]
         return _normalise(out)

@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import Q
 
 from tickets import embeddings
-from tickets.language import text_language
+from tickets.language import text_language, texts_language
 from tickets.models import Tenant, Ticket
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,13 @@ def tickets_enrich(tickets: Sequence[Ticket], **_: Any) -> list[str]:
     When the embedding provider fails, the embedding is cleared instead (the sweep embeds the ticket later) and
     the write goes on: an import is never lost to an embeddings outage.
     """
-    for ticket in tickets:
-        ticket.language = text_language(_text(ticket))
+    texts = [_text(ticket) for ticket in tickets]
+    for ticket, language in zip(tickets, texts_language(texts), strict=True):
+        ticket.language = language
     if not embeddings.current_model() or not tickets:
         return ["language"]
     try:
-        embedded = embeddings.embed_texts([_text(t) for t in tickets])
+        embedded = embeddings.embed_texts(texts)
     except embeddings.EmbeddingError as exc:
         log.warning("embedding %d tickets failed, left for the sweep: %s", len(tickets), exc)
         embedded = []

@@ -10,6 +10,8 @@ _BLOCK_TAGS = {
     "blockquote", "pre", "hr", "section", "article", "header", "footer",
 }  # fmt: skip
 _SKIP_TAGS = {"script", "style", "head", "title", "noscript"}
+_BLANKS = re.compile(r"[ \t\r\f\v\xa0]+")
+_PARAGRAPHS = re.compile(r"\n{3,}")
 
 
 class _TextExtractor(HTMLParser):
@@ -49,5 +51,6 @@ def html_to_text(value: str | None) -> str:
         parser.feed(value)
         parser.close()
         text = "".join(parser.parts)
-    lines = [re.sub(r"[ \t\r\f\v\xa0]+", " ", line).strip() for line in text.split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    # Runs of blanks become one space (one pass over the whole text: the class holds no newline), lines are trimmed.
+    lines = [line.strip() for line in _BLANKS.sub(" ", text).split("\n")]
+    return _PARAGRAPHS.sub("\n\n", "\n".join(lines)).strip()
