@@ -285,7 +285,13 @@ def embed_texts(texts: Sequence[str]) -> list[Embedded]:
     if found is None or not texts:
         return []
     vectors = found.embed(list(texts))
-    return [Embedded(vector_pack(v), vector_code(v), found.model, int(v.shape[0])) for v in vectors]
+    if not len(vectors):
+        return []
+    # vector_pack and vector_code of every row at once.
+    packed = np.clip(np.rint(vectors * 127.0), -127, 127).astype(np.int8)
+    codes = np.packbits(vectors > 0, axis=1)
+    dim = int(vectors.shape[1])
+    return [Embedded(p.tobytes(), c.tobytes(), found.model, dim) for p, c in zip(packed, codes, strict=True)]
 
 
 def ticket_embedding_text(subject: str, description: str) -> str:

@@ -39,7 +39,8 @@ class BitCodeField(models.BinaryField):
         if value is None:
             return None
         if connection.vendor == "postgresql":
-            return "".join(f"{byte:08b}" for byte in bytes(value))
+            value = bytes(value)
+            return f"{int.from_bytes(value, 'big'):0{len(value) * 8}b}" if value else ""
         return super().get_db_prep_value(value, connection, prepared)
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> bytes | None:
