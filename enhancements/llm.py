@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import jsonschema
-import openai
 from django.conf import settings
 
-from enhancements import llm_budget, offline
+from enhancements import offline
+from enhancements.llm_structured import LLMError, structured_complete
 from enhancements.redaction import redact
 from enhancements.urgency import LLM_SCHEMA as URGENCY_SCHEMA
-from tickets.ai_budget import budget_check, llm_usage_record
+from tickets.ai_budget import budget_check
 from tickets.language import language_name
 from tickets.models import Tenant, Ticket
 
@@ -69,10 +67,6 @@ Rules:
 - Prefer steps that worked in the similar tickets; be concrete (settings, commands, where to click).
 - Redacted values such as [EMAIL] or [REDACTED] must stay redacted.
 - Answer only with JSON matching the schema."""
-
-
-class LLMError(Exception):
-    """A provider failure (any kind: the pipeline falls back to the offline provider)."""
 
 
 @dataclass
@@ -220,112 +214,38 @@ def _prompt(ticket: Ticket, context: dict[str, Any]) -> str:
     return f"<ticket>\n{body}\n</ticket>\n\n<context>\n{context_json}\n</context>\n\n{language}"
 
 
-@functools.lru_cache(maxsize=8)
-def _openai_client(base_url: str | None, api_key: str, timeout: float) -> openai.OpenAI:
-    """Return one client per endpoint and key for this process.
-
-    Building a client loads the CA bundle into a new SSL context, which cost most of a task's CPU when done
-    per enhancement (docs/benchmarks.md, "Drain").
-    """
-    return openai.OpenAI(
-        api_key=api_key or "not-set",
-        base_url=base_url,
-        timeout=timeout,
-        # The client retries timeouts, 429 (honouring Retry-After) and 5xx with backoff (layer 2 of
-        # project/retry.py).
-        max_retries=2,
-        # Every 429 also pauses the budget that all processes share (enhancements/llm_budget.py).
-        http_client=openai.DefaultHttpxClient(
-            event_hooks={"response": [functools.partial(_share_retry_after, base_url, api_key)]}
-        ),
-    )
-
-
-def _share_retry_after(base_url: str | None, api_key: str, response: Any) -> None:
-    if response.status_code != 429:
-        return
-    headers = response.headers
-    try:
-        seconds = float(headers.get("retry-after-ms") or 0) / 1000 or float(headers.get("retry-after") or 1)
-    except ValueError:
-        seconds = 1.0
-    logger.warning("the LLM provider answered 429; pausing the shared budget for %.1fs", seconds)
-    llm_budget.pause(base_url=base_url, api_key=api_key, seconds=min(seconds, 60.0))
-
-
 class OpenAIProvider:
-    """Chat Completions with JSON-schema structured output on any OpenAI-compatible endpoint."""
+    """Chat Completions with structured output on any OpenAI-compatible endpoint (mode negotiated per endpoint)."""
 
     name = "openai"
 
     def __init__(self, *, model: str | None = None, tenant: Tenant | None = None) -> None:
         self.model = model or settings.OPENAI_MODEL
         self.tenant = tenant  # whose daily AI budget each call counts against (tickets/ai_budget.py)
-        self._client = _openai_client(settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY, settings.LLM_TIMEOUT)
-
-    def _complete(self, prompt: str) -> tuple[dict[str, Any], Any]:
-        base_url, api_key = settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY
-        reserved = llm_budget.estimate_tokens(len(SYSTEM_PROMPT) + len(prompt))
-        # Waits while the deployment's shared budget is spent; raises BudgetExhausted past LLM_BUDGET_MAX_WAIT.
-        llm_budget.reserve(base_url=base_url, api_key=api_key, tokens=reserved)
-        try:
-            response = self._client.chat.completions.create(
-                model=self.model,
-                messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}],
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {"name": "ticket_enhancement", "strict": True, "schema": OUTPUT_SCHEMA},
-                },
-                temperature=0.2,
-            )
-        except openai.OpenAIError as exc:
-            raise LLMError(f"The LLM call failed: {exc.__class__.__name__}: {exc}") from exc
-        usage = getattr(response, "usage", None)
-        llm_budget.settle(
-            base_url=base_url, api_key=api_key, reserved=reserved, used=getattr(usage, "total_tokens", None)
-        )
-        if self.tenant is not None:
-            # Every answer is billed, one that fails the schema too; without a reported usage, the estimate.
-            estimate = usage is None or getattr(usage, "total_tokens", None) is None
-            completion = settings.LLM_COMPLETION_TOKENS_ESTIMATE
-            llm_usage_record(
-                tenant=self.tenant,
-                model=self.model,
-                prompt_tokens=reserved - completion if estimate else getattr(usage, "prompt_tokens", 0),
-                completion_tokens=completion if estimate else getattr(usage, "completion_tokens", 0),
-            )
-        try:
-            content = response.choices[0].message.content or ""
-            output = json.loads(content)
-            jsonschema.validate(output, ACCEPTED_SCHEMA)
-        except (IndexError, AttributeError, ValueError, jsonschema.ValidationError) as exc:
-            raise _SchemaError(f"The LLM answer did not match the schema: {str(exc)[:200]}") from exc
-        return output, response.usage
+        self.mode = ""
 
     def generate(self, *, ticket: Ticket, context: dict[str, Any]) -> Generation:
-        """Return the model's enhancement; retry once on output that fails the schema."""
-        prompt = _prompt(ticket, context)
-        last: _SchemaError | None = None
-        for _ in range(2):
-            try:
-                output, usage = self._complete(prompt)
-            except _SchemaError as exc:
-                last = exc
-                continue
-            allowed = {item["sdp_id"] for item in context.get("similar_tickets", [])}
-            output["related_tickets"] = [t for t in output["related_tickets"] if str(t) in allowed]
-            return Generation(
-                output=output,
-                provider=self.name,
-                model=self.model,
-                prompt_tokens=getattr(usage, "prompt_tokens", None),
-                completion_tokens=getattr(usage, "completion_tokens", None),
-            )
-        raise LLMError(str(last))
-
-
-class _SchemaError(LLMError):
-    pass
+        """Return the model's enhancement in the endpoint's best output mode (enhancements/llm_structured.py)."""
+        result = structured_complete(
+            system=SYSTEM_PROMPT,
+            user=_prompt(ticket, context),
+            schema=OUTPUT_SCHEMA,
+            accept=ACCEPTED_SCHEMA,
+            name="ticket_enhancement",
+            model=self.model,
+            tenant=self.tenant,
+        )
+        self.mode = result.mode
+        output = result.output
+        allowed = {item["sdp_id"] for item in context.get("similar_tickets", [])}
+        output["related_tickets"] = [t for t in output["related_tickets"] if str(t) in allowed]
+        return Generation(
+            output=output,
+            provider=self.name,
+            model=self.model,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )
 
 
 def provider_name() -> str:

@@ -77,7 +77,11 @@ def sdp() -> Iterator[FakeServiceDesk]:
 
 @pytest.fixture
 def openai_fake(settings: Any) -> Iterator[FakeOpenAI]:
-    """Return a running OpenAI-compatible fake and point the openai provider at it."""
+    """Return a running OpenAI-compatible fake and point the openai provider at it (no output mode remembered)."""
+    from enhancements.llm_structured import modes_forget
+
+    # A port reused from an earlier test must not inherit that server's remembered mode.
+    modes_forget()
     with FakeOpenAI() as fake:
         settings.LLM_PROVIDER = "openai"
         settings.OPENAI_API_KEY = fake.api_key

@@ -888,3 +888,132 @@ def test_html_and_script_in_every_text_field_is_inert_in_the_admin(client, make_
         shown += "&lt;script&gt;alert(" in html
     # The hostile text is there, escaped, on most pages: the check above is not vacuous.
     assert shown >= 4
+
+
+# --- what a model answers: tolerant extraction, storable values, the schema ------------------------------------
+_VALID_OUTPUT = {
+    "summary": "VPN drops every few minutes.",
+    "probable_causes": ["An idle timeout on the VPN gateway."],
+    "suggested_steps": ["Raise the idle timeout."],
+    "related_tickets": [],
+    "category_suggestion": "Network",
+    "priority_suggestion": "High",
+    "confidence": 0.6,
+    "urgency": {"business_impact": False, "frustration": False, "evidence": ""},
+}
+_VALID = json.dumps(_VALID_OUTPUT)
+
+
+def _with(**changes: Any) -> str:
+    return json.dumps({**_VALID_OUTPUT, **changes})
+
+
+@pytest.mark.parametrize(
+    ("content", "provider"),
+    [
+        pytest.param(f"```json\n{_VALID}\n```", "openai", id="fenced-json"),
+        pytest.param(f"```\r\n{_VALID}\r\n```\r\n", "openai", id="fenced-crlf-no-language"),
+        pytest.param(f"Here you go:\n{_VALID}\nAnything else?", "openai", id="amid-prose"),
+        pytest.param(f"Use {{braces}} like {{this}}: {_VALID}", "openai", id="decoy-braces-before"),
+        pytest.param(_with(summary='Quote " and }{ and \\\\ inside.'), "openai", id="braces-and-quotes-in-strings"),
+        pytest.param(_VALID.replace("every few", "every\nfew\t"), "openai", id="raw-newline-and-tab-in-a-string"),
+        pytest.param(json.dumps(_VALID), "openai", id="object-sent-as-a-json-string"),
+        pytest.param(f"[{_VALID}]", "openai", id="object-inside-an-array"),
+        pytest.param(_with(summary="VPN \\ud800 drops"), "openai", id="unpaired-surrogate-escape"),
+        pytest.param(_VALID.replace("0.6", "NaN"), "offline", id="nan"),
+        pytest.param(_VALID.replace("0.6", "1e400"), "offline", id="beyond-float-range"),
+        pytest.param(_VALID.replace("0.6", "-Infinity"), "offline", id="minus-infinity"),
+        pytest.param(_with(summary={"d": json.loads("[" * 40 + "]" * 40)}), "offline", id="nested-40-deep"),
+        pytest.param(_VALID[:-20], "offline", id="truncated"),
+        pytest.param("", "offline", id="empty"),
+        pytest.param("{" * 60_000, "offline", id="sixty-thousand-open-braces"),
+        pytest.param('{"summary": "' + "x" * 100_000, "offline", id="endless-string"),
+        pytest.param("I cannot help with that.", "offline", id="refusal-in-prose"),
+    ],
+)
+def test_hostile_model_answers_are_extracted_or_fall_back_never_crash(
+    tenant, post_webhook, openai_fake, content, provider
+):
+    # The prompt-only mode is where a model's text is read most tolerantly.
+    openai_fake.set_kind("old-gateway")
+    openai_fake.set_response(content)
+    response = post_webhook("acme", {"request": {"id": "1", "subject": "VPN"}}, secret=tenant.secret)
+    enhancement_id = response.json()["enhancement_id"]
+    assert services.enhancement_process(enhancement_id=enhancement_id) == Enhancement.Status.COMPLETED
+    enhancement = Enhancement.objects.get(pk=enhancement_id)
+    assert enhancement.provider == provider, enhancement.error
+    if provider == "openai":
+        assert enhancement.output["suggested_steps"] == ["Raise the idle timeout."]
+        assert "\ud800" not in enhancement.output["summary"]
+    else:
+        assert enhancement.error.startswith("LLM unavailable") and "offline fallback" in enhancement.note_html
+
+
+# Any JSON object a model means, wrapped the ways models wrap it, is read back exactly.
+_strings = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+_objects = st.dictionaries(
+    _strings,
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | _strings,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_strings, inner, max_size=3),
+        max_leaves=10,
+    ),
+    max_size=5,
+)
+_prose = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters='{}`"[]'), max_size=40)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(value=_objects, before=_prose, after=_prose, wrap=st.sampled_from(["bare", "fence", "fence-json", "prose"]))
+def test_any_json_object_a_model_wraps_is_extracted_exactly(value, before, after, wrap):
+    from enhancements.llm_structured import json_extract
+
+    text = json.dumps(value, ensure_ascii=False)
+    content = {
+        "bare": f" \n{text}\n ",
+        "fence": f"{before}\n```\n{text}\n```\n{after}",
+        "fence-json": f"```json\n{text}\n```",
+        "prose": f"{before} {text} {after}",
+    }[wrap]
+    assert json_extract(content) == value
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(content=st.text(max_size=300) | _json.map(lambda v: json.dumps(v)) | _objects.map(lambda v: f"x {v!r} y"))
+def test_whatever_a_model_writes_is_an_object_no_database_refuses_or_a_value_error(content):
+    from enhancements.llm_structured import json_extract
+    from tickets.storable import storable_json
+
+    try:
+        value = json_extract(content)
+    except ValueError:
+        return
+    assert isinstance(value, dict)
+    # After the repair every database can store it (the strict check raises otherwise).
+    storable_json(storable_json(value, repair=True))
+
+
+@hypothesis_settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    content=st.one_of(
+        st.text(max_size=200),
+        _json.map(lambda v: json.dumps(v)),
+        _json.map(lambda v: json.dumps({**_VALID_OUTPUT, "confidence": v})),
+        _json.map(lambda v: json.dumps({**_VALID_OUTPUT, "summary": v})),
+    ),
+    kind=st.sampled_from(["openai", "old-gateway", "ollama-old"]),
+)
+def test_no_model_answer_makes_the_pipeline_crash_or_retry(make_tenant, post_webhook, openai_fake, content, kind):
+    from enhancements.llm_structured import modes_forget
+
+    result = make_tenant("acme") if not Tenant.objects.filter(slug="acme").exists() else None
+    secret = result.secret if result else Tenant.objects.get(slug="acme").webhook_secret
+    modes_forget()
+    openai_fake.set_kind(kind)
+    openai_fake.set_response(content)
+    payload = {"request": {"id": uuid.uuid4().hex[:12], "subject": "VPN", "description": "VPN drops"}}
+    enhancement_id = post_webhook("acme", payload, secret=secret).json()["enhancement_id"]
+    assert services.enhancement_process(enhancement_id=enhancement_id) == Enhancement.Status.COMPLETED
+    assert Enhancement.objects.get(pk=enhancement_id).provider in ("openai", "offline")

@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jsonschema
-import openai
 from django.conf import settings
 
-from enhancements.llm import LLMError, _openai_client
+from enhancements.llm_budget import BudgetExhausted
+from enhancements.llm_structured import LLMError, structured_complete
 from enhancements.redaction import redact
 from enhancements.triage.choices import Choices
 from enhancements.triage.engine import Neighbour, Suggestion
-from tickets.ai_budget import llm_usage_record
 from tickets.models import Tenant, Ticket
 
 FIELDS = ("category", "subcategory", "priority", "group", "technician")
@@ -74,33 +72,20 @@ def llm_triage(
     if not schema["properties"]:
         raise LLMError("The tenant's SDP lists are not cached yet; nothing to choose from.")
     model = tenant.llm_model or settings.OPENAI_MODEL
-    client = _openai_client(settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY, settings.LLM_TIMEOUT)
     try:
-        response = client.chat.completions.create(
+        # The same negotiated call as the enhancement's: output mode per endpoint, shared budget, cached client.
+        output = structured_complete(
+            system=SYSTEM_PROMPT,
+            user=_prompt(ticket, neighbours, choices),
+            schema=schema,
+            name="ticket_triage",
             model=model,
-            messages=[
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": _prompt(ticket, neighbours, choices)},
-            ],
-            response_format={
-                "type": "json_schema",
-                "json_schema": {"name": "ticket_triage", "strict": True, "schema": schema},
-            },
             temperature=0,
-        )
-        usage = getattr(response, "usage", None)
-        llm_usage_record(
             tenant=tenant,
-            model=model,
-            prompt_tokens=getattr(usage, "prompt_tokens", None),
-            completion_tokens=getattr(usage, "completion_tokens", None),
-        )
-        output = json.loads(response.choices[0].message.content or "")
-        jsonschema.validate(output, schema)
-    except openai.OpenAIError as exc:
-        raise LLMError(f"The triage LLM call failed: {exc.__class__.__name__}: {exc}") from exc
-    except (IndexError, AttributeError, ValueError, jsonschema.ValidationError) as exc:
-        raise LLMError(f"The triage answer did not match the schema: {str(exc)[:200]}") from exc
+        ).output
+    except BudgetExhausted as exc:
+        # The enhancement already spent its call; waiting longer for triage would hold the note back.
+        raise LLMError(f"The triage LLM call was not made: {exc}") from exc
     result: dict[str, Suggestion] = {}
     for name in FIELDS:
         value = str(output.get(name) or "")

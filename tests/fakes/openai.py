@@ -20,6 +20,25 @@ body; `Retry-After` when `retry_after` is given); "timeout" (answer normally aft
 "invalid_json" (content that is not JSON); "schema_violation" (JSON without the required fields);
 "disconnect" (close the connection without an answer).
 
+Server kinds (`FakeOpenAI(kind=...)` or `set_kind(...)`, `--kind` on the command line): how other
+OpenAI-compatible servers treat `response_format`, with the error bodies they send (see
+enhancements/llm_structured.py for the sources):
+- "openai": json_schema (strict) and json_object honoured; a schema given in the prompt (`<json_schema>` tags)
+  is followed when there is no response_format.
+- "ollama-old" (Ollama before 0.5): json_schema accepted and ignored: prose with a fenced JSON block that
+  follows only a schema written in the prompt; json_object honoured (format=json); no response_format: prose
+  with a fenced block.
+- "ignores-format": every response_format accepted and ignored; prose with a fenced block.
+- "vllm": strict json_schema refused with vLLM's 400 ("The provided JSON schema contains features not
+  supported by xgrammar."); json_object honoured; no response_format: plain JSON.
+- "lmstudio": json_schema honoured; json_object refused with LM Studio's 400 (`{"error": "'response_format.type'
+  must be 'json_schema' or 'text'"}`); no response_format: JSON in a Markdown fence.
+- "old-gateway": any response_format refused with a 400 ("Unrecognized request argument supplied:
+  response_format", Azure's wording before 2024-08-01-preview); no response_format: JSON amid prose.
+- "newlines": json_schema honoured, but strings hold raw newlines and tabs (invalid strict JSON).
+- "nan": json_schema honoured, but every number is `NaN` and sentences end with `\u0000`.
+`chat_requests(mode=...)` counts the completions received, per output mode sent.
+
 Rate limits (`rate_limit(requests_per_minute=..., tokens_per_minute=...)`): like OpenAI, the limits are per key and
 every answer carries `x-ratelimit-limit-*`, `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` for requests and
 tokens; a completion that does not fit answers 429 `rate_limit_exceeded` with `Retry-After`. A minute's limit is
@@ -47,6 +66,8 @@ from typing import Any
 
 from tests.fakes._http import Failure, FakeServer, RecordedRequest, Reply
 
+KINDS = ("openai", "ollama-old", "ignores-format", "vllm", "lmstudio", "old-gateway", "newlines", "nan")
+_PROMPT_SCHEMA = re.compile(r"<json_schema>\s*(?P<schema>\{.*?\})\s*</json_schema>", re.DOTALL)
 _STRING_FAILURES = {"timeout", "disconnect", "invalid_json", "schema_violation"}
 _ERRORS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", None, "Bad request."),
@@ -77,10 +98,17 @@ class FakeOpenAI(FakeServer):
     """Answer `POST /v1/chat/completions` like OpenAI does, with content that fits the requested schema."""
 
     def __init__(
-        self, api_key: str = "test-openai-key", *, latency: float = 0.0, host: str = "127.0.0.1", port: int = 0
+        self,
+        api_key: str = "test-openai-key",
+        *,
+        latency: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        kind: str = "openai",
     ) -> None:
         super().__init__(host=host, port=port, latency=latency)
         self.api_key = api_key
+        self.set_kind(kind)
         self.forced_content: str | None = None
         self._ids = itertools.count(1)
         self._buckets: dict[str, _Bucket] = {}
@@ -90,6 +118,18 @@ class FakeOpenAI(FakeServer):
     def url(self) -> str:
         """Return the base URL to give the `openai` client (`http://127.0.0.1:PORT/v1`)."""
         return f"{self.origin}/v1"
+
+    def set_kind(self, kind: str) -> None:
+        """Behave like this kind of server from now on (see the module docstring)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}")
+        self.kind = kind
+
+    def chat_requests(self, mode: str | None = None) -> int:
+        """Return how many completions were received (with `mode`: only those sent in that output mode)."""
+        with self._lock:
+            log = [r for r in self.requests_log if r.path.rstrip("/").endswith("/chat/completions")]
+        return sum(1 for r in log if mode is None or _mode_of(r.json) == mode)
 
     def set_response(self, content: str | Mapping[str, Any] | None) -> None:
         """Answer every following completion with this content (a mapping is sent as JSON); None restores default."""
@@ -173,9 +213,12 @@ class FakeOpenAI(FakeServer):
         if rejected is not None:
             return rejected
         body = request.json
+        refused = self._refusal(body)
+        if refused is not None:
+            return refused
         content = self.forced_content
         if content is None:
-            content = json.dumps(self._example(body))
+            content = self._content(body)
         completion = self._completion(body, content)
         headers = {"x-request-id": f"req_{uuid.uuid4().hex}"}
         if self._buckets:
@@ -278,9 +321,42 @@ class FakeOpenAI(FakeServer):
             return _error(400, "The fake does not stream; call without stream=True.", param="stream")
         return None
 
-    def _example(self, body: Mapping[str, Any]) -> Any:
+    def _refusal(self, body: Mapping[str, Any]) -> Reply | None:
+        """Return the 400 this kind of server sends for the output mode asked for, if it refuses it."""
+        mode = _mode_of(body)
+        if self.kind == "vllm" and mode == "json_schema":
+            # vLLM answers its own error shape, not OpenAI's.
+            message = "The provided JSON schema contains features not supported by xgrammar."
+            payload = {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
+            return Reply.json(400, payload)
+        if self.kind == "lmstudio" and mode == "json_object":
+            return Reply.json(400, {"error": "'response_format.type' must be 'json_schema' or 'text'"})
+        if self.kind == "old-gateway" and mode != "prompt":
+            return _error(400, "Unrecognized request argument supplied: response_format", param="response_format")
+        return None
+
+    def _content(self, body: Mapping[str, Any]) -> str:
+        """Return the message content this kind of server writes for the request."""
+        mode, kind = _mode_of(body), self.kind
+        ignored = (kind == "ollama-old" and mode == "json_schema") or kind == "ignores-format"
+        example = self._example(body, use_response_format=not ignored)
+        if ignored or (mode == "prompt" and kind in ("ollama-old", "ignores-format")):
+            return (
+                f"Here is my analysis of the ticket.\n\n```json\n{json.dumps(example, indent=2)}\n```\n\nHope it helps!"
+            )
+        if mode == "prompt" and kind == "lmstudio":
+            return f"```json\n{json.dumps(example, indent=2)}\n```"
+        if mode == "prompt" and kind == "old-gateway":
+            return f"Sure! Here is the JSON you asked for: {json.dumps(example)} Let me know if you need more."
+        if kind == "newlines":
+            return json.dumps(_with_raw_newlines(example), ensure_ascii=False).replace("\\n", "\n").replace("\\t", "\t")
+        if kind == "nan":
+            return json.dumps(_with_nan(example))
+        return json.dumps(example)
+
+    def _example(self, body: Mapping[str, Any], *, use_response_format: bool = True) -> Any:
         messages = body.get("messages", [])
-        schema = _schema_of(body)
+        schema = (_schema_of(body) if use_response_format else None) or _prompt_schema(messages)
         builder = _ExampleBuilder(
             subject=_find_subject(messages), context_ids=_find_context_ids(messages), root=schema or {}
         )
@@ -391,6 +467,55 @@ def _schema_of(body: Any) -> dict[str, Any] | None:
         return None
     schema = (response_format.get("json_schema") or {}).get("schema")
     return schema if isinstance(schema, dict) else None
+
+
+def _mode_of(body: Any) -> str:
+    """Return the output mode a request asked for: json_schema, json_object, text or prompt (none)."""
+    response_format = body.get("response_format") if isinstance(body, Mapping) else None
+    if not isinstance(response_format, Mapping):
+        return "prompt"
+    return str(response_format.get("type") or "prompt")
+
+
+def _prompt_schema(messages: Any) -> dict[str, Any] | None:
+    """Return a JSON schema written in the prompt between <json_schema> tags, as a model would read it."""
+    for text in _texts(messages):
+        match = _PROMPT_SCHEMA.search(text)
+        if match:
+            try:
+                schema = json.loads(match["schema"])
+            except ValueError:
+                continue
+            if isinstance(schema, dict):
+                return schema
+    return None
+
+
+def _with_raw_newlines(value: Any) -> Any:
+    """Return the value with a newline and a tab in every sentence (written raw by the caller); enum values and
+    ids, which are not sentences, stay as they are."""
+    if isinstance(value, str):
+        return f"{value}\nSecond line:\tindented." if value.endswith(".") else value
+    if isinstance(value, list):
+        return [_with_raw_newlines(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _with_raw_newlines(item) for key, item in value.items()}
+    return value
+
+
+def _with_nan(value: Any) -> Any:
+    """Return the value with every number NaN and a NUL character in every sentence."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return math.nan
+    if isinstance(value, str):
+        return f"{value}\x00" if value.endswith(".") else value
+    if isinstance(value, list):
+        return [_with_nan(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _with_nan(item) for key, item in value.items()}
+    return value
 
 
 def _without_required(schema: dict[str, Any] | None, example: Any) -> Any:
@@ -577,8 +702,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8082)
     parser.add_argument("--api-key", default="test-openai-key")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each answer")
+    parser.add_argument("--kind", choices=KINDS, default="openai", help="which kind of server to behave like")
     args = parser.parse_args(argv)
-    fake = FakeOpenAI(args.api_key, latency=args.latency, host=args.host, port=args.port)
+    fake = FakeOpenAI(args.api_key, latency=args.latency, host=args.host, port=args.port, kind=args.kind)
 
     def announce() -> None:
         print(fake.url, flush=True)

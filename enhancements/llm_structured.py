@@ -1,0 +1,409 @@
+"""Structured completions on any OpenAI-compatible server: negotiate the output mode per endpoint, remember it.
+
+OpenAI, newer Ollama (0.5+) and LM Studio honour `response_format: json_schema` with `strict`; vLLM's grammar
+backends refuse some schemas with a 400 ("The provided JSON schema contains features not supported by
+xgrammar."); LM Studio refuses `json_object` with a 400 ("'response_format.type' must be 'json_schema' or
+'text'"); Ollama before 0.5 accepted `json_schema` and ignored it (prose back, often with a fenced JSON block);
+older gateways (Azure before 2024-08-01-preview: "Unrecognized request argument supplied: response_format" or
+"response_format value as json_schema is enabled only for api versions ...") refuse the field itself.
+
+So a call tries, in order, `json_schema` (strict) -> `json_object` (the schema described in the prompt) ->
+`prompt` (no response_format; the schema in the prompt), and steps down ONLY on an answer that means "this mode
+is unsupported":
+- HTTP 400 or 422 whose error names the mode (response_format, json_schema, JSON schema, json_object, strict,
+  guided decoding, grammar, structured output);
+- HTTP 200 under `json_schema` or `json_object` whose content is not one JSON object (prose, Markdown fences,
+  an empty answer) twice in a row: the server took a mode it does not honour. (Once is asked again in the same
+  mode, so one odd answer from a server that does honour it does not change the endpoint's mode for a day.)
+Anything else keeps today's rules (project/retry.py): timeouts, 429 and 5xx are retried by the openai client
+and then fail the call; other 4xx fail it; a JSON object that fails the schema is asked for once more in the
+same mode, then fails it. A failed call is the caller's offline fallback, labelled with the reason.
+
+The mode that worked is remembered per endpoint (base URL + model) for `MODE_TTL` seconds, in Redis when
+REDIS_URL is set (every worker shares it) and in-process otherwise; the next call starts there, and an upgraded
+server is probed again from the top once the day is over.
+
+Content is read tolerantly in every mode: Markdown fences are stripped, the first balanced JSON object is taken
+from surrounding prose, raw newlines and tabs inside strings are accepted (`json.loads(strict=False)`), a JSON
+object sent as a JSON string is unwrapped; then the value is made storable (`tickets.storable.storable_json`:
+NaN, Infinity and numbers beyond float range become null, NUL characters are removed) and validated against the
+schema. Every request goes through the shared budget (enhancements/llm_budget.py) and one cached client per
+(base URL, key, timeout).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import openai
+import redis
+from django.conf import settings
+
+from enhancements import llm_budget
+from tickets.ai_budget import llm_usage_record
+from tickets.models import Tenant
+from tickets.storable import storable_json
+
+logger = logging.getLogger(__name__)
+
+MODES = ("json_schema", "json_object", "prompt")
+MODE_TTL = 24 * 3600
+MAX_CONTENT_CHARS = 50_000  # an answer longer than this is not scanned for JSON objects
+_MAX_CANDIDATES = 20
+
+# What a 400/422 says when the refused part is the output mode (vLLM, LM Studio, Azure, FastAPI-based gateways).
+_MODE_WORDS = re.compile(
+    r"response[_ ]format|json[_ ]?schema|json[_ ]object|\bstrict\b|guided|grammar|structured[_ ]output",
+    re.IGNORECASE,
+)
+_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\r?\n?(.*?)```", re.DOTALL)
+
+
+class LLMError(Exception):
+    """A provider failure (any kind: the pipeline falls back to the offline provider)."""
+
+
+class _Unsupported(LLMError):
+    """The server answered in a way that means the mode is not supported: step down."""
+
+
+class _Mismatch(LLMError):
+    """The answer held no usable JSON object, or one that fails the schema: ask once more."""
+
+
+class _Ignored(_Mismatch):
+    """HTTP 200 under a response_format, but no JSON object: asked twice, it means the mode is ignored."""
+
+
+@dataclass
+class StructuredResult:
+    """A schema-valid JSON object, the mode that produced it, and the tokens every request of the call used."""
+
+    output: dict[str, Any]
+    mode: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    requests: int = 0
+
+
+# --- clients ----------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def openai_client(base_url: str | None, api_key: str, timeout: float) -> openai.OpenAI:
+    """Return one client per endpoint, key and timeout for this process.
+
+    Building a client loads the CA bundle into a new SSL context, which cost most of a task's CPU when done
+    per enhancement (docs/benchmarks.md, "Drain").
+    """
+    return openai.OpenAI(
+        api_key=api_key or "not-set",
+        base_url=base_url,
+        timeout=timeout,
+        # The client retries timeouts, 429 (honouring Retry-After) and 5xx with backoff (layer 2 of
+        # project/retry.py).
+        max_retries=2,
+        # Every 429 also pauses the budget that all processes share (enhancements/llm_budget.py).
+        http_client=openai.DefaultHttpxClient(
+            event_hooks={"response": [functools.partial(_share_retry_after, base_url, api_key)]}
+        ),
+    )
+
+
+def _share_retry_after(base_url: str | None, api_key: str, response: Any) -> None:
+    if response.status_code != 429:
+        return
+    headers = response.headers
+    try:
+        seconds = float(headers.get("retry-after-ms") or 0) / 1000 or float(headers.get("retry-after") or 1)
+    except ValueError:
+        seconds = 1.0
+    logger.warning("the LLM provider answered 429; pausing the shared budget for %.1fs", seconds)
+    llm_budget.pause(base_url=base_url, api_key=api_key, seconds=min(seconds, 60.0))
+
+
+# --- the remembered mode ----------------------------------------------------------------------------------------
+_local_modes: dict[str, tuple[str, float]] = {}
+_local_lock = threading.Lock()
+_KEY_PREFIX = "llm-mode:"
+
+
+def _mode_key(base_url: str | None, model: str) -> str:
+    return _KEY_PREFIX + hashlib.sha256(f"{base_url or 'openai'}\0{model}".encode()).hexdigest()[:16]
+
+
+def _redis() -> redis.Redis | None:
+    return llm_budget._redis()
+
+
+def mode_remembered(*, base_url: str | None, model: str) -> str | None:
+    """Return the output mode that last worked for this endpoint and model, if still remembered."""
+    key = _mode_key(base_url, model)
+    client = _redis()
+    if client is not None:
+        try:
+            value = client.get(key)
+        except redis.RedisError as exc:
+            logger.warning("LLM mode: Redis did not answer (%s); using this process's memory", exc)
+        else:
+            mode = value.decode() if isinstance(value, bytes) else value
+            return mode if mode in MODES else None
+    with _local_lock:
+        mode, expires = _local_modes.get(key, ("", 0.0))
+    return mode if mode and expires > time.monotonic() else None
+
+
+def mode_remember(*, base_url: str | None, model: str, mode: str) -> None:
+    """Remember the output mode that worked for this endpoint and model, for MODE_TTL seconds."""
+    key = _mode_key(base_url, model)
+    with _local_lock:
+        _local_modes[key] = (mode, time.monotonic() + MODE_TTL)
+    client = _redis()
+    if client is not None:
+        try:
+            client.set(key, mode, ex=MODE_TTL)
+        except redis.RedisError as exc:
+            logger.warning("LLM mode: could not share the mode in Redis (%s)", exc)
+
+
+def modes_forget() -> None:
+    """Forget every remembered mode (the next calls probe their endpoints again from json_schema)."""
+    with _local_lock:
+        _local_modes.clear()
+    client = _redis()
+    if client is not None:
+        try:
+            keys = list(client.scan_iter(match=f"{_KEY_PREFIX}*", count=500))
+            if keys:
+                client.delete(*keys)
+        except redis.RedisError as exc:
+            logger.warning("LLM mode: could not clear the modes in Redis (%s)", exc)
+
+
+# --- tolerant extraction ----------------------------------------------------------------------------------------
+def _loads(text: str) -> Any:
+    # strict=False accepts raw newlines and tabs inside strings, which small models write.
+    value = json.loads(text, strict=False)
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        # A JSON object sent as a JSON string ("{\"summary\": ...}").
+        value = json.loads(value, strict=False)
+    return value
+
+
+def json_document(content: str) -> dict[str, Any]:
+    """Return the content parsed as one JSON object (surrounding whitespace allowed); raise ValueError."""
+    value = _loads(content.strip())
+    if not isinstance(value, dict):
+        raise ValueError(f"the answer is JSON but a {type(value).__name__}, not an object")
+    return value
+
+
+def _balanced_objects(text: str) -> Iterator[str]:
+    """Yield candidate `{...}` spans in order of their start: balanced braces outside strings.
+
+    At most _MAX_CANDIDATES starts are tried, so an answer of 50,000 unclosed braces costs a bounded scan.
+    """
+    start, tries = text.find("{"), 0
+    while start != -1 and tries < _MAX_CANDIDATES:
+        tries += 1
+        depth, in_string, escaped = 0, False, False
+        for index in range(start, len(text)):
+            char = text[index]
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif char == "\\":
+                    escaped = True
+                elif char == '"':
+                    in_string = False
+            elif char == '"':
+                in_string = True
+            elif char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    yield text[start : index + 1]
+                    break
+        start = text.find("{", start + 1)
+
+
+def json_extract(content: str) -> dict[str, Any]:
+    """Return the first JSON object in a model's answer: whole, in a Markdown fence, or amid prose; raise ValueError."""
+    text = content[:MAX_CONTENT_CHARS]
+    try:
+        return json_document(text)
+    except ValueError:
+        pass
+    for candidate in itertools.chain(_FENCE.findall(text), _balanced_objects(text)):
+        try:
+            return json_document(candidate)
+        except ValueError:
+            continue
+    raise ValueError("the answer holds no JSON object")
+
+
+def schema_instruction(schema: dict[str, Any]) -> str:
+    """Return the text that tells a model without enforced structure which JSON to write."""
+    return (
+        "\n\nAnswer with exactly one JSON object and nothing else: no Markdown fences, no text before or after it. "
+        "It must be valid against this JSON Schema (every listed property present):\n<json_schema>\n"
+        + json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
+        + "\n</json_schema>"
+    )
+
+
+# --- the call ---------------------------------------------------------------------------------------------------
+def _is_mode_refusal(exc: openai.APIStatusError) -> bool:
+    if exc.status_code not in (400, 422):
+        return False
+    return bool(_MODE_WORDS.search(f"{exc.message} {json.dumps(exc.body, default=str)}"))
+
+
+def _request(
+    *,
+    mode: str,
+    system: str,
+    user: str,
+    schema: dict[str, Any],
+    name: str,
+    model: str,
+    temperature: float,
+    tenant: Tenant | None,
+) -> Any:
+    base_url, api_key = settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY
+    client = openai_client(base_url, api_key, settings.LLM_TIMEOUT)
+    if mode != "json_schema":
+        system += schema_instruction(schema)
+    extra: dict[str, Any] = {}
+    if mode == "json_schema":
+        extra["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": name, "strict": True, "schema": schema},
+        }
+    elif mode == "json_object":
+        extra["response_format"] = {"type": "json_object"}
+    reserved = llm_budget.estimate_tokens(len(system) + len(user))
+    # Waits while the deployment's shared budget is spent; raises BudgetExhausted past LLM_BUDGET_MAX_WAIT.
+    llm_budget.reserve(base_url=base_url, api_key=api_key, tokens=reserved)
+    try:
+        response = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            temperature=temperature,
+            **extra,
+        )
+    except openai.APIStatusError as exc:
+        llm_budget.settle(base_url=base_url, api_key=api_key, reserved=reserved, used=0)
+        detail = f"HTTP {exc.status_code}: {str(exc.message)[:300]}"
+        if mode != "prompt" and _is_mode_refusal(exc):
+            raise _Unsupported(detail) from exc
+        raise LLMError(f"The LLM call failed: {exc.__class__.__name__}: {detail}") from exc
+    except openai.OpenAIError as exc:
+        raise LLMError(f"The LLM call failed: {exc.__class__.__name__}: {exc}") from exc
+    usage = getattr(response, "usage", None)
+    llm_budget.settle(base_url=base_url, api_key=api_key, reserved=reserved, used=getattr(usage, "total_tokens", None))
+    if tenant is not None:
+        # Every answer counts against the tenant's day (tickets/ai_budget.py), a probe or one that fails the
+        # schema too; without a reported usage, the estimate.
+        estimate = getattr(usage, "total_tokens", None) is None
+        completion = settings.LLM_COMPLETION_TOKENS_ESTIMATE
+        llm_usage_record(
+            tenant=tenant,
+            model=model,
+            prompt_tokens=reserved - completion if estimate else getattr(usage, "prompt_tokens", 0),
+            completion_tokens=completion if estimate else getattr(usage, "completion_tokens", 0),
+        )
+    return response
+
+
+def _parse(response: Any, *, mode: str, accept: dict[str, Any]) -> dict[str, Any]:
+    try:
+        content = response.choices[0].message.content or ""
+    except (IndexError, AttributeError, TypeError) as exc:
+        raise _Mismatch(f"the answer had no message: {exc}") from exc
+    if not isinstance(content, str):
+        raise _Mismatch("the answer's content is not text")
+    try:
+        output = json_document(content) if mode != "prompt" else json_extract(content)
+    except ValueError as exc:
+        if mode != "prompt":
+            raise _Ignored(f"HTTP 200 but the content is not a JSON object: {content[:120]!r}") from exc
+        raise _Mismatch(f"the answer held no JSON object: {content[:120]!r}") from exc
+    output = storable_json(output, repair=True)
+    try:
+        jsonschema.validate(output, accept)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "the object"
+        raise _Mismatch(f"the answer did not match the schema at {where}: {exc.message[:200]}") from exc
+    return output
+
+
+def structured_complete(
+    *,
+    system: str,
+    user: str,
+    schema: dict[str, Any],
+    name: str,
+    model: str,
+    accept: dict[str, Any] | None = None,
+    temperature: float = 0.2,
+    tenant: Tenant | None = None,
+) -> StructuredResult:
+    """Return a JSON object valid against `accept` (default `schema`); raise LLMError or BudgetExhausted.
+
+    With `tenant`, every answer's tokens are added to the tenant's daily AI budget.
+    """
+    base_url = settings.OPENAI_BASE_URL
+    accept = accept or schema
+    remembered = mode_remembered(base_url=base_url, model=model)
+    modes = MODES[MODES.index(remembered) :] if remembered else MODES
+    prompt_tokens = completion_tokens = requests = 0
+    refused: list[str] = []
+    for mode in modes:
+        last: _Mismatch | None = None
+        ignored = 0
+        try:
+            for _ in range(2):
+                requests += 1
+                response = _request(
+                    mode=mode, system=system, user=user, schema=schema, name=name, model=model,
+                    temperature=temperature, tenant=tenant,
+                )  # fmt: skip
+                usage = getattr(response, "usage", None)
+                prompt_tokens += getattr(usage, "prompt_tokens", None) or 0
+                completion_tokens += getattr(usage, "completion_tokens", None) or 0
+                try:
+                    output = _parse(response, mode=mode, accept=accept)
+                except _Mismatch as exc:
+                    last, ignored = exc, ignored + isinstance(exc, _Ignored)
+                    continue
+                if mode != remembered:
+                    mode_remember(base_url=base_url, model=model, mode=mode)
+                    if refused:
+                        logger.info("LLM %s at %s: using %s (%s)", model, base_url, mode, "; ".join(refused))
+                return StructuredResult(
+                    output=output,
+                    mode=mode,
+                    prompt_tokens=prompt_tokens or None,
+                    completion_tokens=completion_tokens or None,
+                    requests=requests,
+                )
+        except _Unsupported as exc:
+            refused.append(f"{mode} unsupported: {exc}")
+            continue
+        if ignored == 2:
+            refused.append(f"{mode} ignored twice: {last}")
+            continue
+        after = f" (after {'; '.join(refused)})" if refused else ""
+        raise LLMError(f"The LLM answer ({mode} mode, asked twice): {last}{after}")
+    raise LLMError("No structured-output mode works on this endpoint: " + "; ".join(refused))
