@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
-from enhancements import offline
+from enhancements import llm_budget, offline
 from enhancements.llm_structured import LLMError, structured_complete
 from enhancements.redaction import redact
 from enhancements.urgency import LLM_SCHEMA as URGENCY_SCHEMA

@@ -14,7 +14,6 @@ from typing import Any
 
 from django.conf import settings
 
-from enhancements.llm_budget import BudgetExhausted
 from enhancements.llm_structured import LLMError, structured_complete
 from enhancements.redaction import redact
 from enhancements.triage.choices import Choices
@@ -72,20 +71,17 @@ def llm_triage(
     if not schema["properties"]:
         raise LLMError("The tenant's SDP lists are not cached yet; nothing to choose from.")
     model = tenant.llm_model or settings.OPENAI_MODEL
-    try:
-        # The same negotiated call as the enhancement's: output mode per endpoint, shared budget, cached client.
-        output = structured_complete(
-            system=SYSTEM_PROMPT,
-            user=_prompt(ticket, neighbours, choices),
-            schema=schema,
-            name="ticket_triage",
-            model=model,
-            temperature=0,
-            tenant=tenant,
-        ).output
-    except BudgetExhausted as exc:
-        # The enhancement already spent its call; waiting longer for triage would hold the note back.
-        raise LLMError(f"The triage LLM call was not made: {exc}") from exc
+    # The same negotiated call as the enhancement's: output mode per endpoint, shared budget (BudgetExhausted:
+    # decide.py falls back to the vote), cached client, the tenant's daily AI budget.
+    output = structured_complete(
+        system=SYSTEM_PROMPT,
+        user=_prompt(ticket, neighbours, choices),
+        schema=schema,
+        name="ticket_triage",
+        model=model,
+        temperature=0,
+        tenant=tenant,
+    ).output
     result: dict[str, Suggestion] = {}
     for name in FIELDS:
         value = str(output.get(name) or "")
