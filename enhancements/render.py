@@ -14,6 +14,7 @@ from django.utils.html import escape, format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from enhancements.extras import lead_paragraphs
+from tickets.language import language_name
 from tickets.models import Tenant
 from tickets.sdp.links import ticket_url
 
@@ -112,6 +113,8 @@ def note_render(
         # Triage's suggestions, from the tenant's own SDP lists; "set" where it wrote the field (when allowed).
         parts.append(_triage_line(output["triage"]))
         output = {k: v for k, v in output.items() if k not in ("category_suggestion", "priority_suggestion")}
+    if "language" in context:  # the ticket's detected language, whichever provider wrote the note
+        hints.append(format_html("Ticket language: {}", language_name(context["language"] or "")))
     if output.get("category_suggestion"):
         hints.append(format_html("Category: {}", output["category_suggestion"]))
     if output.get("priority_suggestion"):

@@ -118,12 +118,33 @@ def test_changelist_filters_and_search(lead_client, review_tenant, make_tenant):
     assert listed(f"?created_at__year={today.year}&created_at__month={today.month}") == {"Printer jam", "Mailbox full"}
 
 
+def test_changelist_shows_and_filters_the_tickets_detected_language(lead_client, review_tenant):
+    german = enhancement_make(review_tenant, sdp_id="301", subject="Drucker druckt leere Seiten")
+    Ticket.objects.filter(pk=german.ticket_id).update(language="de")
+    enhancement_make(review_tenant, sdp_id="302", subject="Mailbox full")
+    html = lead_client.get(CHANGELIST).content.decode()
+    assert "column-language_column" in html and "ticket language" in html
+    (row,) = [r for r in html.split("<tr") if "Drucker druckt" in r]
+    assert '<td class="field-language_column">German</td>' in row
+
+    def listed(query: str) -> set[str]:
+        page = lead_client.get(CHANGELIST + query).content.decode()
+        return {s for s in ("Drucker druckt", "Mailbox full") if s in page}
+
+    assert listed("?language=de") == {"Drucker druckt"}
+    assert listed("?language=none") == {"Mailbox full"}
+    assert listed("?language=fr") == set()
+
+
 # --- detail -------------------------------------------------------------------------------------------
 def test_detail_shows_note_ticket_context_timings_tokens_and_error(lead_client, review_tenant):
     enhancement = enhancement_make(review_tenant, error="LLM unavailable, offline note used: timeout")
     html = lead_client.get(_change_url(enhancement)).content.decode()
     assert "Outlook is looping on the password prompt" in html  # the note, rendered
     assert "Since this morning Outlook prompts" in html  # the ticket text
+    assert "<th>Language</th><td>not detected</td>" in html
+    Ticket.objects.filter(pk=enhancement.ticket_id).update(language="fr")
+    assert "<th>Language</th><td>French (fr)</td>" in lead_client.get(_change_url(enhancement)).content.decode()
     assert "#98765" in html and "0.812" in html and "WorkOrder.do?woMode=viewWO&amp;woID=98765" in html
     assert "lt-0457" in html and "Resetting Outlook profiles" in html
     assert "generate: 40 ms" in html and "120 prompt + 80 completion = 200" in html

@@ -128,8 +128,12 @@ def test_support_lead_reviews_edits_and_approves_in_a_browser(
     page.screenshot(path=str(SCREENSHOTS / "review-queue.png"), full_page=True)
 
     assert page.locator("#result_list tbody tr").count() == 3
-    page.locator("#result_list tbody tr", has_text="#104321").locator("th a").click()
+    row = page.locator("#result_list tbody tr", has_text="#104321")
+    assert row.locator(".field-language_column").inner_text() == "English"  # the detected language
+    row.locator("th a").click()
     page.wait_for_selector("#id_note_html")
+    assert "English (en)" in page.inner_text(".field-ticket_text")
+    assert "Ticket language: English" in page.inner_text(".field-note_preview")
     edit = "<p><b>Lead check:</b> confirmed with Dana by phone; start with step 1.</p>"
     page.fill("#id_note_html", edit + page.input_value("#id_note_html"))
     page.screenshot(path=str(SCREENSHOTS / "enhancement-review.png"), full_page=True)

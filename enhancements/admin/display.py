@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join, linebreaks
 from django.utils.safestring import SafeString, mark_safe
 
 from enhancements.models import Enhancement
 from enhancements.render import note_sanitise
+from tickets.language import language_name
 from tickets.sdp.links import ticket_url
 
 S = Enhancement.Status
@@ -60,11 +62,23 @@ def note_preview(enhancement: Enhancement) -> SafeString:
     )
 
 
+def ticket_language(code: str) -> str:
+    """Return the detected language as a reviewer reads it: "German (de)", or "not detected"."""
+    return f"{language_name(code)} ({code})" if code else "not detected"
+
+
+@admin.display(description="Language", ordering="ticket__language")
+def language_column(enhancement: Enhancement) -> str:
+    """Return the ticket's detected language (a column of the review list)."""
+    return language_name(enhancement.ticket.language) if enhancement.ticket.language else "—"
+
+
 def ticket_text(enhancement: Enhancement) -> SafeString:
     """Return the ticket's fields and description, escaped."""
     t = enhancement.ticket
     meta = [
         ("Subject", t.subject),
+        ("Language", ticket_language(t.language)),
         (
             "Requester",
             " ".join(p for p in (t.requester_name, f"<{t.requester_email}>" if t.requester_email else "") if p),

@@ -15,7 +15,7 @@ from django.utils.safestring import SafeString
 
 from enhancements import services
 from enhancements.admin import display
-from enhancements.admin.filters import ProviderFilter, RatingFilter
+from enhancements.admin.filters import LanguageFilter, ProviderFilter, RatingFilter
 from enhancements.admin.forms import EnhancementForm
 from enhancements.dashboard import dashboard_page, duration
 from enhancements.extras import urgency_badges
@@ -39,6 +39,7 @@ class EnhancementAdmin(admin.ModelAdmin):
     list_display = (
         "created_at",
         "ticket_column",
+        display.language_column,
         "tenant",
         "status_column",
         "urgency_column",
@@ -47,7 +48,7 @@ class EnhancementAdmin(admin.ModelAdmin):
         "rating_column",
     )
     list_display_links = ("created_at",)
-    list_filter = ("status", "tenant", ProviderFilter, RatingFilter, "trigger")
+    list_filter = ("status", "tenant", LanguageFilter, ProviderFilter, RatingFilter, "trigger")
     list_select_related = ("tenant", "ticket")
     search_fields = ("=ticket__sdp_id", "ticket__subject")
     search_help_text = "Search by SDP request id (exact) or subject."

@@ -7,6 +7,7 @@ from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
 
 from enhancements.models import Feedback
+from tickets.language import NAMES
 
 
 class RatingFilter(admin.SimpleListFilter):
@@ -51,3 +52,20 @@ class ProviderFilter(admin.SimpleListFilter):
         if self.value() == "budget":
             return queryset.filter(over_budget=True)
         return queryset.filter(provider=self.value()) if self.value() else None
+
+
+class LanguageFilter(admin.SimpleListFilter):
+    """Filter by the ticket's detected language, from the names the note uses (no DISTINCT over the tickets)."""
+
+    title = "ticket language"
+    parameter_name = "language"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        """Return the filter choices."""
+        return [*NAMES.items(), ("none", "Not detected")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
+        """Return the rows whose ticket is in that language."""
+        if self.value() == "none":
+            return queryset.filter(ticket__language="")
+        return queryset.filter(ticket__language=self.value()) if self.value() else None
