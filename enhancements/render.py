@@ -151,7 +151,8 @@ def _triage_line(items: list[dict[str, Any]]) -> SafeString:
         if not item.get("value"):
             continue
         confidence = item.get("confidence")
-        state = " — being set" if item.get("outcome") in ("pending", "applied") else ""
+        # Held writes are released when the lead approves, which is when SDP gets the note.
+        state = " — being set" if item.get("outcome") in ("pending", "applied", "awaiting_review") else ""
         percent = f" ({round(float(confidence) * 100)}%)" if isinstance(confidence, int | float) else ""
         shown.append(format_html("{}: {}{}{}", item.get("label", item.get("field", "")), item["value"], percent, state))
     if not shown:

@@ -16,6 +16,7 @@ from enhancements.models import Enhancement
 from enhancements.render import note_sanitise
 from enhancements.services.pipeline import enhancement_rerun
 from enhancements.services.processing import enhancement_fail, enhancement_post
+from enhancements.triage.services import triage_reject_for_enhancement, triage_release
 from tickets.models import Ticket
 from tickets.sdp.client import ServiceDeskError
 
@@ -80,10 +81,13 @@ def enhancement_approve(*, enhancement_id: str, user: User | None, note_html: st
     except Exception as exc:
         return _post_crashed(row, exc, approving=True)
     Enhancement.objects.filter(pk=row.pk, error__startswith=_POST_FAILED).update(error="")
+    # Triage writes of a review-required tenant wait for this approval (docs/triage.md).
+    held = triage_release(enhancement_id=str(row.pk), user=user)
     return ReviewResult(
         changed=True,
         status=Enhancement.Status.POSTED,
-        message=f"Approved and posted to SDP request #{row.ticket.sdp_id}.",
+        message=f"Approved and posted to SDP request #{row.ticket.sdp_id}."
+        + (f" {held} triage field(s) are being written." if held else ""),
         enhancement_id=str(row.pk),
     )
 
@@ -162,8 +166,12 @@ def enhancement_reject(*, enhancement_id: str, user: User | None) -> ReviewResul
             message=f"Nothing done: the enhancement is {_label(row)}, not awaiting review.",
             enhancement_id=str(row.pk),
         )
+    triage = " ".join(r.message for r in triage_reject_for_enhancement(enhancement_id=str(row.pk), user=user))
     return ReviewResult(
-        changed=True, status=row.status, message="Rejected: the note will not be posted.", enhancement_id=str(row.pk)
+        changed=True,
+        status=row.status,
+        message="Rejected: the note will not be posted." + (f" Triage: {triage}" if triage else ""),
+        enhancement_id=str(row.pk),
     )
 
 
@@ -238,6 +246,7 @@ def enhancement_repost(*, enhancement_id: str, user: User | None) -> ReviewResul
     except Exception as exc:
         return _post_crashed(row, exc, approving=False)
     Enhancement.objects.filter(pk=row.pk).update(error="")
+    triage_release(enhancement_id=str(row.pk), user=user)  # an approval whose post failed held them
     return ReviewResult(
         changed=True,
         status=Enhancement.Status.POSTED,

@@ -18,7 +18,12 @@ from django.utils.html import format_html
 from enhancements.triage.choices import choices_refresh
 from enhancements.triage.dashboard import acceptance_rows, dry_run, history_accuracy
 from enhancements.triage.models import SdpChoice, TriageDecision, TriageField, TriageMode, TriageSetting
-from enhancements.triage.services import triage_setting_update, triage_settings, triage_undo
+from enhancements.triage.services import (
+    triage_decision_reject,
+    triage_setting_update,
+    triage_settings,
+    triage_undo,
+)
 from project.admin_helpers import acting_user
 from tickets.models import Tenant
 from tickets.sdp.client import ServiceDeskError
@@ -176,7 +181,7 @@ class TriageDecisionAdmin(admin.ModelAdmin):
     list_filter = ("tenant", "field", "outcome", "acceptance", "provider")
     search_fields = ("ticket__sdp_id", "value", "previous_value")
     list_select_related = ("tenant", "ticket")
-    actions = ["undo_writes"]
+    actions = ["undo_writes", "reject_decisions"]
     date_hierarchy = "created_at"
 
     def get_readonly_fields(self, request: HttpRequest, obj: TriageDecision | None = None) -> list[str]:
@@ -204,4 +209,13 @@ class TriageDecisionAdmin(admin.ModelAdmin):
         """Undo each selected write; report each outcome."""
         for decision in queryset:
             result = triage_undo(decision_id=decision.pk, user=acting_user(request))
+            messages.add_message(request, messages.SUCCESS if result.undone else messages.WARNING, result.message)
+
+    @admin.action(
+        description="Reject the selected suggestions (drop a held write; undo one we made)", permissions=["change"]
+    )
+    def reject_decisions(self, request: HttpRequest, queryset: QuerySet[TriageDecision]) -> None:
+        """Reject each selected decision; report each outcome."""
+        for decision in queryset[:100]:
+            result = triage_decision_reject(decision_id=decision.pk, user=acting_user(request))
             messages.add_message(request, messages.SUCCESS if result.undone else messages.WARNING, result.message)

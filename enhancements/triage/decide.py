@@ -150,7 +150,11 @@ def _decide(
         return Outcome.HUMAN_SET, f"Left alone: the request already had “{seen}”."
     if not tenant.has_sdp_credentials:
         return Outcome.SUGGESTED, "Would be written, but the tenant has no SDP credentials (dry run)."
-    return Outcome.PENDING, f"Confidence {confidence:.0%} ≥ threshold {setting.threshold:.0%}; field unset."
+    why = f"Confidence {confidence:.0%} ≥ threshold {setting.threshold:.0%}; field unset."
+    if tenant.review_required:
+        # Nothing reaches SDP before a lead approves the note; the request is read again then.
+        return Outcome.AWAITING_REVIEW, f"{why} Written when a lead approves the note (the tenant requires review)."
+    return Outcome.PENDING, why
 
 
 def triage_decide(

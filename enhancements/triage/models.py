@@ -95,10 +95,12 @@ class TriageDecision(models.Model):
         LOW_CONFIDENCE = "low_confidence", "Below the threshold"
         NOT_IN_LIST = "not_in_list", "Not in the tenant's SDP list"
         HUMAN_SET = "human_set", "Left alone: a person had set it"
+        AWAITING_REVIEW = "awaiting_review", "Held until a lead approves the note"
         PENDING = "pending", "Write pending"
         APPLIED = "applied", "Written to SDP"
         FAILED = "failed", "Write failed"
         UNDONE = "undone", "Undone"
+        REJECTED = "rejected", "Rejected by a lead: not written"
 
     class Acceptance(models.TextChoices):
         KEPT = "kept", "Kept"

@@ -18,7 +18,17 @@ from enhancements.triage.decide import (
     triage_suggest,
     urgency_votes,
 )
-from enhancements.triage.writes import MAX_WRITE_ATTEMPTS, SDP_KEYS, UndoResult, triage_apply, triage_sweep, triage_undo
+from enhancements.triage.writes import (
+    MAX_WRITE_ATTEMPTS,
+    SDP_KEYS,
+    UndoResult,
+    triage_apply,
+    triage_decision_reject,
+    triage_reject_for_enhancement,
+    triage_release,
+    triage_sweep,
+    triage_undo,
+)
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -31,8 +41,11 @@ __all__ = [
     "triage_acceptance_sweep",
     "triage_apply",
     "triage_decide",
+    "triage_decision_reject",
     "triage_enqueue_apply",
     "triage_for_enhancement",
+    "triage_reject_for_enhancement",
+    "triage_release",
     "triage_setting_update",
     "triage_settings",
     "triage_suggest",

@@ -16,12 +16,13 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Concat
 from django.utils import timezone
 from django.utils.html import format_html
 
 from enhancements.triage.choices import Choices, choices_for
-from enhancements.triage.decide import DEFAULT_THRESHOLD, _is_unset, triage_settings
+from enhancements.triage.decide import DEFAULT_THRESHOLD, _is_unset, triage_enqueue_apply, triage_settings
 from enhancements.triage.models import TriageDecision, TriageField
 from project.retry import backoff_delay
 from tickets.sdp.auth import servicedesk_client
@@ -250,3 +251,51 @@ def triage_undo(*, decision_id: int, user: AbstractBaseUser | None) -> UndoResul
     return UndoResult(
         True, f"Undone: {label} of #{ticket.sdp_id} is “{previous or 'empty'}” again; a note in SDP says so."
     )
+
+
+# --- review: held writes, and a lead's reject --------------------------------------------------------------------
+def _who(user: AbstractBaseUser | None) -> str:
+    return getattr(user, "get_username", lambda: "")() or "a support lead"
+
+
+def triage_release(*, enhancement_id: str, user: AbstractBaseUser | None) -> int:
+    """Queue the writes held until the lead approved the note (review-required tenants); return how many.
+
+    The apply task reads the request again first, so a field a person set since triage is still left alone.
+    """
+    released = TriageDecision.objects.filter(enhancement_id=enhancement_id, outcome=Outcome.AWAITING_REVIEW).update(
+        outcome=Outcome.PENDING, reason=Concat(F("reason"), Value(f" Approved by {_who(user)}."))
+    )
+    if released:
+        triage_enqueue_apply(enhancement_id=str(enhancement_id))
+    return released
+
+
+def triage_decision_reject(*, decision_id: int, user: AbstractBaseUser | None) -> UndoResult:
+    """Reject one triage decision: a write not sent yet is dropped; one we wrote is undone (triage_undo).
+
+    The undo writes the previous value back only while SDP still holds our value: a technician's later change
+    is never overwritten (the result says so).
+    """
+    decision = TriageDecision.objects.select_related("ticket").get(pk=decision_id)
+    label, sdp_id = decision.get_field_display(), decision.ticket.sdp_id
+    if decision.outcome == Outcome.APPLIED:
+        return triage_undo(decision_id=decision_id, user=user)
+    # Not yet written (held for review, or pending with no PUT started): nothing reaches SDP.
+    dropped = (
+        TriageDecision.objects.filter(pk=decision_id, write_started_at__isnull=True)
+        .filter(outcome__in=(Outcome.AWAITING_REVIEW, Outcome.PENDING, Outcome.SUGGESTED, Outcome.LOW_CONFIDENCE))
+        .update(outcome=Outcome.REJECTED, reason=f"Rejected by {_who(user)}: not written."[:2000])
+    )
+    if dropped:
+        return UndoResult(True, f"Rejected: {label} of #{sdp_id} will not be written.")
+    decision.refresh_from_db()
+    return UndoResult(False, f"Nothing rejected: {label} of #{sdp_id} is {decision.get_outcome_display().lower()}.")
+
+
+def triage_reject_for_enhancement(*, enhancement_id: str, user: AbstractBaseUser | None) -> list[UndoResult]:
+    """The lead rejected the note: reject its triage too (held writes dropped, written ones undone)."""
+    decisions = TriageDecision.objects.filter(
+        enhancement_id=enhancement_id, outcome__in=(Outcome.AWAITING_REVIEW, Outcome.PENDING, Outcome.APPLIED)
+    ).values_list("pk", flat=True)
+    return [triage_decision_reject(decision_id=pk, user=user) for pk in list(decisions)]

@@ -1,0 +1,123 @@
+"""Triage and review: nothing is written for a review-required tenant before a lead approves, and a reject
+drops held writes or undoes ours (never a technician's later value). Real HTTP against the SDP fake."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from enhancements import tasks as pipeline_tasks
+from enhancements.models import Enhancement
+from enhancements.services import enhancement_approve, enhancement_reject
+from enhancements.triage import tasks
+from enhancements.triage.models import TriageDecision, TriageMode
+from enhancements.triage.services import triage_decide, triage_decision_reject, triage_sweep
+from tests.test_triage import NEW_REQUEST, _apply_all, _decisions, _enhancement, _puts, northwind  # noqa: F401
+from tickets.models import Tenant
+
+pytestmark = pytest.mark.django_db
+Outcome = TriageDecision.Outcome
+
+
+def _reviewed_tenant(northwind):  # noqa: F811
+    Tenant.objects.filter(pk=northwind.tenant.pk).update(review_required=True)
+    northwind.tenant.refresh_from_db()
+    _apply_all(northwind.tenant, priority=TriageMode.SUGGEST, technician=TriageMode.OFF)
+
+
+def _held_enhancement(northwind, post_webhook):  # noqa: F811
+    _reviewed_tenant(northwind)
+    enhancement = _enhancement(post_webhook, northwind)
+    pipeline_tasks.process_enhancement(str(enhancement.pk))
+    enhancement.refresh_from_db()
+    assert enhancement.status == Enhancement.Status.AWAITING_REVIEW, enhancement.error
+    return enhancement
+
+
+def _sweep_everything() -> None:
+    TriageDecision.objects.update(created_at=timezone.now() - timedelta(minutes=5))
+    triage_sweep()
+
+
+def test_review_required_tenant_writes_nothing_to_sdp_until_a_lead_approves(northwind, post_webhook, admin_user):  # noqa: F811
+    sdp = northwind.sdp
+    enhancement = _held_enhancement(northwind, post_webhook)
+    decisions = _decisions(enhancement)
+    assert decisions["group"].outcome == Outcome.AWAITING_REVIEW and "approves" in decisions["group"].reason
+    assert decisions["category"].outcome == Outcome.AWAITING_REVIEW
+    # Neither the queued task nor the every-minute sweep writes a held decision.
+    tasks.apply_decisions(str(enhancement.pk))
+    _sweep_everything()
+    assert _puts(sdp) == [] and "group" not in sdp.requests["555001"]
+
+    result = enhancement_approve(enhancement_id=str(enhancement.pk), user=admin_user)
+    assert result.changed and "triage field(s) are being written" in result.message
+    assert _decisions(enhancement)["group"].outcome == Outcome.PENDING
+    tasks.apply_decisions(str(enhancement.pk))  # what the queued task runs
+    assert sdp.requests["555001"]["group"]["name"] == "NET"
+    group = _decisions(enhancement)["group"]
+    assert group.outcome == Outcome.APPLIED and "Approved by admin" in group.reason
+
+
+def test_approval_still_leaves_a_field_a_person_set_while_the_note_waited(northwind, post_webhook, admin_user):  # noqa: F811
+    sdp = northwind.sdp
+    enhancement = _held_enhancement(northwind, post_webhook)
+    sdp.edit_request("555001", group="INFRA")
+    enhancement_approve(enhancement_id=str(enhancement.pk), user=admin_user)
+    tasks.apply_decisions(str(enhancement.pk))
+    assert sdp.requests["555001"]["group"] == {"name": "INFRA"}
+    assert _decisions(enhancement)["group"].outcome == Outcome.HUMAN_SET
+
+
+def test_rejecting_a_held_note_drops_its_triage(northwind, post_webhook, admin_user):  # noqa: F811
+    sdp = northwind.sdp
+    enhancement = _held_enhancement(northwind, post_webhook)
+    result = enhancement_reject(enhancement_id=str(enhancement.pk), user=admin_user)
+    assert result.changed and "will not be written" in result.message
+    decisions = _decisions(enhancement)
+    assert decisions["group"].outcome == Outcome.REJECTED and "Rejected by admin" in decisions["group"].reason
+    tasks.apply_decisions(str(enhancement.pk))
+    _sweep_everything()
+    assert _puts(sdp) == []
+
+
+def test_rejecting_a_written_suggestion_restores_the_value_recorded_at_apply_time(northwind, post_webhook, admin_user):  # noqa: F811
+    tenant, sdp = northwind.tenant, northwind.sdp
+    _apply_all(tenant, category=TriageMode.OFF, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    from enhancements.triage.services import triage_setting_update
+
+    triage_setting_update(tenant=tenant, field="group", default_value="DESK")
+    request = dict(NEW_REQUEST, group={"name": "DESK"})
+    sdp.add_request(request)
+    enhancement = _enhancement(post_webhook, northwind, request)
+    triage_decide(enhancement=enhancement)
+    tasks.apply_decisions(str(enhancement.pk))
+    decision = _decisions(enhancement)["group"]
+    assert decision.outcome == Outcome.APPLIED and sdp.requests["555001"]["group"]["name"] == "NET"
+
+    result = triage_decision_reject(decision_id=decision.pk, user=admin_user)
+    assert result.undone, result.message
+    assert sdp.requests["555001"]["group"]["name"] == "DESK"
+    decision.refresh_from_db()
+    assert decision.outcome == Outcome.UNDONE and "undid" in sdp.notes["555001"][-1]["description"]
+
+
+def test_rejecting_never_clobbers_a_technicians_later_change(northwind, post_webhook, admin_client):  # noqa: F811
+    sdp = northwind.sdp
+    _apply_all(northwind.tenant, priority=TriageMode.OFF, technician=TriageMode.OFF, category=TriageMode.OFF)
+    enhancement = _enhancement(post_webhook, northwind)
+    triage_decide(enhancement=enhancement)
+    tasks.apply_decisions(str(enhancement.pk))
+    sdp.edit_request("555001", group="INFRA")
+    decision = _decisions(enhancement)["group"]
+    page = admin_client.post(
+        "/admin/enhancements/triagedecision/",
+        {"action": "reject_decisions", "_selected_action": [decision.pk]},
+        follow=True,
+    )
+    assert page.status_code == 200 and "INFRA" in page.content.decode()
+    assert sdp.requests["555001"]["group"] == {"name": "INFRA"}
+    decision.refresh_from_db()
+    assert decision.outcome == Outcome.APPLIED
