@@ -23,25 +23,23 @@ The mode that worked is remembered per endpoint (base URL + model) for `MODE_TTL
 REDIS_URL is set (every worker shares it) and in-process otherwise; the next call starts there, and an upgraded
 server is probed again from the top once the day is over.
 
-Content is read tolerantly in every mode: Markdown fences are stripped, the first balanced JSON object is taken
-from surrounding prose, raw newlines and tabs inside strings are accepted (`json.loads(strict=False)`), a JSON
-object sent as a JSON string is unwrapped; then the value is made storable (`tickets.storable.storable_json`:
-NaN, Infinity and numbers beyond float range become null, NUL characters are removed) and validated against the
-schema. Every request goes through the shared budget (enhancements/llm_budget.py) and one cached client per
-(base URL, key, timeout).
+Content is read tolerantly (enhancements/llm_json.py): Markdown fences are stripped, the first balanced JSON
+object is taken from surrounding prose, raw newlines and tabs inside strings are accepted
+(`json.loads(strict=False)`), a JSON object sent as a JSON string is unwrapped; then the value is made
+storable (`tickets.storable.storable_json`: NaN, Infinity and numbers beyond float range become null, NUL
+characters are removed) and validated against the schema. Every request goes through the shared budget
+(enhancements/llm_budget.py) and one cached client per (base URL, key, timeout).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +49,7 @@ import redis
 from django.conf import settings
 
 from enhancements import llm_budget
+from enhancements.llm_json import json_document, json_extract, schema_instruction
 from tickets.ai_budget import llm_usage_record
 from tickets.models import Tenant
 from tickets.storable import storable_json
@@ -59,15 +58,12 @@ logger = logging.getLogger(__name__)
 
 MODES = ("json_schema", "json_object", "prompt")
 MODE_TTL = 24 * 3600
-MAX_CONTENT_CHARS = 50_000  # an answer longer than this is not scanned for JSON objects
-_MAX_CANDIDATES = 20
 
 # What a 400/422 says when the refused part is the output mode (vLLM, LM Studio, Azure, FastAPI-based gateways).
 _MODE_WORDS = re.compile(
     r"response[_ ]format|json[_ ]?schema|json[_ ]object|\bstrict\b|guided|grammar|structured[_ ]output",
     re.IGNORECASE,
 )
-_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\r?\n?(.*?)```", re.DOTALL)
 
 
 class LLMError(Exception):
@@ -187,79 +183,6 @@ def modes_forget() -> None:
                 client.delete(*keys)
         except redis.RedisError as exc:
             logger.warning("LLM mode: could not clear the modes in Redis (%s)", exc)
-
-
-# --- tolerant extraction ----------------------------------------------------------------------------------------
-def _loads(text: str) -> Any:
-    # strict=False accepts raw newlines and tabs inside strings, which small models write.
-    value = json.loads(text, strict=False)
-    if isinstance(value, str) and value.lstrip().startswith("{"):
-        # A JSON object sent as a JSON string ("{\"summary\": ...}").
-        value = json.loads(value, strict=False)
-    return value
-
-
-def json_document(content: str) -> dict[str, Any]:
-    """Return the content parsed as one JSON object (surrounding whitespace allowed); raise ValueError."""
-    value = _loads(content.strip())
-    if not isinstance(value, dict):
-        raise ValueError(f"the answer is JSON but a {type(value).__name__}, not an object")
-    return value
-
-
-def _balanced_objects(text: str) -> Iterator[str]:
-    """Yield candidate `{...}` spans in order of their start: balanced braces outside strings.
-
-    At most _MAX_CANDIDATES starts are tried, so an answer of 50,000 unclosed braces costs a bounded scan.
-    """
-    start, tries = text.find("{"), 0
-    while start != -1 and tries < _MAX_CANDIDATES:
-        tries += 1
-        depth, in_string, escaped = 0, False, False
-        for index in range(start, len(text)):
-            char = text[index]
-            if in_string:
-                if escaped:
-                    escaped = False
-                elif char == "\\":
-                    escaped = True
-                elif char == '"':
-                    in_string = False
-            elif char == '"':
-                in_string = True
-            elif char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-                if depth == 0:
-                    yield text[start : index + 1]
-                    break
-        start = text.find("{", start + 1)
-
-
-def json_extract(content: str) -> dict[str, Any]:
-    """Return the first JSON object in a model's answer: whole, in a Markdown fence, or amid prose; raise ValueError."""
-    text = content[:MAX_CONTENT_CHARS]
-    try:
-        return json_document(text)
-    except ValueError:
-        pass
-    for candidate in itertools.chain(_FENCE.findall(text), _balanced_objects(text)):
-        try:
-            return json_document(candidate)
-        except ValueError:
-            continue
-    raise ValueError("the answer holds no JSON object")
-
-
-def schema_instruction(schema: dict[str, Any]) -> str:
-    """Return the text that tells a model without enforced structure which JSON to write."""
-    return (
-        "\n\nAnswer with exactly one JSON object and nothing else: no Markdown fences, no text before or after it. "
-        "It must be valid against this JSON Schema (every listed property present):\n<json_schema>\n"
-        + json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
-        + "\n</json_schema>"
-    )
 
 
 # --- the call ---------------------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ Four layers retry, from the innermost (shortest waits) to the outermost (longest
    10 s (longer waits go back to the caller). A POST is repeated only when SDP certainly did not act on it
    (429, throttled, connection refused); an unclear outcome (timeout, 5xx) is the caller's to check. A 401
    with a Zoho refresh token renews the access token once and repeats the call (`tickets/sdp/auth.py`).
-2. **The OpenAI client** (`enhancements/llm.py`): the `openai` package retries timeouts, 429 (honouring
-   `Retry-After`) and 5xx twice with its own exponential backoff; an answer that fails the schema is asked
-   for once more; then the offline provider writes the note (labelled as a fallback), so the LLM never
-   fails an enhancement.
+2. **The OpenAI client** (`enhancements/llm_structured.py`, for the note and triage): the `openai` package
+   retries timeouts, 429 (honouring `Retry-After`) and 5xx twice with its own exponential backoff; an answer
+   that fails the schema is asked for once more; a server that refuses the output mode (a 400/422 naming it)
+   or twice answers no JSON object under it is asked in the next mode (json_schema -> json_object -> prompt),
+   never on a timeout, 429 or 5xx; then the offline provider writes the note (labelled as a fallback), so the
+   LLM never fails an enhancement.
 3. **The import loop** (`tickets/imports/from_sdp.py`, `_patiently`): each SDP call of `import_tickets` gets up to 6
    attempts on top of layer 1, waiting `backoff_delay(base=1, cap=60)` or `Retry-After` (at most 120 s), so an
    import can wait out a throttling window that a webhook-time call must not.

@@ -966,7 +966,7 @@ _prose = st.text(st.characters(blacklist_categories=("Cs",), blacklist_character
 @hypothesis_settings(max_examples=300, deadline=None)
 @given(value=_objects, before=_prose, after=_prose, wrap=st.sampled_from(["bare", "fence", "fence-json", "prose"]))
 def test_any_json_object_a_model_wraps_is_extracted_exactly(value, before, after, wrap):
-    from enhancements.llm_structured import json_extract
+    from enhancements.llm_json import json_extract
 
     text = json.dumps(value, ensure_ascii=False)
     content = {
@@ -981,7 +981,7 @@ def test_any_json_object_a_model_wraps_is_extracted_exactly(value, before, after
 @hypothesis_settings(max_examples=300, deadline=None)
 @given(content=st.text(max_size=300) | _json.map(lambda v: json.dumps(v)) | _objects.map(lambda v: f"x {v!r} y"))
 def test_whatever_a_model_writes_is_an_object_no_database_refuses_or_a_value_error(content):
-    from enhancements.llm_structured import json_extract
+    from enhancements.llm_json import json_extract
     from tickets.storable import storable_json
 
     try:
