@@ -21,7 +21,14 @@ from typing import Any
 
 from django.utils import timezone
 
-from enhancements.triage.engine import VOTE_FIELDS, Neighbour, neighbours_find, ticket_final_fields, votes_all
+from enhancements.triage.engine import (
+    VOTE_FIELDS,
+    Neighbour,
+    Suggestion,
+    neighbours_find,
+    ticket_final_fields,
+    votes_all,
+)
 from enhancements.triage.models import TriageCalibration
 from tickets.models import Tenant, Ticket
 
@@ -102,6 +109,14 @@ def _pool(blocks: list[list[float]]) -> None:
         y2, n2, _ = blocks.pop()
         blocks[-1][0] += y2
         blocks[-1][1] += n2
+
+
+LLM_PREFIX = "llm:"
+
+
+def calibration_key(field: str, provider: str) -> str:
+    """Return the stored calibration's name: the field for the vote, "llm:<field>" for the LLM's confidence."""
+    return field if provider == "offline" else f"{LLM_PREFIX}{field}"
 
 
 def calibrator_for(*, tenant: Tenant, field: str, cache: dict[str, Calibrator] | None = None) -> Calibrator:
@@ -189,13 +204,39 @@ def field_report(outcomes: list[Outcome], *, target: float = TARGET_ACCURACY) ->
     return calibrator, report
 
 
+def _llm_suggest(tenant: Tenant) -> Callable[[Ticket, list[Neighbour]], dict[str, Suggestion] | None]:
+    """Return a suggester that asks the LLM (its raw self-reported confidence); None once the day's budget is spent."""
+    from enhancements.llm_structured import LLMError
+    from enhancements.triage.choices import choices_for
+    from enhancements.triage.llm import llm_triage
+    from tickets.ai_budget import budget_check
+
+    choices = choices_for(tenant=tenant)
+
+    def suggest(ticket: Ticket, neighbours: list[Neighbour]) -> dict[str, Suggestion] | None:
+        if budget_check(tenant=tenant):
+            return None
+        try:
+            return llm_triage(tenant=tenant, ticket=ticket, neighbours=neighbours, choices=choices)
+        except LLMError:
+            return {}  # no suggestion for this ticket: counted as such
+
+    return suggest
+
+
 def leave_one_out(
     *,
     tenant: Tenant,
     sample: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    provider: str = "offline",
 ) -> dict[str, list[Outcome]]:
-    """Return, per vote field, each resolved ticket's outcome when triaged from the tenant's other tickets."""
+    """Return, per vote field, each resolved ticket's outcome when triaged from the tenant's other tickets.
+
+    With `provider="openai"` the LLM triages each ticket (one call each, counted against the tenant's daily AI
+    budget; the run stops early when it is spent) and the raw score is the model's own confidence.
+    """
+    suggest = _llm_suggest(tenant) if provider != "offline" else None
     tickets = Ticket.objects.filter(tenant=tenant, is_resolved=True).order_by("id")
     if sample:
         # An even spread over the history rather than the oldest N.
@@ -208,7 +249,12 @@ def leave_one_out(
     for done, ticket in enumerate(rows, 1):
         truth = ticket_final_fields(ticket)
         neighbours: list[Neighbour] = neighbours_find(tenant=tenant, ticket=ticket)
-        votes = votes_all(neighbours=neighbours)
+        if suggest is None:
+            votes = votes_all(neighbours=neighbours)
+        elif (answer := suggest(ticket, neighbours)) is None:
+            break  # the tenant's AI budget for today is spent
+        else:
+            votes = answer
         for name in VOTE_FIELDS:
             if not truth.get(name):
                 continue
@@ -230,11 +276,19 @@ def leave_one_out(
 
 
 def triage_report_build(
-    *, tenant: Tenant, sample: int | None = None, save: bool = True, target: float = TARGET_ACCURACY
+    *,
+    tenant: Tenant,
+    sample: int | None = None,
+    save: bool = True,
+    target: float = TARGET_ACCURACY,
+    provider: str = "offline",
 ) -> dict:
-    """Run leave-one-out over the tenant's history, fit and (by default) store the calibrations; return the report."""
+    """Run leave-one-out over the tenant's history, fit and (by default) store the calibrations; return the report.
+
+    `provider="openai"` measures and calibrates the LLM's self-reported confidence instead (stored as "llm:<field>").
+    """
     started = time.perf_counter()
-    outcomes = leave_one_out(tenant=tenant, sample=sample)
+    outcomes = leave_one_out(tenant=tenant, sample=sample, provider=provider)
     fields: dict[str, dict] = {}
     for name, items in outcomes.items():
         calibrator, report = field_report(items, target=target)
@@ -242,12 +296,13 @@ def triage_report_build(
         if save:
             TriageCalibration.objects.update_or_create(
                 tenant=tenant,
-                field=name,
+                field=calibration_key(name, provider),
                 defaults={"points": [list(p) for p in calibrator.points], "samples": calibrator.samples,
                           "report": report},
             )  # fmt: skip
     return {
         "tenant": tenant.slug,
+        "provider": provider,
         "generated_at": timezone.now().isoformat(),
         "seconds": round(time.perf_counter() - started, 2),
         "fields": fields,

@@ -17,7 +17,7 @@ from django.conf import settings
 
 from enhancements.llm import LLMError, provider_name
 from enhancements.llm_budget import BudgetExhausted
-from enhancements.triage.calibration import Calibrator, calibrator_for
+from enhancements.triage.calibration import Calibrator, calibration_key, calibrator_for
 from enhancements.triage.choices import Choices, choices_for
 from enhancements.triage.engine import Neighbour, Suggestion, neighbours_find, ticket_final_fields, votes_all
 from enhancements.triage.models import TriageDecision, TriageField, TriageMode, TriageSetting
@@ -101,6 +101,12 @@ def triage_suggest(
 
         try:
             suggestions = llm_triage(tenant=tenant, ticket=ticket, neighbours=neighbours, choices=choices)
+            # The model's own confidence is mapped like the vote's: by a fit on this tenant's history
+            # (triage_report --llm); unfitted, it stays raw and never gates a write (see _decide).
+            llm_cache: dict[str, Calibrator] = {}
+            for name, suggestion in suggestions.items():
+                key = calibration_key(name, "openai")
+                suggestion.confidence = calibrator_for(tenant=tenant, field=key, cache=llm_cache)(suggestion.raw_score)
             model = next(iter(suggestions.values())).model if suggestions else tenant.llm_model or settings.OPENAI_MODEL
             return TriageResult(suggestions=suggestions, provider="openai", model=model)
         except (LLMError, BudgetExhausted) as exc:
@@ -143,6 +149,9 @@ def _decide(
     if not choices.allows(field, suggestion.value):
         return Outcome.NOT_IN_LIST, f"“{suggestion.value}” is not in the tenant's SDP list; never written."
     if not trusted:
+        if suggestion.provider != "offline":
+            why = "The LLM's confidence is not calibrated on this tenant's history yet (run triage_report --llm)."
+            return Outcome.LOW_CONFIDENCE, why
         return Outcome.LOW_CONFIDENCE, "No calibration fitted on this tenant's history yet (run triage_report)."
     if confidence < setting.threshold:
         return Outcome.LOW_CONFIDENCE, f"Confidence {confidence:.0%} is below the threshold {setting.threshold:.0%}."
@@ -184,7 +193,7 @@ def triage_decide(
         if suggestion is None:
             continue
         setting = settings_[name]
-        trusted = suggestion.provider != "offline" or calibrator_for(tenant=tenant, field=name).trusted
+        trusted = calibrator_for(tenant=tenant, field=calibration_key(name, suggestion.provider)).trusted
         outcome, reason = _decide(
             field=name, suggestion=suggestion, setting=setting, choices=choices, seen=seen.get(name, ""),
             tenant=tenant, trusted=trusted,

@@ -3,8 +3,8 @@
 The JSON schema is built per tenant from the cached lists, so the model can only answer a value SDP knows (and
 "" for "cannot tell"). Group descriptions written by a lead go into the prompt, since groups are often named by
 abbreviations. Similar resolved tickets and their final fields are given as evidence. The model's confidence is
-its own estimate, not calibrated on history (the offline vote's is): the acceptance figures on the dashboard
-show how far to trust it before switching a field to apply.
+its own estimate (`raw_score`); decide.py maps it with the tenant's "llm:<field>" calibration, fitted like the
+vote's by `triage_report --llm`, and an LLM suggestion writes nothing until that fit exists.
 """
 
 from __future__ import annotations

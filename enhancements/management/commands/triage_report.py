@@ -21,7 +21,8 @@ LABELS = {"category": "Category", "subcategory": "Subcategory (with its category
 
 def report_text(report: dict[str, Any]) -> str:
     """Return the report as the table a lead reads."""
-    lines = [f"Triage leave-one-out report for {report['tenant']} ({report['seconds']} s)"]
+    who = "the LLM's confidence" if report.get("provider", "offline") != "offline" else "the neighbour vote"
+    lines = [f"Triage leave-one-out report for {report['tenant']}, {who} ({report['seconds']} s)"]
     for name, data in report["fields"].items():
         lines.append("")
         overall = "—" if data["accuracy_all"] is None else f"{data['accuracy_all']:.1%}"
@@ -55,6 +56,11 @@ class Command(BaseCommand):
         parser.add_argument("--target", type=float, default=TARGET_ACCURACY, help="accuracy the advice aims at")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
         parser.add_argument("--no-save", action="store_true", help="do not store the fitted calibrations")
+        parser.add_argument(
+            "--llm",
+            action="store_true",
+            help="measure and calibrate the LLM's confidence instead (one LLM call per ticket; use --sample)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         tenant = Tenant.objects.filter(slug=options["tenant"]).first()
@@ -63,6 +69,10 @@ class Command(BaseCommand):
         if options["sample"] is not None and options["sample"] < 1:
             raise CommandError("--sample must be at least 1.")
         report = triage_report_build(
-            tenant=tenant, sample=options["sample"], save=not options["no_save"], target=options["target"]
+            tenant=tenant,
+            sample=options["sample"],
+            save=not options["no_save"],
+            target=options["target"],
+            provider="openai" if options["llm"] else "offline",
         )
         self.stdout.write(json.dumps(report, indent=1) if options["json"] else report_text(report))
