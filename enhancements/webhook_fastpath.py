@@ -16,8 +16,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import sql
+
+from tickets.models import Tenant
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _TIME = re.compile(r"\d{1,15}")
@@ -90,33 +92,84 @@ def plainly_valid(payload: dict[str, Any]) -> dict[str, Any] | None:
     return data
 
 
+class StaleTenant(Exception):
+    """The cached tenant no longer matches its row (or the store took another path): look it up again."""
+
+
+_FIELDS: dict[type, list[Any]] = {}
+_STATEMENTS: dict[tuple[Any, ...], str] = {}  # per process; a few entries (one shape per model)
+
+
 def _insert(obj: Any) -> tuple[str, list[Any], list[str]]:
-    """Return Django's INSERT for one instance: the SQL, its parameters and the column names, in order."""
-    fields = [f for f in type(obj)._meta.local_concrete_fields if not f.db_returning]
-    query = sql.InsertQuery(type(obj))
+    """Return Django's INSERT for one instance: the SQL, its parameters and the column names, in order.
+
+    The SQL of a row of plain values is the same every time, so it is compiled once per model and process; the
+    parameters are still prepared by Django's compiler (pre_save, get_db_prep_save) for every row."""
+    model = type(obj)
+    fields = _FIELDS.get(model)
+    if fields is None:
+        fields = _FIELDS[model] = [f for f in model._meta.local_concrete_fields if not f.db_returning]
+    # The connection itself, not django.db.connection (a proxy that looks the connection up on every attribute).
+    conn = connections[DEFAULT_DB_ALIAS]
+    query = sql.InsertQuery(model)
     query.insert_values(fields, [obj])
-    ((text, params),) = query.get_compiler(connection=connection).as_sql()
-    return text, list(params), [f.column for f in fields]
+    compiler = query.get_compiler(connection=conn)
+    values = [compiler.prepare_value(f, compiler.pre_save_val(f, obj)) for f in fields]
+    columns = [f.column for f in fields]
+    if any(hasattr(v, "as_sql") for v in values):
+        ((text, params),) = compiler.as_sql()  # an expression (a database default): compiled every time
+        return text, list(params), columns
+    # A field's own placeholder may depend on the value's type (PostgreSQL's binary one does not).
+    key = (model, conn.vendor, *(type(v) for f, v in zip(fields, values, strict=True) if hasattr(f, "get_placeholder")))
+    text = _STATEMENTS.get(key)
+    if text is None:
+        ((text, params),) = compiler.as_sql()
+        if text.partition(" VALUES (")[2] != ", ".join(["%s"] * len(fields)) + ")" or len(params) != len(fields):
+            return text, list(params), columns
+        _STATEMENTS[key] = text
+    return text, values, columns
 
 
-def store_new_ticket(*, ticket: Any, enhancement: Any) -> str | None:
-    """Insert a new ticket and its enhancement in one statement; return the enhancement id, or None if the ticket
-    exists. Raises IntegrityError like the ORM path (a reused delivery id)."""
-    ticket_sql, ticket_params, _ = _insert(ticket)
-    enhancement_sql, enhancement_params, columns = _insert(enhancement)
+def _statement(ticket_sql: str, enhancement_sql: str, columns: list[str], guard: list[str] | None) -> str | None:
+    """Return the INSERT ... INSERT statement (None if the INSERTs are not the expected single-row shape)."""
+    key = (ticket_sql, enhancement_sql, tuple(guard) if guard is not None else None)
+    if key in _STATEMENTS:
+        return _STATEMENTS[key]
     head, sep, values = enhancement_sql.partition(" VALUES (")
     placeholders = values.removesuffix(")").split(", ")
-    if not sep or len(placeholders) != len(columns) or "ticket_id" not in columns:
-        return None  # not the single-row shape expected: the ORM path stores it
-    at = columns.index("ticket_id")
-    placeholders[at] = "t.id"
-    del enhancement_params[at]
+    ticket_head, ticket_sep, ticket_values = ticket_sql.partition(" VALUES (")
+    if not (sep and ticket_sep) or len(placeholders) != len(columns) or "ticket_id" not in columns:
+        return None
+    placeholders[columns.index("ticket_id")] = "t.id"
     qn = connection.ops.quote_name
     # Only Django-compiled SQL and quoted names are joined here; every value is a parameter.
-    ticket_cte = f"WITH t AS ({ticket_sql} ON CONFLICT DO NOTHING RETURNING {qn('id')} AS id), "
+    if guard is None:
+        head_cte = ""
+        ticket_insert = ticket_sql
+    else:
+        # The ticket is inserted only while the tenant's row still holds the values the caller used.
+        conditions = " AND ".join(f"{qn(column)} = %s" for column in guard)
+        head_cte = f"g AS (SELECT 1 FROM {qn(Tenant._meta.db_table)} WHERE {conditions}), "  # noqa: S608
+        ticket_insert = f"{ticket_head} SELECT {ticket_values.removesuffix(')')} FROM g"  # noqa: S608
+    ticket_cte = f"t AS ({ticket_insert} ON CONFLICT DO NOTHING RETURNING {qn('id')} AS id), "
     enhancement_cte = f"e AS ({head} SELECT {', '.join(placeholders)} FROM t RETURNING {qn('id')}) "  # noqa: S608
-    statement = ticket_cte + enhancement_cte + f"SELECT {qn('id')} FROM e"  # noqa: S608
+    statement = f"WITH {head_cte}{ticket_cte}{enhancement_cte}SELECT {qn('id')} FROM e"  # noqa: S608
+    _STATEMENTS[key] = statement
+    return statement
+
+
+def store_new_ticket(*, ticket: Any, enhancement: Any, tenant_guard: dict[str, Any] | None = None) -> str | None:
+    """Insert a new ticket and its enhancement in one statement; return the enhancement id, or None if the ticket
+    exists (or, with tenant_guard, the tenant's row no longer holds those column values). Raises IntegrityError
+    like the ORM path (a reused delivery id)."""
+    ticket_sql, ticket_params, _ = _insert(ticket)
+    enhancement_sql, enhancement_params, columns = _insert(enhancement)
+    statement = _statement(ticket_sql, enhancement_sql, columns, list(tenant_guard) if tenant_guard else None)
+    if statement is None:
+        return None  # not the single-row shape expected: the ORM path stores it
+    del enhancement_params[columns.index("ticket_id")]
+    guard_params = list(tenant_guard.values()) if tenant_guard else []
     with connection.cursor() as cursor:
-        cursor.execute(statement, [*ticket_params, *enhancement_params])
+        cursor.execute(statement, [*guard_params, *ticket_params, *enhancement_params])
         row = cursor.fetchone()
     return str(row[0]) if row else None

@@ -20,12 +20,13 @@ from django.views.decorators.csrf import csrf_exempt
 from enhancements import ratelimit, services, signatures, updates
 from enhancements.metrics import count_webhook_answers
 from enhancements.models import Enhancement
-from enhancements.webhook_fastpath import plainly_valid
+from enhancements.webhook_fastpath import StaleTenant, plainly_valid
 from project.errors import DB_RETRY_AFTER_SECONDS, error_response
 from tickets import history
 from tickets.models import Tenant, field_max_lengths
 from tickets.sdp.schema import WebhookSerializer
 from tickets.storable import UnstorableValue, storable_json
+from tickets.tenant_cache import tenant_cache_forget, tenant_cached, tenant_load_for_webhook
 
 logger = logging.getLogger(__name__)
 
@@ -70,31 +71,42 @@ def _count(key: str) -> int:
     return ratelimit.counter_hit(key=key, ttl_seconds=120)
 
 
-def _rate_limited(tenant: Tenant) -> int | None:
-    """Return seconds to wait when the tenant is over its per-minute limit, else None."""
+def _rate_limited(tenant: Tenant, counts: dict[int, int]) -> int | None:
+    """Return seconds to wait when the tenant is over its per-minute limit, else None. A call is counted once per
+    tenant row, even when it is answered a second time with the tenant read again (counts holds them)."""
     limit = tenant.rate_limit_per_minute
     if not limit:
         return None
-    window = int(time.time() // 60)
-    key = f"webhook-rate:{tenant.pk}:{window}"
-    try:
-        count = _count(key)
-    except Exception:
-        # Rate limiting is protection, not the truth: without the cache the webhook still works.
-        logger.warning("rate-limit cache unavailable; request allowed", exc_info=True)
-        return None
+    if tenant.pk in counts:
+        count = counts[tenant.pk]
+    else:
+        window = int(time.time() // 60)
+        key = f"webhook-rate:{tenant.pk}:{window}"
+        try:
+            count = counts[tenant.pk] = _count(key)
+        except Exception:
+            # Rate limiting is protection, not the truth: without the cache the webhook still works.
+            logger.warning("rate-limit cache unavailable; request allowed", exc_info=True)
+            return None
     if count > limit:
         return 60 - int(time.time() % 60)
     return None
 
 
 # --- events -----------------------------------------------------------------------------------
-def _request_created(tenant: Tenant, data: dict[str, Any], delivery_id: str, request: HttpRequest) -> JsonResponse:
+def _request_created(
+    tenant: Tenant,
+    data: dict[str, Any],
+    delivery_id: str,
+    request: HttpRequest,
+    guard: dict[str, Any] | None = None,
+) -> JsonResponse:
     outcome = services.enhancement_create_from_webhook(
         tenant=tenant,
         request=data["request"],
         delivery_id=delivery_id or None,
         request_id=getattr(request, "request_id", ""),
+        tenant_guard=guard,
     )
     if outcome.duplicate:
         return JsonResponse({"status": "duplicate", "enhancement_id": outcome.enhancement_id}, status=200)
@@ -148,6 +160,102 @@ def _raw_payload(body: bytes) -> Any:
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
+def _unless_cached(guard: dict[str, Any] | None) -> None:
+    """Raise StaleTenant when the tenant came from the cache: only a guarded store may answer from it."""
+    if guard is not None:
+        raise StaleTenant("answered from the tenant read again")
+
+
+def _answer(
+    request: HttpRequest,
+    body: bytes,
+    tenant: Tenant | None,
+    counts: dict[int, int],
+    guard: dict[str, Any] | None = None,
+) -> JsonResponse:
+    """Answer an authentic-looking call for tenant; with guard (a cached tenant) only a guarded store answers:
+    every other outcome raises StaleTenant before anything is written."""
+    if tenant is None or (delivery_id := _verify(tenant, request, body)) is None:
+        # The same answer (and metrics label) for an unknown tenant and a bad signature: no enumeration.
+        _unless_cached(guard)
+        return error_response(
+            "invalid_signature", "The webhook signature or token is missing, stale or wrong.", status=401
+        )
+    request.metrics_tenant = tenant.slug  # type: ignore[attr-defined] # the metrics label, once authentic
+    if not tenant.enabled:
+        _unless_cached(guard)
+        return error_response("tenant_disabled", "This tenant is disabled.", status=403)
+    if _CONTROL.search(delivery_id):
+        _unless_cached(guard)
+        return error_response(
+            "invalid_payload",
+            "The webhook-id header contains control characters.",
+            status=400,
+            fields={"webhook-id": ["Use printable characters only."]},
+        )
+    if len(delivery_id) > MAX_DELIVERY_ID:
+        # A longer id could not be stored (PostgreSQL would refuse it: a 503 the sender retries forever).
+        _unless_cached(guard)
+        return error_response(
+            "invalid_payload",
+            f"The webhook-id header is longer than {MAX_DELIVERY_ID} characters.",
+            status=400,
+            fields={"webhook-id": [f"Ensure this value has at most {MAX_DELIVERY_ID} characters."]},
+        )
+    wait = _rate_limited(tenant, counts)
+    if wait is not None:
+        _unless_cached(guard)
+        return error_response(
+            "rate_limited",
+            f"More than {tenant.rate_limit_per_minute} webhooks this minute; retry later.",
+            status=429,
+            headers={"Retry-After": str(wait)},
+        )
+    try:
+        payload = _raw_payload(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        _unless_cached(guard)
+        return error_response("invalid_json", "The body is not valid UTF-8 JSON.", status=400)
+    if not isinstance(payload, dict):
+        _unless_cached(guard)
+        return error_response(
+            "invalid_payload",
+            "The body must be a JSON object.",
+            status=400,
+            fields={"non_field_errors": ["Expected a JSON object."]},
+        )
+    try:
+        payload = storable_json(payload)
+    except UnstorableValue as exc:
+        _unless_cached(guard)
+        return error_response("invalid_payload", str(exc), status=400, fields=exc.fields())
+    # Plain checks for a plainly valid body; the serializer for everything else, and for every 400.
+    data = plainly_valid(payload)
+    if data is None:
+        serializer = WebhookSerializer(data=payload)
+        if not serializer.is_valid():
+            _unless_cached(guard)
+            return error_response(
+                "invalid_payload",
+                "The webhook body is missing or has invalid fields.",
+                status=400,
+                fields=serializer.errors,
+            )
+        data = dict(serializer.validated_data)
+    # Keep the raw request object (unknown keys included) for the record.
+    data["request"] = {**payload["request"], "id": data["request"]["id"]}
+    if not delivery_id and data.get("delivery_id"):
+        delivery_id = str(data["delivery_id"])
+    if guard is not None:
+        if data["event"] != "request_created":
+            raise StaleTenant("only a new ticket is answered from a cached tenant")
+        return _request_created(tenant, data, delivery_id, request, guard=guard)
+    handler = EVENT_HANDLERS.get(data["event"])
+    if handler is None:
+        return JsonResponse({"status": "ignored"}, status=200)
+    return handler(tenant, data, delivery_id, request)
+
+
 @csrf_exempt
 @count_webhook_answers
 def servicedesk_webhook(request: HttpRequest, tenant_slug: str) -> JsonResponse:
@@ -178,74 +286,16 @@ def servicedesk_webhook(request: HttpRequest, tenant_slug: str) -> JsonResponse:
     if len(body) > max_bytes:
         return error_response("payload_too_large", f"The body is larger than {max_bytes} bytes.", status=413)
 
+    counts: dict[int, int] = {}
     try:
-        tenant = Tenant.objects.filter(slug=tenant_slug).first()
-        if tenant is None or (delivery_id := _verify(tenant, request, body)) is None:
-            # The same answer (and metrics label) for an unknown tenant and a bad signature: no enumeration.
-            return error_response(
-                "invalid_signature", "The webhook signature or token is missing, stale or wrong.", status=401
-            )
-        request.metrics_tenant = tenant.slug  # type: ignore[attr-defined] # the metrics label, once authentic
-        if not tenant.enabled:
-            return error_response("tenant_disabled", "This tenant is disabled.", status=403)
-        if _CONTROL.search(delivery_id):
-            return error_response(
-                "invalid_payload",
-                "The webhook-id header contains control characters.",
-                status=400,
-                fields={"webhook-id": ["Use printable characters only."]},
-            )
-        if len(delivery_id) > MAX_DELIVERY_ID:
-            # A longer id could not be stored (PostgreSQL would refuse it: a 503 the sender retries forever).
-            return error_response(
-                "invalid_payload",
-                f"The webhook-id header is longer than {MAX_DELIVERY_ID} characters.",
-                status=400,
-                fields={"webhook-id": [f"Ensure this value has at most {MAX_DELIVERY_ID} characters."]},
-            )
-        wait = _rate_limited(tenant)
-        if wait is not None:
-            return error_response(
-                "rate_limited",
-                f"More than {tenant.rate_limit_per_minute} webhooks this minute; retry later.",
-                status=429,
-                headers={"Retry-After": str(wait)},
-            )
-        try:
-            payload = _raw_payload(body)
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            return error_response("invalid_json", "The body is not valid UTF-8 JSON.", status=400)
-        if not isinstance(payload, dict):
-            return error_response(
-                "invalid_payload",
-                "The body must be a JSON object.",
-                status=400,
-                fields={"non_field_errors": ["Expected a JSON object."]},
-            )
-        try:
-            payload = storable_json(payload)
-        except UnstorableValue as exc:
-            return error_response("invalid_payload", str(exc), status=400, fields=exc.fields())
-        # Plain checks for a plainly valid body; the serializer for everything else, and for every 400.
-        data = plainly_valid(payload)
-        if data is None:
-            serializer = WebhookSerializer(data=payload)
-            if not serializer.is_valid():
-                return error_response(
-                    "invalid_payload",
-                    "The webhook body is missing or has invalid fields.",
-                    status=400,
-                    fields=serializer.errors,
-                )
-            data = dict(serializer.validated_data)
-        # Keep the raw request object (unknown keys included) for the record.
-        data["request"] = {**payload["request"], "id": data["request"]["id"]}
-        handler = EVENT_HANDLERS.get(data["event"])
-        if handler is None:
-            return JsonResponse({"status": "ignored"}, status=200)
-        if not delivery_id and data.get("delivery_id"):
-            delivery_id = str(data["delivery_id"])
-        return handler(tenant, data, delivery_id, request)
+        cached = tenant_cached(slug=tenant_slug) if services.webhook_fast_path_available() else None
+        if cached is not None:
+            try:
+                return _answer(request, body, cached.tenant, counts, guard=cached.guard)
+            except StaleTenant:
+                tenant_cache_forget(slug=tenant_slug)
+        snapshot = tenant_load_for_webhook(slug=tenant_slug)
+        return _answer(request, body, snapshot.tenant if snapshot else None, counts)
     except DataError:
         # The database refused a value of this body (SQLSTATE class 22: data exception). Retrying the same body
         # cannot succeed, so it is not a 503; storable_json is meant to catch these first. (An IntegrityError

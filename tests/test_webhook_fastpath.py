@@ -14,6 +14,8 @@ from enhancements.webhook_fastpath import plainly_valid
 from tests.fakes.fixtures import SERVICEDESK_FIXTURES, servicedesk_fixture
 from tickets.models import Tenant, Ticket
 from tickets.sdp.schema import WebhookSerializer
+from tickets.services import webhook_secret_generate
+from tickets.tenant_cache import tenant_cached
 
 CREATED = servicedesk_fixture("webhook__request_created")
 
@@ -91,3 +93,64 @@ def test_one_statement_store_answers_like_the_transaction(make_tenant, post_webh
     assert (reused.status_code, reused.json()["status"]) == (200, "duplicate")
     assert not Ticket.objects.filter(sdp_id="777001").exists()
     assert Enhancement.objects.count() == 1 and Ticket.objects.count() == 1
+
+
+def _created(sdp_id: str) -> dict[str, object]:
+    return {**CREATED, "request": {**CREATED["request"], "id": sdp_id}}
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_tenant_disabled_elsewhere_is_refused_at_once_despite_the_cache(make_tenant, post_webhook):
+    result = make_tenant("acme")
+    assert post_webhook("acme", _created("801"), secret=result.secret, msg_id="m1").status_code == 202
+    assert tenant_cached(slug="acme") is not None  # the next call starts from the cached tenant
+    # Another process (admin, a script) changes the row: nothing tells this process's cache.
+    Tenant.objects.filter(slug="acme").update(enabled=False)
+    refused = post_webhook("acme", _created("802"), secret=result.secret, msg_id="m2")
+    assert (refused.status_code, refused.json()["error"]) == (403, "tenant_disabled")
+    assert not Ticket.objects.filter(sdp_id="802").exists() and Enhancement.objects.count() == 1
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_secret_rotated_elsewhere_works_at_once_and_the_old_one_stops(make_tenant, post_webhook):
+    result = make_tenant("acme")
+    assert post_webhook("acme", _created("811"), secret=result.secret, msg_id="m1").status_code == 202
+    assert tenant_cached(slug="acme") is not None
+    new_secret = webhook_secret_generate(auth=Tenant.WebhookAuth.HMAC)
+    Tenant.objects.filter(slug="acme").update(webhook_secret=new_secret)  # encrypted by the field
+    old = post_webhook("acme", _created("812"), secret=result.secret, msg_id="m2")
+    assert (old.status_code, old.json()["error"]) == (401, "invalid_signature")
+    assert post_webhook("acme", _created("813"), secret=new_secret, msg_id="m3").status_code == 202
+    assert sorted(Ticket.objects.values_list("sdp_id", flat=True)) == ["811", "813"]
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_tenant_recreated_elsewhere_under_the_same_slug_is_read_again(make_tenant, post_webhook):
+    first = make_tenant("acme")
+    assert post_webhook("acme", _created("821"), secret=first.secret, msg_id="m1").status_code == 202
+    assert tenant_cached(slug="acme") is not None
+    # Deleted and created again by another process: this process's cache still holds the old row.
+    Tenant.objects.filter(slug="acme").delete()
+    new_secret = webhook_secret_generate(auth=Tenant.WebhookAuth.HMAC)
+    new = Tenant.objects.create(slug="acme", name="Acme", webhook_secret=new_secret)
+    assert post_webhook("acme", _created("822"), secret=first.secret, msg_id="m2").status_code == 401
+    answer = post_webhook("acme", _created("823"), secret=new_secret, msg_id="m3")
+    assert answer.status_code == 202
+    assert Enhancement.objects.get(pk=answer.json()["enhancement_id"]).tenant_id == new.pk
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_limit_lowered_elsewhere_applies_at_once_and_each_call_is_counted_once(make_tenant, post_webhook):
+    result = make_tenant("acme", rate_limit_per_minute=100)
+    assert post_webhook("acme", _created("831"), secret=result.secret, msg_id="m1").status_code == 202  # count 1
+    assert tenant_cached(slug="acme") is not None
+    Tenant.objects.filter(slug="acme").update(rate_limit_per_minute=3)
+    # The next call is counted with the cached tenant, then answered from the row read again: counted once.
+    answers = [
+        post_webhook("acme", _created(f"83{n}"), secret=result.secret, msg_id=f"r{n}").status_code for n in range(2, 5)
+    ]
+    assert answers == [202, 202, 429]

@@ -21,6 +21,7 @@ from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import check_base_url
 from tickets.sdp.mapping import ticket_fields_from_sdp
+from tickets.tenant_cache import tenant_cache_forget
 
 
 # --- tenants ----------------------------------------------------------------------------------
@@ -126,6 +127,7 @@ def tenant_create_or_update(
         tenant.webhook_secret = new_secret
     tenant.full_clean()
     tenant.save()
+    tenant_cache_forget(slug=slug)  # this process's webhook cache; other processes' is checked at every use
     return TenantResult(tenant=tenant, created=created, secret=new_secret)
 
 

@@ -16,6 +16,7 @@ from enhancements.services.pipeline import (
     enhancement_create_from_webhook,
     enhancement_enqueue,
     enhancement_rerun,
+    webhook_fast_path_available,
 )
 from enhancements.services.processing import (
     PermanentError,
@@ -67,4 +68,5 @@ __all__ = [
     "enhancement_retry_later",
     "enhancement_sweep",
     "feedback_create",
+    "webhook_fast_path_available",
 ]

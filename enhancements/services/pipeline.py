@@ -15,7 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from enhancements.models import Enhancement
-from enhancements.webhook_fastpath import store_new_ticket
+from enhancements.webhook_fastpath import StaleTenant, store_new_ticket
 from tickets.models import Tenant, Ticket
 from tickets.sdp.mapping import ticket_fields_from_sdp
 from tickets.services import ticket_merge_webhook
@@ -63,13 +63,29 @@ def enhancement_enqueue(*, enhancement_id: str) -> bool:
 
 
 # --- creation ---------------------------------------------------------------------------------
+def webhook_fast_path_available() -> bool:
+    """Return whether a new ticket is stored with one statement here (PostgreSQL, outside a transaction)."""
+    return connection.vendor == "postgresql" and not connection.in_atomic_block
+
+
 def enhancement_create_from_webhook(
-    *, tenant: Tenant, request: dict[str, Any], delivery_id: str | None, request_id: str = ""
+    *,
+    tenant: Tenant,
+    request: dict[str, Any],
+    delivery_id: str | None,
+    request_id: str = "",
+    tenant_guard: dict[str, Any] | None = None,
 ) -> WebhookOutcome:
-    """Store the ticket and a queued Enhancement in one transaction; enqueue after commit."""
+    """Store the ticket and a queued Enhancement in one transaction; enqueue after commit.
+
+    With tenant_guard (a cached tenant's stored column values, tickets/tenant_cache.py) only a new ticket stored
+    by the one statement, while the tenant's row still holds those values, is answered; anything else raises
+    StaleTenant before anything is written, and the caller starts over with the tenant read again."""
     sdp_id = str(request["id"])
+    if tenant_guard is not None and not webhook_fast_path_available():
+        raise StaleTenant("the guarded store needs the one-statement path")
     try:
-        if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        if webhook_fast_path_available():
             # One statement for the common case, a new ticket (enhancements/webhook_fastpath.py).
             pk = store_new_ticket(
                 ticket=Ticket(
@@ -85,7 +101,10 @@ def enhancement_create_from_webhook(
                     request_id=request_id[:64],
                     enqueued_at=timezone.now(),
                 ),
+                tenant_guard=tenant_guard,
             )
+            if pk is None and tenant_guard is not None:
+                raise StaleTenant("the tenant changed, or the ticket exists")
             if pk is not None:
                 enhancement_enqueue(enhancement_id=pk)
                 return WebhookOutcome(enhancement_id=pk, duplicate=False)
@@ -117,6 +136,8 @@ def enhancement_create_from_webhook(
             )
             transaction.on_commit(lambda: enhancement_enqueue(enhancement_id=str(enhancement.pk)))
     except IntegrityError:
+        if tenant_guard is not None:
+            raise StaleTenant("a duplicate is answered with the tenant read again") from None
         # A reused delivery id, or a concurrent delivery of the same request that won the race.
         found = None
         if delivery_id:
