@@ -34,10 +34,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.webhook import BASE_DIR, FIXTURE, free_port, recreate_database, wait_ready
+from bench.webhook import (
+    BASE_DIR,
+    FIXTURE,
+    cluster_cpu_seconds,
+    free_port,
+    group_pids,
+    recreate_database,
+    wait_ready,
+)
 
 SLUG = "bench"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def prepare(database_url: str, redis_url: str, sdp_url: str, sdp_key: str) -> str:
@@ -67,21 +74,6 @@ def prepare(database_url: str, redis_url: str, sdp_url: str, sdp_key: str) -> st
     return result.secret
 
 
-def group_pids(leader: int) -> list[int]:
-    """Return the pids of a process group (the qcluster started with start_new_session)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == leader:  # field 5 of stat, pgrp
-            pids.append(int(entry.name))
-    return pids
-
-
 def memory_kib(pid: int) -> tuple[int, int]:
     """Return (RSS, PSS) of a process in KiB."""
     try:
@@ -92,25 +84,6 @@ def memory_kib(pid: int) -> tuple[int, int]:
     except (OSError, StopIteration):
         return 0, 0
     return rss, pss
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """Return user + system CPU seconds used so far by the processes and their reaped children."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # utime, stime, cutime, cstime: Django-Q recycles a worker process after 500 tasks, and the sentinel
-        # that reaps it inherits its CPU time, so a cluster's total stays whole across recycling.
-        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-    return total / CLOCK_TICKS
-
-
-def cluster_cpu_seconds(leaders: list[int]) -> float:
-    """Return the CPU seconds of every process in the given process groups, as they are now."""
-    return cpu_seconds([pid for leader in leaders for pid in group_pids(leader)])
 
 
 def send(url: str, secret: str, sdp_ids: list[str], concurrency: int) -> list[int]:

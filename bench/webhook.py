@@ -36,6 +36,7 @@ from typing import Any
 BASE_DIR = Path(__file__).resolve().parent.parent
 FIXTURE = BASE_DIR / "tests" / "fixtures" / "servicedesk" / "webhook__request_created.json"
 SLUG = "bench"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # wrk sends pre-built, pre-signed requests: it has no HMAC of its own. Each thread takes every n-th line.
 WRK_SCRIPT = r"""
@@ -113,6 +114,56 @@ class Result:
     errors: int
     statuses: dict[str, int]
     loadavg_before: float
+    cpu_ms_per_request: float  # the server's processes (gunicorn master and workers), user + system
+
+
+def group_pids(leader: int) -> list[int]:
+    """Return the pids of a process group (the qcluster started with start_new_session)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == leader:  # field 5 of stat, pgrp
+            pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """Return user + system CPU seconds used so far by the processes and their reaped children."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime: Django-Q recycles a worker process after 500 tasks, and the sentinel
+        # that reaps it inherits its CPU time, so a cluster's total stays whole across recycling.
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total / CLOCK_TICKS
+
+
+def cluster_cpu_seconds(leaders: list[int]) -> float:
+    """Return the CPU seconds of every process in the given process groups, as they are now."""
+    return cpu_seconds([pid for leader in leaders for pid in group_pids(leader)])
+
+
+def ensure_wrk() -> None:
+    """Make sure wrk is on PATH: install the Debian package when running as root with apt-get, else say how."""
+    if shutil.which("wrk"):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk is missing: apt-get install -y wrk", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False)
+        if shutil.which("wrk"):
+            return
+    raise SystemExit(
+        "bench.webhook needs wrk (https://github.com/wg/wrk): `sudo apt-get install -y wrk` on Debian/Ubuntu "
+        "(after `apt-get update` if the package is not found), `brew install wrk` on macOS."
+    )
 
 
 def free_port() -> int:
@@ -214,9 +265,18 @@ def write_requests(path: Path, secret: str, count: int, tag: str) -> None:
 
 
 def run_wrk(
-    target: str, port: int, connections: int, seconds: int, threads: int, secret: str, tmp: Path, tag: str, rate: int
+    target: str,
+    port: int,
+    connections: int,
+    seconds: int,
+    threads: int,
+    secret: str,
+    tmp: Path,
+    tag: str,
+    rate: int,
+    server_pid: int,
 ) -> Result:
-    """Run wrk once and return its figures."""
+    """Run wrk once and return its figures, with the CPU the server's process group used per request."""
     requests_file = tmp / f"requests-{tag}.tsv"
     write_requests(requests_file, secret, rate * (seconds + 2), tag)
     script = tmp / "webhook.lua"
@@ -226,7 +286,9 @@ def run_wrk(
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
         f"http://127.0.0.1:{port}/webhook/servicedesk/{SLUG}/", "--", str(requests_file), str(threads),
     ]  # fmt: skip
+    cpu_before = cluster_cpu_seconds([server_pid])
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu = cluster_cpu_seconds([server_pid]) - cpu_before
     requests_file.unlink()
     data = json.loads(next(line for line in output.splitlines() if line.startswith("WRKJSON ")).split(" ", 1)[1])
     if data["wrapped"]:
@@ -245,6 +307,7 @@ def run_wrk(
         errors=sum(data["errors"].values()),
         statuses=data["statuses"],
         loadavg_before=round(loadavg, 2),
+        cpu_ms_per_request=round(cpu * 1000 / max(data["requests"], 1), 2),
     )
 
 
@@ -345,7 +408,17 @@ def in_process(secret: str, count: int, profile: int = 0) -> None:
         for number in range(10**7, 10**7 + count):
             assert app(number) == 202
         profiler.disable()
-        stats = pstats.Stats(profiler).strip_dirs()
+        stats = pstats.Stats(profiler)
+        by_file: dict[str, float] = {}
+        for (filename, _line, _name), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+            package = filename.split("site-packages/")[-1].split("/")[0] if "site-packages" in filename else filename
+            package = package.replace(str(BASE_DIR) + "/", "")
+            by_file[package] = by_file.get(package, 0.0) + tottime
+        total = sum(by_file.values())
+        print(f"\napp under cProfile (CPU), {count} webhooks: own time by package or project file")
+        for name, seconds in sorted(by_file.items(), key=lambda item: -item[1])[:profile]:
+            print(f"{seconds / total:6.1%}  {name}")
+        stats.strip_dirs()
         for order in ("cumulative", "tottime"):
             print(f"\napp under cProfile, {count} webhooks, by {order}:")
             stats.sort_stats(order).print_stats(profile)
@@ -375,8 +448,7 @@ def main(argv: list[str] | None = None) -> None:
         recreate_database(args.database_url)
         in_process(prepare(args.database_url, args.redis_url), args.in_process, args.profile)
         return
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed (apt-get install -y wrk)")
+    ensure_wrk()
 
     recreate_database(args.database_url)
     secret = prepare(args.database_url, args.redis_url)
@@ -409,14 +481,21 @@ def main(argv: list[str] | None = None) -> None:
             wait_ready(ports[target], proc)
         for round_number in range(args.rounds):
             for connections in args.connections:
-                for target in args.targets:
+                # Alternate which server goes first, so a load that rises or falls during the run favours neither.
+                order = (
+                    args.targets
+                    if (round_number + args.connections.index(connections)) % 2 == 0
+                    else args.targets[::-1]
+                )
+                for target in order:
+                    proc = servers[target]
                     tag = f"r{round_number}c{connections}{target[0]}"
                     if args.warmup:
                         warmups.append(run_wrk(target, ports[target], connections, args.warmup, args.wrk_threads,
-                                               secret, tmp, f"{tag}w", args.max_rate))  # fmt: skip
+                                               secret, tmp, f"{tag}w", args.max_rate, proc.pid))  # fmt: skip
                     result = run_wrk(
                         target, ports[target], connections, args.duration, args.wrk_threads, secret, tmp, tag,
-                        args.max_rate,
+                        args.max_rate, proc.pid,
                     )  # fmt: skip
                     results.append(result)
                     print(json.dumps(asdict(result)), flush=True)
@@ -433,18 +512,27 @@ def main(argv: list[str] | None = None) -> None:
     answered = {t: sum(r.statuses.get("202", 0) for r in results + warmups if r.target == t) for t in args.targets}
     knobs = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "CONN_MAX_AGE", "GUNICORN_MAX_REQUESTS")
     print("\nweb: " + " ".join(f"{k}={env.get(k, 'default')}" for k in knobs) + f"; logs in {tmp}")
-    print("| target | conns | answers/s | p50 ms | p90 ms | p99 ms | max ms | errors | statuses | load before |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| target | conns | answers/s | p50 ms | p90 ms | p99 ms | max ms | server CPU ms/answer | errors | statuses "
+        "| load before |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r.target} | {r.connections} | {r.rps:.0f} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | "
-            f"{r.max_ms:.0f} | {r.errors} | {r.statuses} | {r.loadavg_before} |"
+            f"{r.max_ms:.0f} | {r.cpu_ms_per_request:.2f} | {r.errors} | {r.statuses} | {r.loadavg_before} |"
         )
     for connections in args.connections:
-        floor = [r.rps for r in results if r.target == "floor" and r.connections == connections]
-        app = [r.rps for r in results if r.target == "app" and r.connections == connections]
-        if floor and app:
-            print(f"{connections} connections: app/floor = {sum(app) / sum(floor):.0%}")
+        floor_runs = [r for r in results if r.target == "floor" and r.connections == connections]
+        app_runs = [r for r in results if r.target == "app" and r.connections == connections]
+        if floor_runs and app_runs:
+            rps = sum(r.rps for r in app_runs) / sum(r.rps for r in floor_runs)
+            p99 = max(r.p99_ms for r in app_runs) / max(max(r.p99_ms for r in floor_runs), 0.001)
+            cpu = sum(r.cpu_ms_per_request for r in app_runs) / max(sum(r.cpu_ms_per_request for r in floor_runs), 1e-6)
+            print(
+                f"{connections} connections: app/floor answers/s = {rps:.0%}, p99 app/floor = {p99:.2f}x, "
+                f"server CPU per answer app/floor = {cpu:.2f}x"
+            )
     # Every 202 must be a committed row (warm-up runs included); anything else is a lost webhook.
     print(f"committed rows {rows}; 202 answers {answered} (warm-ups included)")
     for target in args.targets:

@@ -169,7 +169,28 @@ def store_new_ticket(*, ticket: Any, enhancement: Any, tenant_guard: dict[str, A
         return None  # not the single-row shape expected: the ORM path stores it
     del enhancement_params[columns.index("ticket_id")]
     guard_params = list(tenant_guard.values()) if tenant_guard else []
+    statement, params = _nulls_inlined(statement, [*guard_params, *ticket_params, *enhancement_params])
     with connection.cursor() as cursor:
-        cursor.execute(statement, [*guard_params, *ticket_params, *enhancement_params])
+        cursor.execute(statement, params)
         row = cursor.fetchone()
     return str(row[0]) if row else None
+
+
+def _nulls_inlined(statement: str, params: list[Any]) -> tuple[str, list[Any]]:
+    """Return the statement with NULL written in place of each None parameter, and the other parameters.
+
+    psycopg's client-side binding sends a None as the literal NULL anyway, so the text PostgreSQL receives is the
+    same; but psycopg caches the parsing of a statement only up to 50 parameters (MAX_CACHED_STATEMENT_PARAMS), and
+    this one has about 60, most of them None, so without this it re-parses the statement on every webhook."""
+    mask = tuple(value is None for value in params)
+    key = (statement, mask)
+    text = _STATEMENTS.get(key)
+    if text is None:
+        pieces = statement.split("%s")
+        if len(pieces) != len(params) + 1:
+            return statement, params  # a literal %s somewhere: leave the statement alone
+        text = pieces[0] + "".join(
+            ("NULL" if null else "%s") + piece for null, piece in zip(mask, pieces[1:], strict=True)
+        )
+        _STATEMENTS[key] = text
+    return text, [value for value in params if value is not None]
