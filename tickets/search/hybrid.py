@@ -15,7 +15,7 @@ from django.db import connection
 from tickets import embeddings
 from tickets.models import Tenant, Ticket
 from tickets.search import postgres, semantic, sqlite
-from tickets.search.terms import MIN_SCORE, WORD, identifiers_in
+from tickets.search.terms import MIN_SCORE
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,6 @@ def fused_score(lexical: float, cosine: float | None, background: float | None =
     return 1.0 - (1.0 - lexical) * (1.0 - SEMANTIC_WEIGHT * semantic_relevance(cosine, background))
 
 
-def _identifier_matches(search, tenant: Tenant, text: str, exclude_sdp_id: str | None) -> dict[int, float]:
-    """Return {ticket id: IDF-weighted share of the query's identifiers it contains} (one lexical lookup)."""
-    words = {word for identifier in identifiers_in(text) for word in WORD.findall(identifier) if len(word) > 1}
-    if not words:
-        return {}
-    found = search(tenant, " ".join(sorted(words)), IDENTIFIER_MAX_TICKETS, exclude_sdp_id, any_term=True)
-    return {ticket.pk: min(score, 1.0) for ticket, score in found}
-
-
 def ticket_search_similar(
     *, tenant: Tenant, text: str, limit: int = 5, exclude_sdp_id: str | None = None, mode: str = "hybrid"
 ) -> list[tuple[Ticket, float]]:
@@ -104,17 +95,22 @@ def ticket_search_similar(
             if ticket.is_complete
         ]
     model = embeddings.current_model()
-    lexical = search(tenant, text, max(limit, LEXICAL_POOL), exclude_sdp_id) if mode == "hybrid" else []
-    lexical_scores = {ticket.pk: min(score, 1.0) for ticket, score in lexical}
+    backend = postgres if connection.vendor == "postgresql" else sqlite
+    # The lexical matches and those of the query's identifiers in one statement (ids and scores only: no row is
+    # loaded before the final top `limit`), then the semantic candidates with the vectors of all of them in one more.
+    lexical, identified = (
+        backend.similar_ids(tenant, text, max(limit, LEXICAL_POOL), exclude_sdp_id, IDENTIFIER_MAX_TICKETS)
+        if mode == "hybrid"
+        else ([], {})
+    )
+    lexical_scores = {pk: min(score, 1.0) for pk, score in lexical}
     pool = max(limit, SEMANTIC_POOL)
-    near = semantic.nearest(tenant, vector, limit=pool + 1, model=model)
+    near, others = semantic.candidates(tenant, vector, limit=pool + 1, model=model, also=[*lexical_scores, *identified])
     background = min(near.values()) if len(near) > pool else None
-    near.update(semantic.cosines(tenant, [pk for pk in lexical_scores if pk not in near], vector, model=model))
+    near.update(others)
     if mode == "semantic":
         scores = {pk: semantic_relevance(cosine, background) for pk, cosine in near.items()}
     else:
-        identified = _identifier_matches(search, tenant, text, exclude_sdp_id)
-        near.update(semantic.cosines(tenant, [pk for pk in identified if pk not in near], vector, model=model))
         scores = {}
         for pk in {*lexical_scores, *near, *identified}:
             score = fused_score(lexical_scores.get(pk, 0.0), near.get(pk), background)

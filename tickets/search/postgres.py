@@ -9,6 +9,7 @@ million tickets in milliseconds (docs/benchmarks.md, "Search").
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from django.db import connection
 
@@ -17,8 +18,11 @@ from tickets.search.terms import (
     BODY_MATCH,
     MIN_SCORE,
     STOPWORDS,
+    WORD,
     Term,
     candidate_terms,
+    content_words,
+    identifiers_in,
     min_matched,
     query_words,
     select_terms,
@@ -44,23 +48,25 @@ def _pg_lexemes(cursor, text: str) -> list[str]:
     return list(cursor.fetchone()[0] or [])
 
 
-def _pg_query_terms(cursor, text: str) -> list[Term]:
-    """Return the query's lexemes, normalised by PostgreSQL exactly as the documents were."""
+def _pg_query_terms(cursor, text: str, identifier_words: list[str]) -> tuple[list[Term], list[Term]]:
+    """Return the query's lexemes and those of its identifiers' words, normalised by PostgreSQL exactly as the
+    documents were (one round trip)."""
     global _pg_stopped
     if _pg_stopped is None:
         _pg_stopped = frozenset(_pg_lexemes(cursor, " ".join(sorted(STOPWORDS))))
     subject_words, body_words = query_words(text)
     cursor.execute(
         "SELECT array(SELECT lexeme FROM unnest(to_tsvector('english', %s))),"
+        " array(SELECT lexeme FROM unnest(to_tsvector('english', %s))),"
         " array(SELECT lexeme FROM unnest(to_tsvector('english', %s)))",
-        [" ".join(subject_words), " ".join(body_words)],
+        [" ".join(subject_words), " ".join(body_words), " ".join(identifier_words)],
     )
-    in_subject, in_body = cursor.fetchone()
+    in_subject, in_body, named = cursor.fetchone()
     terms = {lex: Term(lex, True) for lex in in_subject or [] if lex not in _pg_stopped}
     for lex in in_body or []:
         if lex not in _pg_stopped and lex not in terms:
             terms[lex] = Term(lex, False)
-    return list(terms.values())
+    return list(terms.values()), [Term(lex, True) for lex in named or [] if lex not in _pg_stopped]
 
 
 def _pg_planner_stats(cursor) -> tuple[float, dict[str, float]]:
@@ -108,74 +114,133 @@ def _pg_count(cursor, tenant_id: int, terms: list[Term]) -> None:
         term.df = df
 
 
+def _frequencies(cursor, tenant_id: int, terms: list[Term]) -> int:
+    """Set each term's document frequency within the tenant's history; return the history's size."""
+    rows, freqs = _pg_planner_stats(cursor)
+    if rows >= EXACT_STATS_BELOW and freqs:
+        # Frequencies of common lexemes come from ANALYZE's sample (all tenants); rare ones are counted, which
+        # is cheap precisely because they are rare, and drops words the tenant's history never used.
+        total = _pg_tenant_size(cursor, tenant_id)
+        for term in terms:
+            if term.key in freqs:
+                term.df = max(1, round(freqs[term.key] * total))
+        _pg_count(cursor, tenant_id, [t for t in terms if t.key not in freqs])
+        return total
+    total = _exact_total(cursor, tenant_id)
+    _pg_count(cursor, tenant_id, terms)
+    return total
+
+
+def _exact_total(cursor, tenant_id: int) -> int:
+    cursor.execute("SELECT count(*) FROM tickets_ticket WHERE tenant_id = %s AND is_resolved", [tenant_id])
+    return cursor.fetchone()[0]
+
+
+def _score_sql(terms: list[Term], column: dict[str, str], params: list[Any]) -> str:
+    """Return the SQL sum of the terms' weights a candidate has (a subject match fully, a body match partly)."""
+    for term in terms:
+        params += [term.weight, term.weight * BODY_MATCH]
+    return " + ".join(f"CASE {column[t.key]} WHEN 2 THEN %s WHEN 1 THEN %s ELSE 0 END" for t in terms)
+
+
+def _statement(
+    cursor, tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, any_term: bool, identifiers: int
+) -> tuple[str, list[Any]] | None:
+    """Return the search statement and its parameters (None when the query has nothing to search for).
+
+    Its rows are (id, score, ident, part): part 0 the best `limit` lexical matches, part 1 the best `identifiers`
+    matches of the query's identifiers, `ident` being the IDF-weighted share of them a ticket contains (what a
+    lexical search of the identifiers alone would score). Both parts come from one scan of the candidates.
+    """
+    words = {w for identifier in identifiers_in(text) for w in WORD.findall(identifier) if len(w) > 1}
+    terms, named = _pg_query_terms(cursor, text, content_words(" ".join(sorted(words))) if identifiers else [])
+    if not terms and not named:
+        return None
+    # One frequency lookup for both; the identifiers' terms get their own weights (their own search, as it were).
+    known = {t.key: t for t in terms}
+    total = _frequencies(cursor, tenant.pk, [*terms, *(t for t in named if t.key not in known)])
+    for term in named:
+        if term.key in known:
+            term.df = known[term.key].df
+    needed = 1 if any_term else min_matched(len(terms))
+    terms, weight_sum = select_terms(terms, total)
+    named, named_sum = select_terms(named, total)
+    if not terms and not named:
+        return None
+    prefix = f"{tenant.pk}:"
+    # The identifiers' terms have a postings budget of their own (the exact evidence must not be crowded out).
+    keys = {prefix + t.key for t in candidate_terms(terms, weight_sum, total)}
+    keys |= {prefix + t.key for t in candidate_terms(named, named_sum, total)}
+    # Each distinct lexeme is tested once per candidate: 2 in the subject, 1 elsewhere, 0 absent (most are absent,
+    # which costs one test).
+    lexemes = list(dict.fromkeys(t.key for t in [*terms, *named]))
+    column = {key: f"m{index}" for index, key in enumerate(lexemes)}
+    flag_params: list[Any] = []
+    for key in lexemes:
+        flag_params += [_tsquery_literal(key), _tsquery_literal(key, "A")]
+    params: list[Any] = []
+    flags_sql = ", ".join(
+        f"CASE WHEN d @@ %s::tsquery THEN CASE WHEN d @@ %s::tsquery THEN 2 ELSE 1 END ELSE 0 END AS {column[key]}"
+        for key in lexemes
+    )
+    score_sql = f"({_score_sql(terms, column, params)}) / %s" if terms else "0.0"
+    params += [weight_sum] if terms else []
+    matched_sql = " + ".join(f"({column[t.key]} > 0)::int" for t in terms) or "0"
+    ident_sql = f"({_score_sql(named, column, params)}) / %s" if named else "0.0"
+    params += [named_sum] if named else []
+    exclude_sql = " AND sdp_id <> %s" if exclude_sdp_id else ""
+    params += [*flag_params, " | ".join(_tsquery_literal(key) for key in sorted(keys))]
+    params += [exclude_sdp_id] if exclude_sdp_id else []
+    # The index keys carry the tenant ("<tenant id>:<lexeme>"), so the index reads only this tenant's postings
+    # and the predicate alone keeps tenants apart. A plain `tenant_id = ...` here would tempt the planner into
+    # AND-ing in a bitmap of every ticket of the tenant, which costs more than the search itself.
+    # The document is de-TOASTed once per candidate (the concatenation makes an in-memory copy that the
+    # OFFSET 0 fence hands up), not once per term test; the CTE, read twice, is computed once.
+    sql = (
+        f"WITH scored AS (SELECT id, resolved_at, {score_sql} AS score, {matched_sql} AS matched,"  # noqa: S608
+        f" {ident_sql} AS ident FROM (SELECT id, resolved_at, {flags_sql} FROM (SELECT id, resolved_at,"
+        " search_document || ''::tsvector AS d FROM tickets_ticket"
+        " WHERE is_resolved AND tickets_search_keys(tenant_id, search_document) @@ %s::tsquery"
+        f"{exclude_sql} OFFSET 0) AS candidates OFFSET 0) AS flags)"
+        " (SELECT id, score, ident, 0 AS part FROM scored WHERE score >= %s AND matched >= %s"
+        " ORDER BY score DESC, resolved_at DESC NULLS LAST, id DESC LIMIT %s)"
+        " UNION ALL (SELECT id, score, ident, 1 FROM scored WHERE ident >= %s"
+        " ORDER BY ident DESC, resolved_at DESC NULLS LAST, id DESC LIMIT %s)"
+    )
+    params += [MIN_SCORE, needed, limit if terms else 0, MIN_SCORE, identifiers if named else 0]
+    return sql, params
+
+
 def similar(
     tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, any_term: bool = False
 ) -> list[tuple[Ticket, float]]:
+    """Return the tenant's `limit` best lexical matches of text as (ticket, score), best first."""
     with connection.cursor() as cursor:
-        terms = _pg_query_terms(cursor, text)
-        if not terms:
-            return []
-        rows, freqs = _pg_planner_stats(cursor)
-        if rows >= EXACT_STATS_BELOW and freqs:
-            # Frequencies of common lexemes come from ANALYZE's sample (all tenants); rare ones are counted, which
-            # is cheap precisely because they are rare, and drops words the tenant's history never used.
-            total = _pg_tenant_size(cursor, tenant.pk)
-            for term in terms:
-                if term.key in freqs:
-                    term.df = max(1, round(freqs[term.key] * total))
-            _pg_count(cursor, tenant.pk, [t for t in terms if t.key not in freqs])
-        else:
-            cursor.execute("SELECT count(*) FROM tickets_ticket WHERE tenant_id = %s AND is_resolved", [tenant.pk])
-            total = cursor.fetchone()[0]
-            _pg_count(cursor, tenant.pk, terms)
-        query_terms = terms
-        terms, weight_sum = select_terms(terms, total)
-        if not terms:
-            return []
-        needed = 1 if any_term else min_matched(len(query_terms))
-        prefix = f"{tenant.pk}:"
-        clauses = [_tsquery_literal(prefix + t.key) for t in candidate_terms(terms, weight_sum, total)]
-        score_sql = " + ".join(
-            "CASE WHEN d @@ %s::tsquery THEN %s WHEN d @@ %s::tsquery THEN %s ELSE 0 END" for _ in terms
-        )
-        matched_sql = " + ".join("(d @@ %s::tsquery)::int" for _ in terms)
-        score_params: list[object] = []
-        for term in terms:
-            score_params += [
-                _tsquery_literal(term.key, "A"),
-                term.weight,
-                _tsquery_literal(term.key),
-                term.weight * BODY_MATCH,
-            ]
-        exclude_sql = " AND sdp_id <> %s" if exclude_sdp_id else ""
-        # The index keys carry the tenant ("<tenant id>:<lexeme>"), so the index reads only this tenant's postings
-        # and the predicate alone keeps tenants apart. A plain `tenant_id = ...` here would tempt the planner into
-        # AND-ing in a bitmap of every ticket of the tenant, which costs more than the search itself.
-        # The document is de-TOASTed once per candidate (the concatenation makes an in-memory copy that the
-        # OFFSET 0 fence hands up), not once per term test.
-        sql = (
-            f"SELECT id, score FROM (SELECT id, resolved_at, ({score_sql}) / %s AS score,"  # noqa: S608
-            f" {matched_sql} AS matched FROM ("
-            "SELECT id, resolved_at, search_document || ''::tsvector AS d FROM tickets_ticket"
-            " WHERE is_resolved AND tickets_search_keys(tenant_id, search_document) @@ %s::tsquery"
-            f"{exclude_sql} OFFSET 0) AS candidates) AS scored WHERE score >= %s AND matched >= %s"
-            " ORDER BY score DESC, resolved_at DESC NULLS LAST, id DESC LIMIT %s"
-        )
-        params = [
-            *score_params,
-            weight_sum,
-            *(_tsquery_literal(t.key) for t in terms),
-            " | ".join(clauses),
-            *([exclude_sdp_id] if exclude_sdp_id else []),
-            MIN_SCORE,
-            needed,
-            limit,
-        ]
+        statement = _statement(cursor, tenant, text, limit, exclude_sdp_id, any_term, 0)
+    if statement is None:
+        return []
+    sql, params = statement
     # The tickets come back in the same round trip (the tenant re-checked on the few rows found).
     columns = ", ".join(f"t.{connection.ops.quote_name(f.column or f.attname)}" for f in Ticket._meta.concrete_fields)
     found = Ticket.objects.raw(
         f"SELECT {columns}, top.score FROM ({sql}) AS top JOIN tickets_ticket AS t ON t.id = top.id"  # noqa: S608
-        " WHERE t.tenant_id = %s ORDER BY top.score DESC, t.resolved_at DESC NULLS LAST, t.id DESC",
+        " WHERE t.tenant_id = %s AND top.part = 0 ORDER BY top.score DESC, t.resolved_at DESC NULLS LAST, t.id DESC",
         [*params, tenant.pk],
     )
     return [(ticket, float(ticket.score)) for ticket in found]  # type: ignore[attr-defined] # a raw() column
+
+
+def similar_ids(
+    tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, identifiers: int
+) -> tuple[list[tuple[int, float]], dict[int, float]]:
+    """Return the best lexical matches [(id, score)] and {id: identifier share} of those of them and of the best
+    `identifiers` matches of the query's identifiers that contain them, in one statement (no row is loaded)."""
+    with connection.cursor() as cursor:
+        statement = _statement(cursor, tenant, text, limit, exclude_sdp_id, False, identifiers)
+        if statement is None:
+            return [], {}
+        cursor.execute(statement[0], statement[1])
+        rows = cursor.fetchall()
+    lexical = [(pk, float(score)) for pk, score, _, part in rows if part == 0]
+    # A lexical match containing the identifiers counts them as well as the best identifier-only matches do.
+    return lexical, {pk: min(float(ident), 1.0) for pk, _, ident, _ in rows if ident >= MIN_SCORE}

@@ -1,10 +1,15 @@
 """Semantic candidates for the similar-ticket search: the tenant's resolved tickets nearest to a query vector.
 
-Extension-free on both databases. On PostgreSQL the tenant's sign-bit codes are ranked by Hamming distance
-(`bit_count(code # query)`, an index-only scan of a covering index) and the nearest PREFILTER are re-scored with
-their int8 vectors; elsewhere (SQLite, the embedded default, histories of thousands) every vector of the tenant is
-scored. Where the server has pgvector, the same contract could be served by an HNSW index; the extension-free path
-is what every deployment has, so it is the one shipped and tested here.
+Extension-free on both databases, and bounded: the candidates come from the tenant's SCAN_ROWS most recently
+resolved tickets (all of them in a history of up to that size), so the cost of a search does not grow with the
+history. On PostgreSQL their sign-bit codes are ranked by Hamming distance (`bit_count(code # query)` over an
+index-only scan of a covering index in recency order) and the nearest PREFILTER are re-scored with their int8
+vectors, fetched in the same statement with those of the tickets the lexical search found; on SQLite (the embedded
+default, histories of thousands) every vector of the window is scored. Older tickets still reach the results
+through the lexical and identifier matches, which cover the whole history, and are then scored semantically too.
+
+pgvector is not used: Debian 12's PostgreSQL 15 (this project's CI) has no package for it, so the extension-free
+path is the one every deployment has and the one tested here (docs/benchmarks.md, "Search").
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from tickets import embeddings
 from tickets.models import Tenant, Ticket
 
 PREFILTER = 200  # codes kept by the Hamming scan for float re-scoring
+SCAN_ROWS = 20_000  # the most recently resolved tickets of a tenant whose codes a search scans
 
 
 def _rows(sql: str, params: Sequence[Any]) -> list[tuple]:
@@ -40,35 +46,52 @@ def _bits(vector: np.ndarray) -> str:
     return "".join("1" if value > 0 else "0" for value in vector)
 
 
-def nearest(tenant: Tenant, vector: np.ndarray, *, limit: int, model: str) -> dict[int, float]:
-    """Return {ticket id: cosine} of the tenant's resolved tickets (embedded by model) nearest to vector."""
+def _pg_rows(tenant: Tenant, vector: np.ndarray, model: str, prefilter: int, also: list[int]) -> list[tuple]:
+    """Return (id, vector, is a prefilter candidate) for the nearest codes of the window and for `also`."""
     table = Ticket._meta.db_table
+    # One round trip: the window in recency order (index-only), its nearest codes, then the vectors of those and
+    # of the lexical candidates by primary key.
+    return _rows(
+        f"WITH recent AS (SELECT id, embedding_code FROM {table} WHERE tenant_id = %s AND embedding_model = %s"  # noqa: S608
+        " AND is_resolved AND embedding_code IS NOT NULL ORDER BY resolved_at DESC NULLS LAST, id DESC LIMIT %s),"
+        " near AS (SELECT id FROM recent ORDER BY bit_count(embedding_code # %s::varbit), id LIMIT %s)"
+        f" SELECT t.id, t.embedding, t.id IN (SELECT id FROM near) FROM {table} AS t"
+        " WHERE t.id IN (SELECT id FROM near UNION SELECT unnest(%s::bigint[]))"
+        " AND t.tenant_id = %s AND t.embedding_model = %s AND t.is_resolved",
+        [tenant.pk, model, SCAN_ROWS, _bits(vector), prefilter, also, tenant.pk, model],
+    )
+
+
+def _sqlite_rows(tenant: Tenant, model: str, also: list[int]) -> list[tuple]:
+    table = Ticket._meta.db_table
+    window = _rows(
+        f"SELECT id, embedding, 1 FROM {table} WHERE tenant_id = %s AND embedding_model = %s"  # noqa: S608
+        " AND is_resolved AND embedding IS NOT NULL ORDER BY resolved_at IS NULL, resolved_at DESC, id DESC LIMIT %s",
+        [tenant.pk, model, SCAN_ROWS],
+    )
+    seen = {row[0] for row in window}
+    missing = [pk for pk in also if pk not in seen]
+    if not missing:
+        return window
+    found = Ticket.objects.filter(tenant=tenant, pk__in=missing, embedding_model=model, is_resolved=True)
+    return window + [(pk, blob, 0) for pk, blob in found.values_list("pk", "embedding")]
+
+
+def candidates(
+    tenant: Tenant, vector: np.ndarray, *, limit: int, model: str, also: Sequence[int] = ()
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Return ({id: cosine} of the `limit` nearest tickets, {id: cosine} of those of `also` embedded by model).
+
+    Both among the tenant's resolved tickets embedded by model; the nearest come from the SCAN_ROWS most recently
+    resolved ones, `also` (the lexical candidates) from the whole history.
+    """
+    also = list(dict.fromkeys(also))
     if connection.vendor == "postgresql":
-        ids = [
-            row[0]
-            for row in _rows(
-                f"SELECT id FROM {table} WHERE tenant_id = %s AND embedding_model = %s AND is_resolved"  # noqa: S608
-                " AND embedding_code IS NOT NULL ORDER BY bit_count(embedding_code # %s::varbit), id LIMIT %s",
-                [tenant.pk, model, _bits(vector), max(PREFILTER, limit)],
-            )
-        ]
-        scored = cosines(tenant, ids, vector, model=model)
+        rows = _pg_rows(tenant, vector, model, max(PREFILTER, limit), also)
     else:
-        scored = _score(
-            _rows(
-                f"SELECT id, embedding FROM {table} WHERE tenant_id = %s AND embedding_model = %s"  # noqa: S608
-                " AND is_resolved AND embedding IS NOT NULL",
-                [tenant.pk, model],
-            ),
-            vector,
-        )
-    best = sorted(scored.items(), key=lambda pair: (-pair[1], -pair[0]))[:limit]
-    return dict(best)
-
-
-def cosines(tenant: Tenant, ids: list[int], vector: np.ndarray, *, model: str) -> dict[int, float]:
-    """Return {ticket id: cosine} for those of ids that are the tenant's tickets embedded by model."""
-    if not ids:
-        return {}
-    found = Ticket.objects.filter(tenant=tenant, pk__in=ids, embedding_model=model).values_list("pk", "embedding")
-    return _score(list(found), vector)
+        rows = _sqlite_rows(tenant, model, also)
+    scored = _score([(pk, blob) for pk, blob, _ in rows], vector)
+    pool = {pk for pk, _, near in rows if near}
+    nearest = sorted(((pk, c) for pk, c in scored.items() if pk in pool), key=lambda pair: (-pair[1], -pair[0]))
+    wanted = set(also)
+    return dict(nearest[:limit]), {pk: c for pk, c in scored.items() if pk in wanted}

@@ -11,7 +11,16 @@ from collections import Counter, defaultdict
 from django.db import connection
 
 from tickets.models import Tenant, Ticket
-from tickets.search.terms import BODY_MATCH, MIN_SCORE, Term, min_matched, query_words, select_terms
+from tickets.search.terms import (
+    BODY_MATCH,
+    MIN_SCORE,
+    WORD,
+    Term,
+    identifiers_in,
+    min_matched,
+    query_words,
+    select_terms,
+)
 
 
 def _same_stem(a: str, b: str) -> bool:
@@ -19,9 +28,10 @@ def _same_stem(a: str, b: str) -> bool:
     return prefix >= 3 and a[:prefix] == b[:prefix] and abs(len(a) - len(b)) <= 3
 
 
-def similar(
-    tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, any_term: bool = False
-) -> list[tuple[Ticket, float]]:
+def _ranked(
+    tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, any_term: bool
+) -> list[tuple[int, float]]:
+    """Return the tenant's `limit` best lexical matches of text as (ticket id, score), best first."""
     subject_words, body_words = query_words(text)
     words: dict[str, Term] = {w: Term(w, True) for w in subject_words}
     for word in body_words:
@@ -73,6 +83,29 @@ def similar(
         ranked = [pair for pair in ranked if pair[0] not in excluded]
     resolved = dict(Ticket.objects.filter(pk__in=[pk for pk, _ in ranked]).values_list("pk", "resolved_at"))
     ranked.sort(key=lambda pair: (-pair[1], -(at.timestamp() if (at := resolved.get(pair[0])) else 0), -pair[0]))
-    ranked = ranked[:limit]
+    return ranked[:limit]
+
+
+def similar(
+    tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, any_term: bool = False
+) -> list[tuple[Ticket, float]]:
+    """Return the tenant's `limit` best lexical matches of text as (ticket, score), best first."""
+    ranked = _ranked(tenant, text, limit, exclude_sdp_id, any_term)
     tickets = Ticket.objects.filter(tenant=tenant).in_bulk([pk for pk, _ in ranked])
     return [(tickets[pk], score) for pk, score in ranked if pk in tickets]
+
+
+def similar_ids(
+    tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, identifiers: int
+) -> tuple[list[tuple[int, float]], dict[int, float]]:
+    """Return the best lexical matches [(id, score)] and {id: identifier share} of those of them and of the best
+    `identifiers` matches of the query's identifiers that contain them (a lexical search of their words, any one
+    of which may match)."""
+    lexical = _ranked(tenant, text, limit, exclude_sdp_id, False)
+    words = {w for identifier in identifiers_in(text) for w in WORD.findall(identifier) if len(w) > 1}
+    if not words or not identifiers:
+        return lexical, {}
+    found = _ranked(tenant, " ".join(sorted(words)), 10**9, exclude_sdp_id, True)
+    # A lexical match containing the identifiers counts them as well as the best identifier-only matches do.
+    ids = {pk for pk, _ in lexical}
+    return lexical, {pk: min(score, 1.0) for index, (pk, score) in enumerate(found) if index < identifiers or pk in ids}
