@@ -128,3 +128,44 @@ def test_fused_score_is_an_or_of_the_evidence():
     assert fused_score(0.0, 1.0) < fused_score(1.0, 0.0)  # meaning alone never beats a full lexical match
     with pytest.raises(ValueError, match="mode"):
         ticket_search_similar(tenant=None, text="x", mode="fuzzy")
+
+
+def test_the_postings_budget_goes_to_the_heaviest_terms():
+    """On a large history the budget reads the subject's terms, not the rarest noise of the description."""
+    from tickets.search.terms import Term, candidate_terms, select_terms
+
+    total = 100_000
+    problem = [Term("p1", True, df=600), Term("p2", True, df=700)]
+    noise = [Term(f"n{i}", False, df=150) for i in range(5)]
+    terms, weight_sum = select_terms([*problem, *noise], total)
+    chosen = candidate_terms(terms, weight_sum, total)
+    keys = [t.key for t in chosen]
+    assert keys[0] == "p1"  # the heaviest: rare enough, and in the query's subject
+    assert "p2" not in keys  # it does not fit in the budget next to p1; lighter terms that do are read instead
+    assert len(keys) == 3 and sum(t.df for t in chosen) <= 1000
+
+
+def test_the_semantic_scan_reads_the_most_recent_tickets_and_scores_older_lexical_matches(make_tenant, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tickets import embeddings
+    from tickets.search import semantic
+
+    acme = make_tenant("acme").tenant
+    _history(acme, FILLER)
+    now = timezone.now()
+    for age, ticket in enumerate(Ticket.objects.filter(tenant=acme).order_by("sdp_id")):
+        Ticket.objects.filter(pk=ticket.pk).update(resolved_at=now - timedelta(days=1 + age))
+    Ticket.objects.filter(tenant=acme, sdp_id="battery").update(resolved_at=now - timedelta(days=400))
+    battery = Ticket.objects.get(tenant=acme, sdp_id="battery")
+    vector = embeddings.text_embed(["Computer says I'm unplugged from power\nThe percentage keeps falling."])[0]
+    model = embeddings.current_model()
+    near, _ = semantic.candidates(acme, vector, limit=1, model=model)
+    assert list(near) == [battery.pk]  # the whole history fits in the window
+    monkeypatch.setattr(semantic, "SCAN_ROWS", 2)
+    near, others = semantic.candidates(acme, vector, limit=5, model=model, also=[battery.pk])
+    recent = Ticket.objects.filter(tenant=acme).order_by("-resolved_at")[:2]
+    assert set(near) == {t.pk for t in recent}  # only the two most recently resolved are scanned
+    assert set(others) == {battery.pk} and others[battery.pk] > max(near.values())  # a lexical match is scored
