@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from enhancements.offline import ARTICLE_MIN_SCORE
 from tickets import indexing, search
 from tickets.models import Ticket
 
@@ -27,6 +28,8 @@ def context_gather(*, ticket: Ticket) -> dict[str, Any]:
     )
     assets = search.asset_find_mentioned(tenant=ticket.tenant, text=text)
     articles = search.article_find_relevant(tenant=ticket.tenant, text=text, limit=MAX_ARTICLES)
+    # Below the calibrated floor an article is left out of the context: neither the LLM nor the note sees it.
+    articles = [(article, score) for article, score in articles if score >= ARTICLE_MIN_SCORE]
     return {
         "language": ticket.language,
         "similar_tickets": [

@@ -9,7 +9,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
-from tickets.evaluation import report_markdown, retrieval_evaluate
+from tickets.evaluation import (
+    ARTICLE_FILE,
+    article_calibrate,
+    calibration_markdown,
+    report_markdown,
+    retrieval_evaluate,
+)
 from tickets.search import MODES
 
 
@@ -28,9 +34,24 @@ class Command(BaseCommand):
         )
         parser.add_argument("--modes", default=",".join(MODES), help=f"Comma-separated, of {', '.join(MODES)}.")
         parser.add_argument("--misses", action="store_true", help="Also list the queries below recall@5 = 1.")
+        parser.add_argument(
+            "--calibrate-articles",
+            action="store_true",
+            help=f"Instead, pick the knowledge-article relevance floor on the set's labelled {ARTICLE_FILE}.",
+        )
 
-    def handle(self, *args: Any, directory: str, modes: str, misses: bool, **options: Any) -> None:
+    def handle(
+        self, *args: Any, directory: str, modes: str, misses: bool, calibrate_articles: bool, **options: Any
+    ) -> None:
         path = Path(directory)
+        if calibrate_articles:
+            if not (path / ARTICLE_FILE).is_file():
+                raise CommandError(f"{path} has no {ARTICLE_FILE}")
+            calibration = article_calibrate(directory=path)
+            self.stdout.write(calibration_markdown(calibration))
+            # enhancements/offline.py's ARTICLE_MIN_SCORE ships this value (tests/test_offline_note.py checks it).
+            self.stdout.write(f"Best floor: {calibration.best.floor}")
+            return
         if not (path / "tickets.json").is_file():
             raise CommandError(f"{path} has no tickets.json")
         chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
