@@ -49,12 +49,12 @@ FOLLOWUP_MAX_ATTEMPTS = 6
 MARKER_PREFIX = "ticket-enhancer:"  # the prefix every note of ours carries (enhancements.render uses it too)
 
 
-def ticket_link(ticket: Ticket) -> SafeString:
+def _ticket_link(ticket: Ticket) -> SafeString:
     """Return "#id" linked to the request in the tenant's SDP (escaped HTML)."""
     return ticket_link_html(ticket.tenant, ticket.sdp_id)
 
 
-def followup_marker(followup_id: str) -> str:
+def _followup_marker(followup_id: str) -> str:
     """Return the hidden marker of a follow-up note."""
     return f"<!-- {MARKER_PREFIX}followup-{followup_id} -->"
 
@@ -254,12 +254,12 @@ def followup_enqueue(*, candidate_id: int) -> bool:
         return False
 
 
-def followup_html(*, candidate: ClusterCandidate) -> str:
+def followup_render(*, candidate: ClusterCandidate) -> str:
     """Return the short follow-up note for a ticket that joined a cluster after its own note was written."""
     cluster = candidate.cluster
     assert cluster is not None
     others = list(cluster.members.exclude(pk=candidate.pk).select_related("ticket").order_by("at", "id"))
-    listed = format_html_join(", ", "{}", ((ticket_link(o.ticket),) for o in others[:MAX_LISTED]))
+    listed = format_html_join(", ", "{}", ((_ticket_link(o.ticket),) for o in others[:MAX_LISTED]))
     more = f" and {len(others) - MAX_LISTED} more" if len(others) > MAX_LISTED else ""
     minutes = _minutes(cluster.first_at, cluster.last_at)
     body = format_html(
@@ -272,7 +272,7 @@ def followup_html(*, candidate: ClusterCandidate) -> str:
         more,
         str(cluster.pk),
     )
-    return str(body) + followup_marker(escape(str(candidate.followup_id)))
+    return str(body) + _followup_marker(escape(str(candidate.followup_id)))
 
 
 def followup_post(*, candidate_id: int) -> str:
@@ -298,7 +298,7 @@ def followup_post(*, candidate_id: int) -> str:
                 for note in client.list_notes(row.ticket.sdp_id):
                     if marker_id in str(note.get("description", "")):
                         return _followup_done(row, str(note.get("id", "")))
-            note = client.add_note(row.ticket.sdp_id, followup_html(candidate=row))
+            note = client.add_note(row.ticket.sdp_id, followup_render(candidate=row))
     except ServiceDeskError as exc:
         if exc.permanent or attempts >= FOLLOWUP_MAX_ATTEMPTS:
             ClusterCandidate.objects.filter(pk=row.pk).update(
@@ -387,7 +387,7 @@ def cluster_link_requests(*, cluster_id: str) -> LinkResult:
     return LinkResult(True, f"Linked {len(others)} requests to #{first.sdp_id} in SDP.")
 
 
-def open_cluster_count(*, tenant: Tenant | None = None) -> int:
+def cluster_count_open(*, tenant: Tenant | None = None) -> int:
     """Return how many clusters are open (for the dashboard)."""
     qs = OutageCluster.objects.filter(status=OutageCluster.Status.OPEN)
     return qs.filter(tenant=tenant).count() if tenant is not None else qs.count()

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from clusters.services import open_cluster_count
+from clusters.services import cluster_count_open
 from enhancements.models import Enhancement, Feedback
 from tickets.admin_budget import budget_summary
 from tickets.ai_budget import budget_states
@@ -256,7 +256,7 @@ def dashboard_page(request: HttpRequest, *, admin_site: admin.AdminSite, opts: O
         "p95": duration(board.p95_seconds),
         "failure_rate": "—" if board.failure_rate is None else f"{board.failure_rate:.1%}",
         "helpful_rate": "—" if board.helpful_rate is None else f"{board.helpful_rate:.0%}",
-        "open_clusters": open_cluster_count(tenant=selected),
+        "open_clusters": cluster_count_open(tenant=selected),
         "budgets": budget_rows(tenants=[selected] if selected else tenants),
         "budget_timezone": settings.LLM_BUDGET_TIMEZONE,
         "clusters_url": reverse("admin:clusters_outagecluster_changelist")

@@ -1,4 +1,9 @@
-"""Start the real processes (gunicorn, qcluster) against the test database, as the containers do."""
+"""Start the real processes (gunicorn, qcluster) against the test database, as the containers do.
+
+The one home of the tests' process handling: `free_port`, `wait_for` (poll until true), `wait_http` (poll a
+URL), `start` / `start_web` / `start_worker` (a process group of its own, output to a log), `stop` (the group,
+politely then firmly), `stop_worker` (as Kubernetes stops qcluster), `running_stack` (gunicorn + qcluster).
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,13 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connection
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -30,17 +36,53 @@ def free_port() -> int:
 
 
 def wait_for(
-    predicate: Callable[[], Any], *, timeout: float = 60.0, what: str = "the condition", interval: float = 0.25
-) -> Any:
-    """Return predicate()'s first truthy value, polling until timeout; fail the test naming what was awaited."""
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 60.0,
+    what: str = "the condition",
+    interval: float = 0.25,
+    details: Callable[[], str] | None = None,
+) -> T:
+    """Return predicate()'s first truthy value, polling until timeout; fail naming what was awaited (+ details())."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            extra = f"\n{details()}" if details else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
         time.sleep(interval)
+
+
+def log_tail(log: Path, lines: int = 40) -> str:
+    """Return the last lines of a process log (for failure messages)."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"({log} is missing)"
+
+
+def wait_http(
+    url: str, *, proc: subprocess.Popen[bytes], timeout: float = 30.0, ok_only: bool = False, log: Path | None = None
+) -> None:
+    """Wait until url answers (with 200 when ok_only); fail at once if proc exits, with the log's tail."""
+
+    def answered() -> bool:
+        if proc.poll() is not None:
+            tail = f":\n{log_tail(log)}" if log else ""
+            raise AssertionError(f"{proc.args} exited with {proc.returncode}{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return not ok_only or response.status == 200
+        except urllib.error.HTTPError:
+            return not ok_only
+        except OSError:
+            return False
+
+    wait_for(
+        answered, timeout=timeout, what=f"{url} to answer", interval=0.2, details=lambda: log_tail(log) if log else ""
+    )
 
 
 def test_database_url() -> str:
@@ -93,20 +135,6 @@ class Stack:
             return status, head, raw.decode("utf-8", "replace")
 
 
-def _wait_http(url: str, deadline: float, proc: subprocess.Popen[bytes]) -> None:
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer in time")
-
-
 def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
     """Stop a process group politely, then firmly."""
     if proc is None or proc.poll() is not None:
@@ -132,35 +160,28 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return start([sys.executable, "manage.py", "qcluster"], env=env, log=log)
 
 
+def start_web(env: dict[str, str], log: Path, *, port: int | None = None) -> subprocess.Popen[bytes]:
+    """Start gunicorn: with a port, on 127.0.0.1:port with 2 workers x 2 threads; without, as the image does.
+
+    Without a port it runs `-c deploy/gunicorn.conf.py`, so env's GUNICORN_BIND, WEB_CONCURRENCY, ... apply.
+    """
+    command = [sys.executable, "-m", "gunicorn", "project.wsgi:application"]
+    if port is None:
+        command += ["-c", "deploy/gunicorn.conf.py"]
+    else:
+        command += ["--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2", "--graceful-timeout", "5"]
+    return start(command, env=env, log=log)
+
+
 @contextmanager
 def running_stack(tmp_path: Path, *, worker: bool = True, **env_overrides: Any) -> Iterator[Stack]:
     """Run gunicorn (the production web command) and qcluster until the block ends."""
     port = free_port()
     env = process_env(**{k: str(v) for k, v in env_overrides.items()})
-    web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "project.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--threads",
-            "2",
-            "--graceful-timeout",
-            "5",
-        ],  # fmt: skip
-        cwd=BASE_DIR,
-        env=env,
-        stdout=(tmp_path / "web.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    web = start_web(env, tmp_path / "web.log", port=port)
     q = start_worker(env, tmp_path / "worker.log") if worker else None
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health", time.monotonic() + 30, web)
+        wait_http(f"http://127.0.0.1:{port}/health", proc=web, timeout=30, log=tmp_path / "web.log")
         yield Stack(f"http://127.0.0.1:{port}", web, q)
     finally:
         stop_worker(q)
@@ -173,6 +194,9 @@ def stop_worker(proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> No
     # and the cluster then hangs until SIGKILL: `stop()` costs every worker teardown its full timeout.
     if proc is None or proc.poll() is not None:
         return
+    # A test may have SIGSTOPped the cluster (a hung worker): resume it, or it cannot stop in order.
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGCONT)
     try:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=timeout)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -15,6 +14,7 @@ from django.urls import reverse
 from enhancements.models import Enhancement, Feedback
 from enhancements.services import enhancement_process
 from tests.fakes.fixtures import servicedesk_fixture
+from tests.processes import wait_for
 from tests.review_helpers import days_ago, enhancement_make, operator, support_lead
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
 
@@ -253,10 +253,7 @@ def test_a_repost_in_flight_is_not_taken_for_a_dead_worker_by_the_sweep(transact
 
     thread = threading.Thread(target=repost)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not sdp.notes.get("104321") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert sdp.notes.get("104321"), "the re-post never reached SDP"
+    wait_for(lambda: sdp.notes.get("104321"), timeout=10, interval=0.02, what="the re-post to reach SDP")
     swept = enhancement_sweep()
     thread.join(timeout=20)
     assert results and results[0].changed, results

@@ -300,7 +300,7 @@ def test_a_support_lead_sees_open_clusters_and_dismisses_splits_and_links(sdp_te
 def test_a_burst_on_real_workers_forms_one_cluster_with_exactly_one_follow_up_each(tmp_path, sdp):
     import time as _time
 
-    from tests.processes import running_stack
+    from tests.processes import running_stack, wait_for
     from tests.signing import sign_webhook
     from tickets.services import tenant_create_or_update
 
@@ -317,12 +317,14 @@ def test_a_burst_on_real_workers_forms_one_cluster_with_exactly_one_follow_up_ea
             )
             assert status == 202
             _time.sleep(0.2)
-        deadline = _time.monotonic() + 60
-        while _time.monotonic() < deadline:
-            pending = ClusterCandidate.objects.filter(followup_status="pending").exists()
-            if all(sdp.notes.get(f"r{n}") for n in range(6)) and not pending:
-                break
-            _time.sleep(0.25)
+        wait_for(
+            lambda: (
+                all(sdp.notes.get(f"r{n}") for n in range(6))
+                and not ClusterCandidate.objects.filter(followup_status="pending").exists()
+            ),
+            timeout=60,
+            what="a note on each of the six requests and no follow-up pending",
+        )
         _time.sleep(1.0)  # room for a duplicate to show itself
     cluster = OutageCluster.objects.get()
     assert cluster.size == 6

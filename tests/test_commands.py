@@ -13,7 +13,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from enhancements.models import Enhancement
-from tests.processes import BASE_DIR, process_env, running_stack
+from tests.processes import BASE_DIR, process_env, running_stack, wait_for
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket
 
 
@@ -97,12 +97,11 @@ def test_make_run_demo_flow(tmp_path):
             timeout=60,
         )
         assert "-> 202" in sent.stdout, sent.stdout + sent.stderr
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            enhancement = Enhancement.objects.filter(tenant=tenant).first()
-            if enhancement and enhancement.status == "completed":
-                break
-            time.sleep(0.25)
+        enhancement = wait_for(
+            lambda: Enhancement.objects.filter(tenant=tenant, status__in=("completed", "failed")).first(),
+            timeout=60,
+            what="the demo enhancement to finish",
+        )
         assert enhancement.status == "completed", enhancement.error
         assert enhancement.context["similar_tickets"], "the demo history should give similar tickets"
         assert "lt-0457" in enhancement.note_html.lower()
@@ -114,42 +113,27 @@ def test_runlocal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
     """`make run`'s last step: web and worker together; Ctrl-C (SIGINT to the terminal's group) stops both."""
     import os
     import signal
-    import urllib.request
 
-    from tests.processes import free_port
+    from tests.processes import free_port, start, stop, wait_http
 
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "runlocal", "--bind", f"127.0.0.1:{port}", "--web-workers", "1"],
-        cwd=BASE_DIR,
-        env=process_env(),
-        stdout=(tmp_path / "runlocal.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # a group of its own, like a terminal's foreground job
-    )
+    log = tmp_path / "runlocal.log"
+    # A group of its own (start), like a terminal's foreground job.
+    command = [sys.executable, "manage.py", "runlocal", "--bind", f"127.0.0.1:{port}", "--web-workers", "1"]
+    proc = start(command, env=process_env(), log=log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, (tmp_path / "runlocal.log").read_text()
-                time.sleep(0.3)
+        wait_http(f"http://127.0.0.1:{port}/health", proc=proc, timeout=60, ok_only=True, log=log)
         time.sleep(3)  # let the worker finish starting
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 2, children  # gunicorn and qcluster
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=40) == 0
-        log = (tmp_path / "runlocal.log").read_text()
-        assert "web and worker stopped." in log
+        assert "web and worker stopped." in log.read_text()
         for pid in children:
             with pytest.raises(ProcessLookupError):
                 os.kill(int(pid), 0)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop(proc, signal.SIGKILL, timeout=5)
 
 
 def test_make_run_binds_loopback_unless_asked():

@@ -34,7 +34,17 @@ from tests import processes
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.sdp import FakeServiceDesk
 from tests.fakes.tcpproxy import TcpProxy
-from tests.processes import BASE_DIR, Stack, free_port, process_env, running_stack, start_worker, stop, stop_worker
+from tests.processes import (
+    Stack,
+    free_port,
+    process_env,
+    running_stack,
+    start,
+    start_worker,
+    stop,
+    stop_worker,
+    wait_for,
+)
 from tests.signing import sign_webhook
 from tickets.services import tenant_create_or_update
 
@@ -94,24 +104,18 @@ class PrivateRedis:
         """Start the server (empty: nothing survives a stop) and wait until it answers."""
         assert REDIS_SERVER
         command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(
-            [*command, "--dir", str(self.workdir)],
-            stdout=(self.workdir / "redis.log").open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while True:
+        self.proc = start([*command, "--dir", str(self.workdir)], env=dict(os.environ), log=self.workdir / "redis.log")
+
+        def answers() -> bool:
+            client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
             try:
-                client.ping()
-                return
+                return bool(client.ping())
             except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+                return False
             finally:
                 client.close()
+
+        wait_for(answers, timeout=10, interval=0.05, what=f"redis-server on port {self.port}")
 
     def stop(self) -> None:
         """Stop the server; its data is gone."""
@@ -168,16 +172,7 @@ class Rig:
 
     def start_sweeper(self) -> None:
         """Run the sweep task every half second in its own process (a fast stand-in for the schedule)."""
-        self.extra.append(
-            subprocess.Popen(
-                [sys.executable, "-c", SWEEPER],
-                cwd=BASE_DIR,
-                env=self.env,
-                stdout=(self.tmp_path / "sweeper.log").open("ab"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
+        self.extra.append(start([sys.executable, "-c", SWEEPER], env=self.env, log=self.tmp_path / "sweeper.log"))
 
     def webhook(self, sdp_id: str, subject: str | None = None) -> tuple[int, dict[str, str], Any]:
         """Send a signed request_created webhook for a new SDP request; return status, headers and body."""
@@ -209,14 +204,7 @@ class Rig:
 
     def wait(self, predicate: Callable[[], T], timeout: float, what: str) -> T:
         """Return the predicate's first truthy value, polling; fail with the process logs after timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not reached in {timeout:.0f}s\n{self.logs()}")
-            time.sleep(0.2)
+        return wait_for(predicate, timeout=timeout, what=what, interval=0.2, details=self.logs)
 
     def wait_finished(self, ids: list[str], timeout: float) -> dict[str, Enhancement]:
         """Wait until every enhancement is posted or failed; return them by id."""
@@ -287,12 +275,6 @@ def rig(
         if sweeper:
             harness.start_sweeper()
         yield harness
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a process and all its children, as the OOM killer or a node failure would."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
 
 
 # --- ServiceDesk Plus faults ------------------------------------------------------------------------------------
@@ -378,7 +360,7 @@ def test_worker_killed_mid_post_is_recovered_by_the_scheduled_sweep_with_one_not
         first = r.start_worker()
         pk = r.accepted("9001")
         r.wait(lambda: r.sdp.notes.get("9001"), 20, "the note reached SDP")
-        _kill_group(first)
+        stop(first, signal.SIGKILL, timeout=10)  # the process and its children, as the OOM killer would
         row = Enhancement.objects.get(pk=pk)
         assert row.status == Enhancement.Status.RUNNING and row.post_started_at is not None
         # A new worker; nothing else: its scheduler runs the sweep, which recovers the row.

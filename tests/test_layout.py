@@ -104,3 +104,86 @@ def test_app_modules_stay_under_400_lines():
         f"{stale} no longer exceed {MAX_MODULE_LINES} lines (or are gone): remove them from OVER_THE_LIMIT "
         "in tests/test_layout.py"
     )
+
+
+# Modules of public services: each public module-level function is a service (CONVENTIONS.md, "Where things
+# live"). tickets/search/ and enhancements/triage/ join when their owners have made them follow the rules.
+SERVICE_MODULES = sorted(
+    {
+        ROOT / "tickets" / "services.py",
+        ROOT / "tickets" / "history.py",
+        ROOT / "clusters" / "services.py",
+        ROOT / "enhancements" / "updates.py",
+        *(ROOT / "tickets" / "imports").glob("*.py"),
+        *(ROOT / "enhancements" / "services").glob("*.py"),
+    }
+)
+# The things services act on: a service's name starts with one.
+ENTITIES = (
+    "tenant", "webhook_secret", "webhook", "ticket", "asset", "article", "enhancement", "feedback", "api_token",
+    "cluster", "followup",
+)  # fmt: skip
+ACTIONS = {
+    "generate", "decode", "build", "create", "update", "upsert", "refresh", "merge", "store", "enqueue", "fetch",
+    "sweep", "import", "approve", "reject", "rerun", "repost", "post", "fail", "retry", "claim", "process",
+    "receive", "authenticate", "revoke", "check", "dismiss", "split", "link", "count", "render",
+}  # fmt: skip
+# Public functions of those modules that are not services, and why (the rules do not apply to them).
+NOT_SERVICES = {
+    "tickets/imports/report.py:open_csv": "the CSV reader the import services share",
+}
+
+
+def _public_functions(path: Path) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    return [
+        node
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not node.name.startswith("_")
+    ]
+
+
+def service_problems(paths: list[Path]) -> list[str]:
+    """Return every public service that takes a positional argument or is not named <entity>_<action>."""
+    problems = []
+    for path in paths:
+        for node in _public_functions(path):
+            where = f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{node.name}"
+            positional = [a.arg for a in node.args.posonlyargs + node.args.args]
+            if positional or node.args.vararg:
+                problems.append(f"{where} takes {positional or '*args'} positionally: put `*,` before them")
+            if where in NOT_SERVICES:
+                continue
+            entity = next((e for e in ENTITIES if node.name.startswith(e + "_")), None)
+            if entity is None or not ACTIONS & set(node.name[len(entity) + 1 :].split("_")):
+                problems.append(
+                    f"{where} is not named <entity>_<action> (entities {ENTITIES}, actions in ACTIONS): rename it, "
+                    "or extend ENTITIES / ACTIONS in tests/test_layout.py"
+                )
+    return problems
+
+
+def test_public_services_take_keyword_arguments_and_are_named_entity_action():
+    """`enhancement_approve(enhancement_id=..., user=...)`: a call says what each value is."""
+    assert len(SERVICE_MODULES) >= 10 and all(path.is_file() for path in SERVICE_MODULES)
+    stale = [
+        name
+        for name in NOT_SERVICES
+        if name.split(":")[1] not in {f.name for f in _public_functions(ROOT / name.split(":")[0])}
+    ]
+    assert not stale, f"remove {stale} from NOT_SERVICES: they are gone"
+    assert service_problems(SERVICE_MODULES) == []
+
+
+def test_the_service_check_catches_a_positional_argument_and_a_bad_name(tmp_path):
+    module = tmp_path / "services.py"
+    module.write_text(
+        "def ticket_upsert(ticket, *, reason): ...\n"
+        "def close_ticket(*, ticket): ...\n"
+        "def ticket_summary(*, ticket): ...\n"
+        "def enhancement_approve(*, enhancement_id): ...\n"
+        "def _helper(x): ...\n"
+    )
+    problems = service_problems([module])
+    assert len(problems) == 3, problems
+    assert "ticket_upsert takes ['ticket'] positionally" in problems[0]
+    assert "close_ticket is not named" in problems[1] and "ticket_summary is not named" in problems[2]

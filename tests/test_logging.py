@@ -21,7 +21,7 @@ from enhancements.models import Enhancement
 from project.logging import ContextFilter
 from tests.fakes.sdp import FakeServiceDesk
 from tickets.models import Tenant
-from tickets.services import webhook_secret_key
+from tickets.services import webhook_secret_decode
 
 pytestmark = pytest.mark.django_db
 
@@ -171,7 +171,7 @@ def test_secrets_are_never_logged(make_tenant, post_webhook, json_logs, known_se
             "SDP_KEY": SDP_KEY,
             "TOKEN_SECRET": TOKEN_SECRET,
             "WEBHOOK_SECRET": hmac_tenant.secret,
-            "WEBHOOK_SIGNING_KEY": webhook_secret_key(secret=hmac_tenant.secret),
+            "WEBHOOK_SIGNING_KEY": webhook_secret_decode(secret=hmac_tenant.secret),
         }
         assert token_tenant.secret == TOKEN_SECRET
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -23,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from enhancements import services
 from enhancements.models import Enhancement
-from tests.processes import free_port
+from tests.processes import free_port, start_web, stop, wait_http
 from tests.signing import sign_webhook
 
 pytestmark = pytest.mark.django_db
@@ -212,36 +211,14 @@ def gunicorn_two_workers(tmp_path: Path) -> Iterator[dict[str, Any]]:
     secret = next(word for word in created.split() if word.startswith("whsec_"))
     port = free_port()
     env.update({"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "2", "GUNICORN_BIND": f"127.0.0.1:{port}"})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "project.wsgi:application", "-c", "deploy/gunicorn.conf.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "web.log"
+    process = start_web(env, log)  # the image's command: deploy/gunicorn.conf.py reads the env above
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            assert time.monotonic() < deadline, "gunicorn did not become healthy"
-            time.sleep(0.2)
+        wait_http(f"{base}/health", proc=process, timeout=30, ok_only=True, log=log)
         yield {"base": base, "secret": secret, "multiproc": multiproc}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
+        stop(process, timeout=15)
 
 
 @pytest.mark.processes

@@ -169,7 +169,7 @@ def test_refreshing_can_be_turned_off_per_tenant(make_tenant, post_webhook):
 @pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 def test_our_own_notes_and_field_writes_never_cause_another_enhancement(tmp_path, sdp):
-    from tests.processes import running_stack
+    from tests.processes import running_stack, wait_for
     from tickets.services import tenant_create_or_update
 
     sdp.add_request(CREATED["request"])
@@ -200,7 +200,7 @@ def test_our_own_notes_and_field_writes_never_cause_another_enhancement(tmp_path
             )
             return len(sdp.notes[SDP_ID]) >= notes and not busy and all(e[1] != "note" or e[2] == 202 for e in events)
 
-        _wait(lambda: settled(1))
+        wait_for(lambda: settled(1), what="the first enhancement to settle")
         time.sleep(2)  # room for a loop to show itself
         assert len(sdp.notes[SDP_ID]) == 1 and Enhancement.objects.count() == 1
         assert ("104321", "note", 202) in events
@@ -212,27 +212,18 @@ def test_our_own_notes_and_field_writes_never_cause_another_enhancement(tmp_path
                 data={"input_data": json.dumps({"request": {"priority": {"name": "High"}}})},
             )
             assert answer.status_code == 200
-        _wait(lambda: settled(1) and any(e[1] == "edit" for e in events))
+        wait_for(lambda: settled(1) and any(e[1] == "edit" for e in events), what="the field edit")
         time.sleep(1)
         assert Enhancement.objects.count() == 1
 
         # A real reply: exactly one refreshed note, and its own echo stops there.
         sdp.add_conversation(SDP_ID, REPLY, sender=CREATED["request"]["requester"]["email_id"])
-        _wait(lambda: settled(2))
+        wait_for(lambda: settled(2), what="the refreshed enhancement to settle")
         time.sleep(2)
         assert len(sdp.notes[SDP_ID]) == 2 and Enhancement.objects.count() == 2
         statuses = list(TicketUpdate.objects.values_list("status", flat=True))
         assert statuses.count("refreshed") == 1 and set(statuses) <= {"refreshed", "unchanged"}, statuses
         sdp.on_change = None
-
-
-def _wait(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError("not settled in time")
 
 
 def test_an_unexpected_error_is_retried_a_bounded_number_of_times(enhanced, sdp, post_webhook):

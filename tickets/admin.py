@@ -19,7 +19,7 @@ from tickets.admin_budget import budget_lift, budget_today, lift_budget_selected
 from tickets.models import Asset, KnowledgeArticle, Tenant, Ticket, TicketFetch
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import ServiceDeskError, check_base_url
-from tickets.services import USE_DEFAULT, tenant_create_or_update, webhook_secret_key, webhook_url
+from tickets.services import USE_DEFAULT, tenant_create_or_update, webhook_secret_decode, webhook_url_build
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldsetSpec
@@ -223,7 +223,7 @@ class TenantAdmin(admin.ModelAdmin):
             else "Send the secret in the X-ServiceDesk-Token header."
         )
         return format_html(
-            "<code>{}</code><br><span class='help'>POST, JSON body. {}</span>", webhook_url(tenant=obj), how
+            "<code>{}</code><br><span class='help'>POST, JSON body. {}</span>", webhook_url_build(tenant=obj), how
         )
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: forms.ModelForm, change: bool) -> None:
@@ -266,12 +266,12 @@ class TenantAdmin(admin.ModelAdmin):
         if not secret:
             return None
         notes = [
-            f"Webhook URL: {webhook_url(tenant=obj)}",
+            f"Webhook URL: {webhook_url_build(tenant=obj)}",
             "Copy the secret now: it is stored encrypted and never shown again.",
         ]
         shown = [("Webhook secret", secret)]
         if obj.webhook_auth == Tenant.WebhookAuth.HMAC:
-            shown.append(("Signing key for an SDP Deluge function", webhook_secret_key(secret=secret)))
+            shown.append(("Signing key for an SDP Deluge function", webhook_secret_decode(secret=secret)))
         return secret_once_response(
             request,
             self.admin_site,

@@ -35,7 +35,7 @@ def webhook_secret_generate(*, auth: str) -> str:
     return secrets.token_urlsafe(32)
 
 
-def webhook_secret_key(*, secret: str) -> str:
+def webhook_secret_decode(*, secret: str) -> str:
     """Return the printable signing key inside a `whsec_` secret (what a Deluge function needs)."""
     return base64.b64decode(secret.removeprefix("whsec_") + "==").decode("ascii", errors="replace")
 
@@ -137,7 +137,7 @@ def _stored_auth(tenant: Tenant) -> str | None:
     return Tenant.objects.filter(pk=tenant.pk).values_list("webhook_auth", flat=True).first()
 
 
-def webhook_url(*, tenant: Tenant) -> str:
+def webhook_url_build(*, tenant: Tenant) -> str:
     """Return the URL to configure in the tenant's SDP."""
     return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/webhook/servicedesk/{tenant.slug}/"
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.common import (
-    ROOT,
     manage,
     redis_reachable,
 )
-from tests.processes import free_port, wait_for
+from tests.processes import free_port, start_worker, stop_worker, wait_for
 
 
 def test_wait_for_db_succeeds_when_the_database_answers(isolated_env: dict[str, str]) -> None:
@@ -74,34 +71,14 @@ def children(pid: int) -> list[int]:
 
 @pytest.fixture
 def qcluster(broker_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    log = (tmp_path / "qcluster.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"],
-        cwd=ROOT,
-        env=broker_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: SIGSTOP/SIGTERM reach the whole cluster
-    )
+    # Its own process group (tests.processes.start): SIGSTOP/SIGCONT reach the whole cluster.
+    process = start_worker(broker_env, tmp_path / "qcluster.log")
     try:
         yield process
     finally:
-        pgid = process.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGCONT)
-        # As Kubernetes and Docker do: SIGTERM to the main process only, which stops its children.
-        process.terminate()
-        try:
-            # A cluster that was SIGSTOPped and resumed may not finish its orderly stop; what matters
-            # here was tested already, so do not wait long before killing it.
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            process.wait(timeout=10)
-        time.sleep(0.5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)  # stragglers (daemonised workers) of this group only
-        log.close()
+        # As Kubernetes and Docker do, after resuming a cluster a test stopped. A cluster that was SIGSTOPped
+        # and resumed may not finish its orderly stop; what matters was tested already, so do not wait long.
+        stop_worker(process, timeout=10)
 
 
 def worker_health(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -100,7 +100,7 @@ def _article_records(path: Path) -> Iterator[ArticleRecord]:
             elif file.suffix.lower() in (".html", ".htm"):
                 yield _html_article(file)
         return
-    for line, row in open_csv(path):
+    for line, row in open_csv(path=path):
         yield ArticleRecord(
             where=f"line {line}",
             title=row.get("title", ""),

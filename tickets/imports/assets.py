@@ -33,7 +33,7 @@ def asset_import_csv(*, tenant: Tenant, path: Path) -> ImportReport:
         report.skip("line 1", f"no ip or hostname column: the header must name columns of {', '.join(ASSET_COLUMNS)}")
         return report
     seen: dict[str, int] = {}
-    for line, row in open_csv(path):
+    for line, row in open_csv(path=path):
         where = f"line {line}"
         values = {column: row.get(column, "") for column in ASSET_COLUMNS}
         values["hostname"] = values["hostname"].lower().rstrip(".")

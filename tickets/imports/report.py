@@ -36,7 +36,7 @@ class ImportReport:
         return f"{self.created} new, {self.updated} updated, {self.unchanged} unchanged, {self.skipped} skipped"
 
 
-def open_csv(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+def open_csv(*, path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield (line number, row) for every record of a UTF-8 CSV file with a header (line 1)."""
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)

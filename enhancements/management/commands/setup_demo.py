@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand
 
 from tickets.imports import article_import, asset_import_csv
 from tickets.models import Tenant, Ticket
-from tickets.services import tenant_create_or_update, ticket_bulk_upsert, webhook_url
+from tickets.services import tenant_create_or_update, ticket_bulk_upsert, webhook_url_build
 
 DEMO_DIR = Path(settings.BASE_DIR) / "tickets" / "fixtures" / "demo"
 PASSWORD_FILE = Path(settings.BASE_DIR) / "var" / "admin-password.txt"
@@ -73,7 +73,7 @@ class Command(BaseCommand):
                     "",
                     "Ticket Enhancer is starting (web on port 8000 + worker).",
                     f"  Admin:          {base}/admin/   login: admin / {password}",
-                    f"  Demo webhook:   {webhook_url(tenant=tenant)}",
+                    f"  Demo webhook:   {webhook_url_build(tenant=tenant)}",
                     f"  Webhook secret: {tenant.webhook_secret}",
                     "  Send a signed sample webhook (in another terminal):",
                     "      .venv/bin/python manage.py send_webhook demo",

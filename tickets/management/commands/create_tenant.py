@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tickets.models import Tenant
 from tickets.sdp.client import ServiceDeskError
-from tickets.services import tenant_create_or_update, webhook_secret_key, webhook_url
+from tickets.services import tenant_create_or_update, webhook_secret_decode, webhook_url_build
 
 
 def _amount(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -104,12 +104,13 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         tenant = result.tenant
         self.stdout.write(f"Tenant {tenant.slug} {'created' if result.created else 'updated'}.")
-        self.stdout.write(f"Webhook URL:  {webhook_url(tenant=tenant)}")
+        self.stdout.write(f"Webhook URL:  {webhook_url_build(tenant=tenant)}")
         self.stdout.write(f"Webhook auth: {tenant.webhook_auth}")
         if result.secret:
             self.stdout.write(f"Webhook secret (shown once, store it now): {result.secret}")
             if tenant.webhook_auth == Tenant.WebhookAuth.HMAC:
-                self.stdout.write(f"Signing key for an SDP Deluge function: {webhook_secret_key(secret=result.secret)}")
+                key = webhook_secret_decode(secret=result.secret)
+                self.stdout.write(f"Signing key for an SDP Deluge function: {key}")
             else:
                 self.stdout.write("Send it in the X-ServiceDesk-Token header of the SDP webhook.")
         else:
