@@ -1,4 +1,4 @@
-"""Similar-ticket search at scale on PostgreSQL: latency against a naive baseline, quality, and ingestion rate.
+"""Similar-ticket search at scale on PostgreSQL: hybrid against lexical in the same run, recall, memory.
 
 Run (about 15 minutes on 2 cores; see docs/benchmarks.md):
 
@@ -6,10 +6,11 @@ Run (about 15 minutes on 2 cores; see docs/benchmarks.md):
 
 It (re)creates the database `bench_search` on --pg-url, migrates the tickets app, and for each size: loads a
 generated history with COPY (10 tenants, a Zipf-like IT vocabulary, ticket lengths like real ones), builds the
-index, ANALYZEs, then times ticket_search_similar() and the naive baseline (an OR of every query word, ranked with
-ts_rank over every match) on the same 200 queries, scores both against the generator's labels (a query's
-relevant tickets are those of its problem, in its tenant), and times the import path (ticket_fields_from_sdp +
-ticket_bulk_upsert, 100 tickets per page as the SDP list API gives them). Results go to stdout as Markdown.
+index, ANALYZEs, then times ticket_search_similar() lexical and hybrid interleaved query by query (the same load
+for both), semantic only, both without the postings budget, and the naive baseline (an OR of every query word,
+ranked with ts_rank over every match) on the same 200 queries, scores them against the generator's labels (a
+query's relevant tickets are those of its problem, in its tenant), and reports the memory of a worker process.
+The import's throughput is bench/ingest.py's. Results go to stdout as Markdown.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import multiprocessing
 import os
 import random
 import statistics
@@ -143,15 +143,15 @@ class Generator:
         return self.rng.choices(range(len(self.problems)), cum_weights=self.problem_cum)[0]
 
 
-# The indexes of migrations 0002 and 0010, dropped before a bulk COPY and built once after it.
+# The indexes of migrations 0002 and 0011, dropped before a bulk COPY and built once after it.
 INDEX_SQL = (
     "CREATE INDEX IF NOT EXISTS tickets_ticket_search_keys ON tickets_ticket"
     " USING gin (tickets_search_keys(tenant_id, search_document)) WITH (gin_pending_list_limit = 1024)"
     " WHERE is_resolved"
 )
 CODE_INDEX_SQL = (
-    "CREATE INDEX IF NOT EXISTS tickets_ticket_embedding_recent ON tickets_ticket"
-    " (tenant_id, embedding_model, resolved_at DESC NULLS LAST, id DESC) INCLUDE (embedding_code)"
+    "CREATE INDEX IF NOT EXISTS tickets_ticket_embedding_window ON tickets_ticket"
+    " (tenant_id, embedding_model, resolved_at DESC NULLS LAST, id DESC) INCLUDE (embedding_code, embedding)"
     " WHERE is_resolved AND embedding_code IS NOT NULL"
 )
 
@@ -231,41 +231,6 @@ def _copy_tickets(gen: Generator, tenant_ids: list[int], start: int, count: int,
     return time.perf_counter() - began
 
 
-def _ingest_stream(tenant_id: int, prefix: str, count: int, seed: int) -> float:
-    """Push `count` generated SDP request objects through the import path; return the seconds it took."""
-    from tickets.models import Tenant, Ticket
-    from tickets.sdp.mapping import ticket_fields_from_sdp
-    from tickets.services import ticket_bulk_upsert
-
-    gen = Generator(seed)
-    tenant = Tenant.objects.only("id", "slug").get(pk=tenant_id)
-    pages = []
-    for page_start in range(0, count, 100):
-        page = []
-        for offset in range(min(100, count - page_start)):
-            subject, description, resolution = gen.ticket(gen.problem_index())
-            page.append(
-                {
-                    "id": f"{prefix}{page_start + offset}",
-                    "subject": subject,
-                    "description": f"<p>{description}</p>",
-                    "status": {"name": "Closed"},
-                    "priority": {"name": "Medium"},
-                    "requester": {"name": "Bench User", "email_id": "user@example.com"},
-                    "created_time": {"value": "1761035400000"},
-                    "resolved_time": {"value": "1761042600000"},
-                    "resolution": {"content": f"<p>{resolution}</p>"},
-                }
-            )
-        pages.append(page)
-    began = time.perf_counter()
-    for page in pages:
-        ticket_bulk_upsert(
-            tenant=tenant, items=[(r["id"], ticket_fields_from_sdp(r)) for r in page], source=Ticket.Source.IMPORT
-        )
-    return time.perf_counter() - began
-
-
 def _explain_median(search, by_id: dict, query_texts: list) -> None:
     """Print EXPLAIN ANALYZE of the main statement of the query whose latency is the median."""
     from django.db import connection
@@ -313,9 +278,7 @@ def _naive(cursor, tenant_id: int, text: str) -> list[str]:
     return [row[0] for row in cursor.fetchall()]
 
 
-def run(
-    sizes: list[int], queries: int, pg_url: str, database: str, ingest: int, reuse: bool, naive_queries: int
-) -> None:
+def run(sizes: list[int], queries: int, pg_url: str, database: str, reuse: bool, naive_queries: int) -> None:
     """Run the whole benchmark and print Markdown."""
     if not reuse:
         _recreate_database(pg_url, database)
@@ -342,7 +305,6 @@ def run(
     tenant_ids = [t.pk for t in tenants]
     by_id = {t.pk: t for t in tenants}
     gen = Generator()
-    run_id = int(time.time())  # fresh sdp ids for the import path: a reused database must not make it a no-op
     labels: dict[tuple[int, int], list[str]] = {}
     loaded = Ticket.objects.exclude(sdp_id__startswith="imp-").count()
     print(f"# bench/search.py — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, PostgreSQL, {TENANTS} tenants\n", flush=True)
@@ -354,6 +316,7 @@ def run(
                 cursor.execute("DROP INDEX IF EXISTS tickets_ticket_search_keys")
                 cursor.execute("DROP INDEX IF EXISTS tickets_ticket_embedding_code")
                 cursor.execute("DROP INDEX IF EXISTS tickets_ticket_embedding_recent")
+                cursor.execute("DROP INDEX IF EXISTS tickets_ticket_embedding_window")
             seconds = _copy_tickets(gen, tenant_ids, loaded, size - loaded, labels)
             print(f"- COPY of {size - loaded:,} tickets (tsvector computed, embedded): {seconds:.0f} s")
             loaded = size
@@ -392,32 +355,34 @@ def run(
         # ticket_search_similar() as shipped; the same without the postings budget (every essential term's postings
         # read: what the budget costs in recall); the naive baseline (on the first naive_queries queries).
         exhaustive = {"CANDIDATE_POSTINGS": 10**12, "CANDIDATE_SHARE": 1.0}
-        # Lexical and hybrid on the same queries in the same run (one after the other, under the same load).
-        variants = [
-            ("lexical, first pass", {}, query_texts, "lexical"),
-            ("hybrid, first pass", {}, query_texts, "hybrid"),
-            ("lexical, same queries again (warm cache)", {}, query_texts, "lexical"),
-            ("hybrid, same queries again (warm cache)", {}, query_texts, "hybrid"),
-            ("semantic only", {}, query_texts, "semantic"),
-            ("lexical, no postings budget", exhaustive, query_texts, "lexical"),
-            ("hybrid, no postings budget", exhaustive, query_texts, "hybrid"),
+        # Lexical and hybrid on the same queries in the same run, interleaved query by query (the order alternating)
+        # so that both see the same load on a shared machine; hybrid / lexical is the figure to read.
+        groups = [
+            [("lexical, first pass", {}, "lexical"), ("hybrid, first pass", {}, "hybrid")],
+            [("lexical, same queries again", {}, "lexical"), ("hybrid, same queries again", {}, "hybrid")],
+            [("semantic only", {}, "semantic")],
+            [
+                ("lexical, no postings budget", exhaustive, "lexical"),
+                ("hybrid, no postings budget", exhaustive, "hybrid"),
+            ],
         ]
-        for name, overrides, texts, mode in variants:
-            saved = {key: getattr(search_terms, key) for key in overrides}
-            for key, value in overrides.items():
-                setattr(search_terms, key, value)
-            samples, hits = [], []
-            for tenant_id, problem, text in texts:
+        for group in groups:
+            measured: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name, _, _ in group}
+            for index, (tenant_id, problem, text) in enumerate(query_texts):
                 relevant = set(labels[(tenant_id, problem)])
-                began = time.perf_counter()
-                found = [
-                    t.sdp_id for t, _ in search.ticket_search_similar(tenant=by_id[tenant_id], text=text, mode=mode)
-                ]
-                samples.append((time.perf_counter() - began) * 1000)
-                hits.append(len(relevant & set(found)) / min(5, len(relevant)))
-            for key, value in saved.items():
-                setattr(search_terms, key, value)
-            rows.append((name, len(texts), samples, hits))
+                for name, overrides, mode in group if index % 2 == 0 else group[::-1]:
+                    saved = {key: getattr(search_terms, key) for key in overrides}
+                    for key, value in overrides.items():
+                        setattr(search_terms, key, value)
+                    began = time.perf_counter()
+                    found = search.ticket_search_similar(tenant=by_id[tenant_id], text=text, mode=mode)
+                    measured[name][0].append((time.perf_counter() - began) * 1000)
+                    for key, value in saved.items():
+                        setattr(search_terms, key, value)
+                    matched = relevant & {t.sdp_id for t, _ in found}
+                    measured[name][1].append(len(matched) / min(5, len(relevant)))
+            for name, (samples, recalls) in measured.items():
+                rows.append((name, len(query_texts), samples, recalls))
         samples, hits = [], []
         with connection.cursor() as cursor:
             for tenant_id, problem, text in query_texts[:naive_queries]:
@@ -432,6 +397,13 @@ def run(
         for name, count, samples, hits in rows:
             p50, p95, p99 = _percentiles(samples)
             print(f"| {name} | {count} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {statistics.mean(hits):.3f} |")
+        by_name = {name: _percentiles(samples) for name, _, samples, _ in rows}
+        for label, lexical, hybrid in (
+            ("first pass", "lexical, first pass", "hybrid, first pass"),
+            ("again", "lexical, same queries again", "hybrid, same queries again"),
+        ):
+            ratios = [h / lx for h, lx in zip(by_name[hybrid], by_name[lexical], strict=True)]
+            print(f"- hybrid / lexical ({label}): p50 {ratios[0]:.2f}x, p95 {ratios[1]:.2f}x, p99 {ratios[2]:.2f}x")
         print(
             f"\nLoad average (1 min) on this {os.cpu_count()}-core machine: {load_before:.1f} before the queries,"
             f" {os.getloadavg()[0]:.1f} after (other work on the machine inflates latencies).\n",
@@ -439,31 +411,12 @@ def run(
         )
         _explain_median(search, by_id, query_texts)
 
-        # The import path: SDP request objects (HTML) -> ticket_fields_from_sdp -> ticket_bulk_upsert, 100 per page,
-        # once as one import, then as two imports of different tenants side by side (one per core).
-        for streams in (1, 2):
-            connection.close()  # each process opens its own connection
-            per_stream = ingest // streams
-            with multiprocessing.get_context("fork").Pool(streams) as pool:
-                results = pool.starmap(
-                    _ingest_stream,
-                    [
-                        (tenant_ids[i], f"imp-{run_id}-{streams}-{i}-", per_stream, SEED + size + i)
-                        for i in range(streams)
-                    ],
-                )
-            seconds = max(results)
-            total = per_stream * streams
-            label = "one import" if streams == 1 else f"{streams} concurrent imports"
-            print(
-                f"- Import path, {label}: {total:,} tickets in {seconds:.1f} s = **{total / seconds:,.0f} tickets/s**"
-            )
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_size_pretty(pg_total_relation_size('tickets_ticket'))")
             table = cursor.fetchone()[0]
             cursor.execute("SELECT pg_size_pretty(pg_relation_size('tickets_ticket_search_keys'))")
             index = cursor.fetchone()[0]
-            cursor.execute("SELECT pg_size_pretty(pg_relation_size('tickets_ticket_embedding_recent'))")
+            cursor.execute("SELECT pg_size_pretty(pg_relation_size('tickets_ticket_embedding_window'))")
             code_index = cursor.fetchone()[0]
         print(f"- Sizes: table with TOAST and indexes {table}, GIN index {index}, code index {code_index}")
         print(f"- Memory: {_worker_memory()}\n", flush=True)
@@ -507,7 +460,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated history sizes, ascending")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--ingest", type=int, default=20000, help="tickets pushed through the import path")
     parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--database", default="bench_search")
     parser.add_argument("--naive-queries", type=int, default=None, help="run the naive baseline on the first N")
@@ -518,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--sizes must be ascending")
     sys.stdout = io.TextIOWrapper(sys.stdout.buffer, line_buffering=True)
     naive = args.queries if args.naive_queries is None else args.naive_queries
-    run(sizes, args.queries, args.pg_url, args.database, args.ingest, args.reuse, naive)
+    run(sizes, args.queries, args.pg_url, args.database, args.reuse, naive)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 Extension-free on both databases, and bounded: the candidates come from the tenant's SCAN_ROWS most recently
 resolved tickets (all of them in a history of up to that size), so the cost of a search does not grow with the
 history. On PostgreSQL their sign-bit codes are ranked by Hamming distance (`bit_count(code # query)` over an
-index-only scan of a covering index in recency order) and the nearest PREFILTER are re-scored with their int8
-vectors, fetched in the same statement with those of the tickets the lexical search found; on SQLite (the embedded
-default, histories of thousands) every vector of the window is scored. Older tickets still reach the results
-through the lexical and identifier matches, which cover the whole history, and are then scored semantically too.
+index-only scan of a covering index in recency order that holds the int8 vectors too) and the nearest PREFILTER
+are re-scored with those vectors, returned by the same statement as the vectors of the tickets the lexical search
+found; on SQLite (the embedded default, histories of thousands) every vector of the window is scored. Older
+tickets still reach the results through the lexical and identifier matches, which cover the whole history, and
+are then scored semantically too.
 
 pgvector is not used: Debian 12's PostgreSQL 15 (this project's CI) has no package for it, so the extension-free
 path is the one every deployment has and the one tested here (docs/benchmarks.md, "Search").
@@ -24,7 +25,7 @@ from tickets import embeddings
 from tickets.models import Tenant, Ticket
 
 PREFILTER = 200  # codes kept by the Hamming scan for float re-scoring
-SCAN_ROWS = 20_000  # the most recently resolved tickets of a tenant whose codes a search scans
+SCAN_ROWS = 10_000  # the most recently resolved tickets of a tenant whose codes a search scans
 
 
 def _rows(sql: str, params: Sequence[Any]) -> list[tuple]:
@@ -49,15 +50,16 @@ def _bits(vector: np.ndarray) -> str:
 def _pg_rows(tenant: Tenant, vector: np.ndarray, model: str, prefilter: int, also: list[int]) -> list[tuple]:
     """Return (id, vector, is a prefilter candidate) for the nearest codes of the window and for `also`."""
     table = Ticket._meta.db_table
-    # One round trip: the window in recency order (index-only), its nearest codes, then the vectors of those and
-    # of the lexical candidates by primary key.
+    # One round trip: the window in recency order with its codes and vectors (an index-only scan of migration
+    # 0011's covering index), its nearest codes, and the vectors of the lexical candidates outside them by key.
     return _rows(
-        f"WITH recent AS (SELECT id, embedding_code FROM {table} WHERE tenant_id = %s AND embedding_model = %s"  # noqa: S608
-        " AND is_resolved AND embedding_code IS NOT NULL ORDER BY resolved_at DESC NULLS LAST, id DESC LIMIT %s),"
-        " near AS (SELECT id FROM recent ORDER BY bit_count(embedding_code # %s::varbit), id LIMIT %s)"
-        f" SELECT t.id, t.embedding, t.id IN (SELECT id FROM near) FROM {table} AS t"
-        " WHERE t.id IN (SELECT id FROM near UNION SELECT unnest(%s::bigint[]))"
-        " AND t.tenant_id = %s AND t.embedding_model = %s AND t.is_resolved",
+        f"WITH recent AS (SELECT id, embedding_code, embedding FROM {table} WHERE tenant_id = %s"  # noqa: S608
+        " AND embedding_model = %s AND is_resolved AND embedding_code IS NOT NULL"
+        " ORDER BY resolved_at DESC NULLS LAST, id DESC LIMIT %s),"
+        " near AS (SELECT id, embedding FROM recent ORDER BY bit_count(embedding_code # %s::varbit), id LIMIT %s)"
+        " SELECT id, embedding, true FROM near UNION ALL"
+        f" SELECT t.id, t.embedding, false FROM {table} AS t WHERE t.id = ANY(%s::bigint[])"
+        " AND t.id NOT IN (SELECT id FROM near) AND t.tenant_id = %s AND t.embedding_model = %s AND t.is_resolved",
         [tenant.pk, model, SCAN_ROWS, _bits(vector), prefilter, also, tenant.pk, model],
     )
 

@@ -23,6 +23,7 @@ ABSENT_WEIGHT_CAP = 0.0  # share of the present terms' weight added for words th
 # on large ones): the latency budget. Small histories are searched exhaustively.
 CANDIDATE_POSTINGS = 1000
 CANDIDATE_SHARE = 0.01
+IDENTIFIER_POSTINGS_SHARE = 0.25  # of that budget, for the query's identifiers (identifier_candidates)
 MAX_QUERY_WORDS = 200
 
 # Snowball's English stop words (what PostgreSQL's english configuration drops) plus what users write around a
@@ -137,6 +138,21 @@ def candidate_terms(terms: list[Term], weight_sum: float, total: int) -> list[Te
         if not chosen or postings + term.df <= budget:
             chosen.append(term)
             postings += term.df
+    return chosen
+
+
+def identifier_candidates(terms: list[Term], total: int) -> list[Term]:
+    """Return the identifier terms whose postings are read besides the query's: the rarest, within a quarter of
+    the postings budget (an error code or host name in a few tickets is found even when its weight alone could
+    not reach the floor; one in hundreds is common enough to be left to the query's other terms)."""
+    budget = max(CANDIDATE_POSTINGS, CANDIDATE_SHARE * total) * IDENTIFIER_POSTINGS_SHARE
+    chosen: list[Term] = []
+    postings = 0
+    for term in sorted(terms, key=lambda t: (t.df, t.key)):
+        if postings + term.df > budget:
+            break
+        chosen.append(term)
+        postings += term.df
     return chosen
 
 
