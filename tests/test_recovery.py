@@ -8,13 +8,15 @@ same scenario with the production defaults and reports the time to the note.
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
 
 from enhancements.models import Enhancement
 from tests.fakes.openai import FakeOpenAI
-from tests.test_faults import _kill_group, broker_url, rig  # noqa: F401 - broker_url is a fixture
+from tests.processes import stop
+from tests.test_faults import broker_url, rig  # noqa: F401 - broker_url is a fixture
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
@@ -59,7 +61,7 @@ def test_worker_killed_mid_llm_call_is_recovered_by_the_heartbeat_and_a_slow_cal
             assert row.status == Enhancement.Status.RUNNING and row.heartbeat_at is not None
             owner_pid = int(row.worker.rsplit(":", 1)[1])
             victim = next(w for w in r.workers if os.getpgid(owner_pid) == w.pid)
-            _kill_group(victim)
+            stop(victim, signal.SIGKILL, timeout=10)  # the worker and its children, as the OOM killer would
             killed_at = time.monotonic()
 
             row = r.wait_finished([pk], timeout=90)[pk]
