@@ -175,6 +175,8 @@ def test_operator_lifts_in_the_admin_and_it_is_audited(admin_client, budgeted):
     assert admin_client.get(f"/admin/tickets/tenant/{tenant.pk}/lift-budget/").status_code == 403
     change = admin_client.get(f"/admin/tickets/tenant/{tenant.pk}/change/").content.decode()
     assert "1,500 of 3,000 tokens" in change and "lifted by admin" in change
+    history = admin_client.get("/admin/tickets/llmusage/").content.decode()
+    assert "1500" in history and "admin" in history
 
 
 def test_support_lead_without_change_permission_cannot_lift(client, budgeted):

@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from tickets.ai_budget import BudgetState, budget_state, llm_budget_lift
-from tickets.models import Tenant
+from tickets.models import LlmUsage, Tenant
 
 
 def budget_summary(state: BudgetState) -> str:
@@ -47,3 +47,26 @@ def budget_today(tenant: Tenant) -> str:
     if tenant.pk is None:
         return "—"
     return budget_summary(budget_state(tenant=tenant))
+
+
+@admin.register(LlmUsage)
+class LlmUsageAdmin(admin.ModelAdmin):
+    """Each tenant's AI use per day, as the budget counted it; read-only (the lift is on the tenant)."""
+
+    list_display = ("day", "tenant", "tokens", "calls", "cost", "extra_tokens", "lifted_by", "lifted_at")
+    list_filter = ("tenant",)
+    list_select_related = ("tenant",)
+    date_hierarchy = "day"
+
+    @admin.display(description="estimated cost")
+    def cost(self, obj: LlmUsage) -> str:
+        """Return the estimated cost in the price unit."""
+        return f"{obj.cost_micros / 1_000_000:.2f}"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        """Rows are written by the LLM calls only."""
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: LlmUsage | None = None) -> bool:
+        """The record is not edited: an operator lifts the budget on the tenant."""
+        return False
