@@ -126,6 +126,7 @@ def _copy_history(tenant_id: int, count: int) -> float:
         # Built once after the load (as bench/search.py does): far faster than maintaining them row by row.
         cursor.execute("DROP INDEX IF EXISTS tickets_ticket_search_keys")
         cursor.execute("DROP INDEX IF EXISTS tickets_ticket_embedding_code")
+        cursor.execute("DROP INDEX IF EXISTS tickets_ticket_embedding_window")  # migration 0011's (CODE_INDEX_SQL)
     columns = (
         "tenant_id, sdp_id, subject, description, status, priority, category, requester_name, requester_email,"
         " technician, resolution, sdp_created_at, resolved_at, source, is_resolved, raw, created_at, updated_at,"
