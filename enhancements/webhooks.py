@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import json
 import logging
 import re
 import time
@@ -25,7 +24,7 @@ from project.errors import DB_RETRY_AFTER_SECONDS, error_response
 from tickets import history
 from tickets.models import Tenant, field_max_lengths
 from tickets.sdp.schema import WebhookSerializer
-from tickets.storable import UnstorableValue, storable_json
+from tickets.storable import UnstorableValue, json_loads_checked, storable_json
 from tickets.tenant_cache import tenant_cache_forget, tenant_cached, tenant_load_for_webhook
 
 logger = logging.getLogger(__name__)
@@ -152,10 +151,6 @@ EVENT_HANDLERS: dict[str, Callable[[Tenant, dict[str, Any], str, HttpRequest], J
 MAX_DELIVERY_ID = field_max_lengths(Enhancement)["delivery_id"]
 
 
-def _raw_payload(body: bytes) -> Any:
-    return json.loads(body.decode("utf-8"))
-
-
 # Control characters cannot be stored in PostgreSQL text (NUL) and have no place in an id.
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
@@ -212,7 +207,7 @@ def _answer(
             headers={"Retry-After": str(wait)},
         )
     try:
-        payload = _raw_payload(body)
+        payload, plainly_storable = json_loads_checked(body)
     except (UnicodeDecodeError, ValueError, RecursionError):
         _unless_cached(guard)
         return error_response("invalid_json", "The body is not valid UTF-8 JSON.", status=400)
@@ -225,7 +220,8 @@ def _answer(
             fields={"non_field_errors": ["Expected a JSON object."]},
         )
     try:
-        payload = storable_json(payload)
+        if not plainly_storable:
+            payload = storable_json(payload)
     except UnstorableValue as exc:
         _unless_cached(guard)
         return error_response("invalid_payload", str(exc), status=400, fields=exc.fields())

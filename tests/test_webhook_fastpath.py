@@ -15,6 +15,7 @@ from tests.fakes.fixtures import SERVICEDESK_FIXTURES, servicedesk_fixture
 from tickets.models import Tenant, Ticket
 from tickets.sdp.schema import WebhookSerializer
 from tickets.services import webhook_secret_generate
+from tickets.storable import json_loads_checked, storable_json
 from tickets.tenant_cache import tenant_cached
 
 CREATED = servicedesk_fixture("webhook__request_created")
@@ -154,3 +155,23 @@ def test_a_limit_lowered_elsewhere_applies_at_once_and_each_call_is_counted_once
         post_webhook("acme", _created(f"83{n}"), secret=result.secret, msg_id=f"r{n}").status_code for n in range(2, 5)
     ]
     assert answers == [202, 202, 429]
+
+
+UNSTORABLE_TEXTS = [
+    rb'{"a": "nul\u0000"}', rb'{"a": "\ud800"}', rb'{"a": "\uDFFF x"}', rb'{"a": "\ud83d\ude00"}', b'{"a": NaN}',
+    b'{"a": -Infinity}', b'{"a": 1e400}', b'{"a": -1E+999}', b'{"a": ' + b"9" * 400 + b'.5}', b"[" * 40 + b"]" * 40,
+    b'{"a": 1.5, "b": [1e10, 0.0]}', rb'{"a": "\\u0000 escaped backslash"}', b'{"a": "plain \\"quoted\\""}',
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", UNSTORABLE_TEXTS, ids=lambda t: t[:40].decode(errors="replace"))
+def test_the_plain_storable_check_never_skips_what_the_full_walk_would_change_or_refuse(text):
+    payload, plain = json_loads_checked(text)
+    if not plain:
+        return  # the full walk decides, as before
+    assert storable_json(copy.deepcopy(payload)) == payload
+
+
+def test_the_common_body_skips_the_walk_and_hostile_numbers_do_not():
+    assert json_loads_checked(json.dumps(CREATED).encode())[1]
+    assert not json_loads_checked(b'{"a": 1e400}')[1] and not json_loads_checked(rb'{"a": "\u0000"}')[1]

@@ -12,6 +12,7 @@ cannot send back (an SDP answer, a model's answer) is repaired.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -81,6 +82,31 @@ def storable_json(value: Any, *, repair: bool = False, _path: list[str | int] | 
             for k, v in value.items()
         }
     return value
+
+
+# The escapes in a JSON text that parse into what storable_json removes or refuses: \u0000 and UTF-16 surrogates
+# (a paired one is fine, but then the full walk decides). Numbers are the parser's to report (json_loads_checked).
+_MAYBE_UNSTORABLE = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]")
+
+
+def json_loads_checked(body: bytes) -> tuple[Any, bool]:
+    """Return the parsed body and whether storable_json would return it unchanged (False: walk it to know)."""
+    finite = True
+
+    def number(text: str) -> float:
+        nonlocal finite
+        value = float(text)
+        finite = finite and math.isfinite(value)
+        return value
+
+    def constant(name: str) -> float:
+        nonlocal finite
+        finite = False
+        return float(name)
+
+    payload = json.loads(body.decode("utf-8"), parse_float=number, parse_constant=constant)
+    plain = finite and body.count(b"{") + body.count(b"[") <= MAX_DEPTH and not _MAYBE_UNSTORABLE.search(body)
+    return payload, plain
 
 
 def storable_text(value: str) -> str:
