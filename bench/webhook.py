@@ -115,6 +115,7 @@ class Result:
     statuses: dict[str, int]
     loadavg_before: float
     cpu_ms_per_request: float  # the server's processes (gunicorn master and workers), user + system
+    db_cpu_ms_per_request: float  # PostgreSQL's backends of the bench database (only this server loads it now)
 
 
 def group_pids(leader: int) -> list[int]:
@@ -164,6 +165,25 @@ def ensure_wrk() -> None:
         "bench.webhook needs wrk (https://github.com/wg/wrk): `sudo apt-get install -y wrk` on Debian/Ubuntu "
         "(after `apt-get update` if the package is not found), `brew install wrk` on macOS."
     )
+
+
+def database_cpu_seconds(database_url: str) -> dict[int, float]:
+    """Return the CPU seconds used so far by each PostgreSQL backend connected to the database in database_url.
+
+    Needs the server on this machine and /proc readable (root, or the postgres user)."""
+    import psycopg
+
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [name]
+        ).fetchall()
+    return {pid: cpu_seconds([pid]) for (pid,) in rows}
+
+
+def database_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """Return the CPU the backends used between two samples (a backend that exited in between is not counted)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def free_port() -> int:
@@ -275,6 +295,7 @@ def run_wrk(
     tag: str,
     rate: int,
     server_pid: int,
+    database_url: str,
 ) -> Result:
     """Run wrk once and return its figures, with the CPU the server's process group used per request."""
     requests_file = tmp / f"requests-{tag}.tsv"
@@ -286,9 +307,10 @@ def run_wrk(
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
         f"http://127.0.0.1:{port}/webhook/servicedesk/{SLUG}/", "--", str(requests_file), str(threads),
     ]  # fmt: skip
-    cpu_before = cluster_cpu_seconds([server_pid])
+    cpu_before, db_before = cluster_cpu_seconds([server_pid]), database_cpu_seconds(database_url)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     cpu = cluster_cpu_seconds([server_pid]) - cpu_before
+    db_cpu = database_cpu_delta(db_before, database_cpu_seconds(database_url))
     requests_file.unlink()
     data = json.loads(next(line for line in output.splitlines() if line.startswith("WRKJSON ")).split(" ", 1)[1])
     if data["wrapped"]:
@@ -308,6 +330,7 @@ def run_wrk(
         statuses=data["statuses"],
         loadavg_before=round(loadavg, 2),
         cpu_ms_per_request=round(cpu * 1000 / max(data["requests"], 1), 2),
+        db_cpu_ms_per_request=round(db_cpu * 1000 / max(data["requests"], 1), 2),
     )
 
 
@@ -492,10 +515,11 @@ def main(argv: list[str] | None = None) -> None:
                     tag = f"r{round_number}c{connections}{target[0]}"
                     if args.warmup:
                         warmups.append(run_wrk(target, ports[target], connections, args.warmup, args.wrk_threads,
-                                               secret, tmp, f"{tag}w", args.max_rate, proc.pid))  # fmt: skip
+                                               secret, tmp, f"{tag}w", args.max_rate, proc.pid,
+                                               args.database_url))  # fmt: skip
                     result = run_wrk(
                         target, ports[target], connections, args.duration, args.wrk_threads, secret, tmp, tag,
-                        args.max_rate, proc.pid,
+                        args.max_rate, proc.pid, args.database_url,
                     )  # fmt: skip
                     results.append(result)
                     print(json.dumps(asdict(result)), flush=True)
@@ -513,14 +537,15 @@ def main(argv: list[str] | None = None) -> None:
     knobs = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "CONN_MAX_AGE", "GUNICORN_MAX_REQUESTS")
     print("\nweb: " + " ".join(f"{k}={env.get(k, 'default')}" for k in knobs) + f"; logs in {tmp}")
     print(
-        "| target | conns | answers/s | p50 ms | p90 ms | p99 ms | max ms | server CPU ms/answer | errors | statuses "
-        "| load before |"
+        "| target | conns | answers/s | p50 ms | p90 ms | p99 ms | max ms | server CPU ms/answer "
+        "| PostgreSQL CPU ms/answer | errors | statuses | load before |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r.target} | {r.connections} | {r.rps:.0f} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | "
-            f"{r.max_ms:.0f} | {r.cpu_ms_per_request:.2f} | {r.errors} | {r.statuses} | {r.loadavg_before} |"
+            f"{r.max_ms:.0f} | {r.cpu_ms_per_request:.2f} | {r.db_cpu_ms_per_request:.2f} | {r.errors} | "
+            f"{r.statuses} | {r.loadavg_before} |"
         )
     for connections in args.connections:
         floor_runs = [r for r in results if r.target == "floor" and r.connections == connections]
@@ -529,9 +554,12 @@ def main(argv: list[str] | None = None) -> None:
             rps = sum(r.rps for r in app_runs) / sum(r.rps for r in floor_runs)
             p99 = max(r.p99_ms for r in app_runs) / max(max(r.p99_ms for r in floor_runs), 0.001)
             cpu = sum(r.cpu_ms_per_request for r in app_runs) / max(sum(r.cpu_ms_per_request for r in floor_runs), 1e-6)
+            db = sum(r.db_cpu_ms_per_request for r in app_runs) / max(
+                sum(r.db_cpu_ms_per_request for r in floor_runs), 1e-6
+            )
             print(
                 f"{connections} connections: app/floor answers/s = {rps:.0%}, p99 app/floor = {p99:.2f}x, "
-                f"server CPU per answer app/floor = {cpu:.2f}x"
+                f"server CPU per answer app/floor = {cpu:.2f}x, PostgreSQL CPU per answer app/floor = {db:.2f}x"
             )
     # Every 202 must be a committed row (warm-up runs included); anything else is a lost webhook.
     print(f"committed rows {rows}; 202 answers {answered} (warm-ups included)")
