@@ -327,7 +327,10 @@ def test_llm_faults_are_retried_then_the_note_is_the_labelled_offline_one(tmp_pa
             ("timeout", 3, 3, False),
             (429, 3, 3, False),
             (500, 3, 3, False),
-            ("invalid_json", 2, 2, False),
+            ("schema_violation", 2, 2, False),
+            # Twice no JSON at all under json_schema: the server ignores that mode, so JSON mode is asked next
+            # (enhancements/llm_structured.py) and its answer is used.
+            ("invalid_json", 2, 3, True),
             (503, 2, 3, True),
         ]
         with rig(tmp_path, sdp, broker_url=broker_url, **llm_env) as r:
