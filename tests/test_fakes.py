@@ -580,3 +580,41 @@ def test_openai_cli_prints_a_working_base_url() -> None:
 
     assert url.endswith("/v1")
     assert json.loads(_content(completion))["summary"]
+
+
+# The kinds of OpenAI-compatible server: what each sends back, as a plain client sees it.
+@pytest.mark.parametrize(
+    ("kind", "response_format", "status", "says"),
+    [
+        ("vllm", RESPONSE_FORMAT, 400, "not supported by xgrammar"),
+        ("lmstudio", {"type": "json_object"}, 400, "'response_format.type' must be 'json_schema' or 'text'"),
+        ("old-gateway", {"type": "json_object"}, 400, "Unrecognized request argument supplied: response_format"),
+        ("old-gateway", RESPONSE_FORMAT, 400, "Unrecognized request argument supplied: response_format"),
+        ("ollama-old", RESPONSE_FORMAT, 200, "```json"),
+        ("ignores-format", {"type": "json_object"}, 200, "```json"),
+        ("lmstudio", RESPONSE_FORMAT, 200, '"summary"'),
+        ("vllm", {"type": "json_object"}, 200, '"summary"'),
+    ],
+)
+def test_openai_fake_kinds_answer_like_those_servers(llm: FakeOpenAI, kind, response_format, status, says) -> None:
+    llm.set_kind(kind)
+    answer = httpx.post(
+        f"{llm.url}/chat/completions",
+        headers={"Authorization": f"Bearer {llm.api_key}"},
+        json={"model": "m", "messages": [{"role": "user", "content": PROMPT}], "response_format": response_format},
+    )
+    assert answer.status_code == status
+    text = answer.json()["choices"][0]["message"]["content"] if status == 200 else answer.text
+    assert says in text
+    assert llm.chat_requests(mode=response_format["type"]) == 1 and llm.chat_requests(mode="prompt") == 0
+
+
+def test_openai_fake_newlines_and_nan_kinds_write_what_strict_json_refuses(llm: FakeOpenAI) -> None:
+    llm.set_kind("newlines")
+    content = _content(_complete(_client(llm)))
+    with pytest.raises(ValueError):
+        json.loads(content)
+    assert "\nSecond line:\tindented" in json.loads(content, strict=False)["summary"]
+    llm.set_kind("nan")
+    output = json.loads(_content(_complete(_client(llm))))
+    assert output["confidence"] != output["confidence"] and output["summary"].endswith("\x00")
