@@ -22,7 +22,7 @@ from enhancements.llm_budget import BudgetExhausted
 from enhancements.models import Enhancement
 from enhancements.render import note_has_marker, note_render
 from enhancements.runner import worker_name
-from enhancements.triage.services import triage_for_enhancement
+from enhancements.triage.services import triage_run_for_enhancement
 from project.logging import log_context
 from project.retry import backoff_delay
 from tickets.sdp.auth import servicedesk_client
@@ -118,7 +118,7 @@ def _process(enhancement: Enhancement, timings: dict[str, int]) -> str:
     generation.output = output_extras(context=context, generation=generation)
     enhancement.urgency = generation.output.get("urgency_cues", [])
     with _stage(timings, "triage"):
-        triage_for_enhancement(enhancement=enhancement, ticket=ticket, output=generation.output)
+        triage_run_for_enhancement(enhancement=enhancement, ticket=ticket, output=generation.output)
     with _stage(timings, "render"):
         note_html = note_render(
             tenant=tenant,

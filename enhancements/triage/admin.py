@@ -21,7 +21,7 @@ from enhancements.triage.models import SdpChoice, TriageDecision, TriageField, T
 from enhancements.triage.services import (
     triage_decision_reject,
     triage_setting_update,
-    triage_settings,
+    triage_settings_list,
     triage_undo,
 )
 from project.admin_helpers import acting_user
@@ -83,7 +83,7 @@ class TriageSettingAdmin(admin.ModelAdmin):
                 except ValueError:
                     messages.error(request, f"Ignored the trial threshold {raw!r} for {name}: not a number.")
         rows, totals = dry_run(tenant=tenant, thresholds=overrides)
-        settings_ = triage_settings(tenant=tenant)
+        settings_ = triage_settings_list(tenant=tenant)
         fields = [
             {
                 "name": name,

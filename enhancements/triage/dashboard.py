@@ -16,7 +16,7 @@ from enhancements.models import Enhancement, Feedback
 from enhancements.render import note_render
 from enhancements.triage.calibration import calibrator_for
 from enhancements.triage.choices import choices_for
-from enhancements.triage.decide import _is_unset, triage_settings
+from enhancements.triage.decide import _is_unset, triage_settings_list
 from enhancements.triage.engine import ticket_final_fields
 from enhancements.triage.models import TriageCalibration, TriageDecision, TriageField, TriageMode
 from tickets.models import Tenant
@@ -28,7 +28,7 @@ EDITED_BELOW = 0.98  # text similarity under which a reviewed note counts as edi
 # --- leave-one-out, at the tenant's thresholds -----------------------------------------------------------------
 def history_accuracy(*, tenant: Tenant) -> dict[str, dict[str, Any]]:
     """Return per field the stored leave-one-out figures at the field's current threshold (and the advice)."""
-    settings_ = triage_settings(tenant=tenant)
+    settings_ = triage_settings_list(tenant=tenant)
     reports = {c.field: c for c in TriageCalibration.objects.filter(tenant=tenant)}
     result: dict[str, dict[str, Any]] = {}
     for name in [*TriageField.values, "subcategory"]:
@@ -208,7 +208,7 @@ def tenant_triage_rows(*, tenant: Tenant | None, since: datetime) -> list[Tenant
                 edits=review_edits(tenant=item, since=since),
                 history=history_accuracy(tenant=item),
                 acceptance=by_field,
-                modes={name: s.mode for name, s in triage_settings(tenant=item).items()},
+                modes={name: s.mode for name, s in triage_settings_list(tenant=item).items()},
             )
         )
     return rows
@@ -235,7 +235,7 @@ def dry_run(
 
     `thresholds` overrides the stored ones, so a lead can try a value before saving it.
     """
-    settings_ = triage_settings(tenant=tenant)
+    settings_ = triage_settings_list(tenant=tenant)
     choices = choices_for(tenant=tenant)
     trusted = {name: calibrator_for(tenant=tenant, field=name).trusted for name in TriageField.values}
     enhancement_ids = list(

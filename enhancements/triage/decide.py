@@ -32,7 +32,7 @@ TASK_APPLY = "enhancements.triage.tasks.apply_decisions"
 
 
 # --- settings ---------------------------------------------------------------------------------------------------
-def triage_settings(*, tenant: Tenant) -> dict[str, TriageSetting]:
+def triage_settings_list(*, tenant: Tenant) -> dict[str, TriageSetting]:
     """Return the tenant's setting of every field (unsaved defaults, `suggest`, where none is stored)."""
     stored = {s.field: s for s in TriageSetting.objects.filter(tenant=tenant)}
     return {
@@ -180,7 +180,7 @@ def triage_decide(
     """
     tenant = enhancement.tenant
     ticket = ticket or enhancement.ticket
-    settings_ = triage_settings(tenant=tenant)
+    settings_ = triage_settings_list(tenant=tenant)
     active = [name for name, setting in settings_.items() if setting.mode != TriageMode.OFF]
     if not active:
         return []
@@ -226,7 +226,7 @@ def triage_decide(
     return decisions
 
 
-def urgency_votes(output: dict[str, Any]) -> dict[str, float]:
+def urgency_votes(*, output: dict[str, Any]) -> dict[str, float]:
     """Return the urgency cues of the output (enhancements/urgency.py) as a vote for the priority they imply.
 
     The vote weighs as much as one very similar resolved ticket: cues move a close call, not a clear history.
@@ -240,13 +240,13 @@ def urgency_votes(output: dict[str, Any]) -> dict[str, float]:
     return {floor: 1.0} if floor else {}
 
 
-def triage_for_enhancement(*, enhancement: Any, ticket: Ticket, output: dict[str, Any]) -> list[TriageDecision]:
+def triage_run_for_enhancement(*, enhancement: Any, ticket: Ticket, output: dict[str, Any]) -> list[TriageDecision]:
     """Decide the ticket's triage inside the pipeline, put it in the note's output, and queue the writes.
 
     Triage never fails an enhancement: an unexpected error is logged and the note goes out without it.
     """
     try:
-        decisions = triage_decide(enhancement=enhancement, ticket=ticket, priority_cues=urgency_votes(output))
+        decisions = triage_decide(enhancement=enhancement, ticket=ticket, priority_cues=urgency_votes(output=output))
     except Exception:
         logger.exception("triage failed; the note is posted without it")
         return []

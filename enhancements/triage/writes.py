@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from enhancements.triage.choices import Choices, choices_for
-from enhancements.triage.decide import DEFAULT_THRESHOLD, _is_unset, triage_enqueue_apply, triage_settings
+from enhancements.triage.decide import DEFAULT_THRESHOLD, _is_unset, triage_enqueue_apply, triage_settings_list
 from enhancements.triage.models import TriageDecision, TriageField
 from project.retry import backoff_delay
 from tickets.sdp.auth import servicedesk_client
@@ -80,7 +80,7 @@ def _apply(enhancement_id: str) -> dict[str, int]:
         return counts
     TriageDecision.objects.filter(pk__in=[d.pk for d in pending]).update(attempts=F("attempts") + 1)
     tenant, ticket = pending[0].tenant, pending[0].ticket
-    settings_ = triage_settings(tenant=tenant)
+    settings_ = triage_settings_list(tenant=tenant)
     choices = choices_for(tenant=tenant)
     now = timezone.now()
     to_write: list[TriageDecision] = []
