@@ -13,6 +13,7 @@ from django.test import Client
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.sdp import FakeServiceDesk
 from tests.signing import sign_webhook_meta
+from tickets.search.hybrid import helpers_shutdown
 from tickets.services import TenantResult, tenant_create_or_update
 
 
@@ -22,6 +23,13 @@ def _test_settings(settings: Any) -> None:
     settings.ENHANCEMENT_RETRY_BASE = 0.01
     settings.ENHANCEMENT_RETRY_MAX = 0.05
     settings.LLM_PROVIDER = "offline"
+
+
+@pytest.fixture(autouse=True)
+def _search_helpers_closed() -> Iterator[None]:
+    """Close the hybrid search's helper connections after each test (none may outlive the test database)."""
+    yield
+    helpers_shutdown()
 
 
 @pytest.fixture

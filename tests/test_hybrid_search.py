@@ -169,3 +169,44 @@ def test_the_semantic_scan_reads_the_most_recent_tickets_and_scores_older_lexica
     recent = Ticket.objects.filter(tenant=acme).order_by("-resolved_at")[:2]
     assert set(near) == {t.pk for t in recent}  # only the two most recently resolved are scanned
     assert set(others) == {battery.pk} and others[battery.pk] > max(near.values())  # a lexical match is scored
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_postgres_runs_the_semantic_statement_on_a_helper_with_the_same_results(
+    make_tenant, monkeypatch
+):
+    from django.db import transaction
+
+    from tickets.search import hybrid, semantic
+
+    # A window of 3 tickets: the older lexical matches get their semantic evidence from their own vectors.
+    monkeypatch.setattr(semantic, "SCAN_ROWS", 3)
+
+    acme, other = make_tenant("acme").tenant, make_tenant("other").tenant
+    rows = {
+        **FILLER,
+        "code": ("Mapped drive not opening", "The S drive will not open, error 0x80070035."),
+        "only-code": ("Finance share unreachable", "Windows shows 0x80070035 for the finance share."),
+    }
+    _history(acme, rows)
+    _history(other, {"9": FILLER["battery"]})
+    assert hybrid._helpers is None
+    queries = [
+        ("S drive will not open\nError 0x80070035 when I click the mapped drive.", None),
+        ("Computer says I'm unplugged from power\nIt is on the cable but the percentage keeps falling.", None),
+        ("Computer says I'm unplugged from power\nIt is on the cable but the percentage keeps falling.", "battery"),
+    ]
+    for tenant in (acme, other):
+        for text, exclude in queries:
+            with transaction.atomic():  # in a transaction: one connection, one statement after the other
+                serial = ticket_search_similar(tenant=tenant, text=text, exclude_sdp_id=exclude)
+            overlapped = ticket_search_similar(tenant=tenant, text=text, exclude_sdp_id=exclude)
+            assert overlapped == serial
+            assert exclude not in _ids(overlapped)
+    assert _ids(ticket_search_similar(tenant=acme, text=queries[0][0]))[:1] == ["code"]
+    assert _ids(ticket_search_similar(tenant=other, text=queries[1][0])) == ["9"]
+    # On PostgreSQL the helpers ran (with their own connections, closed by helpers_shutdown); not on SQLite.
+    assert (hybrid._helpers is not None) == (connection.vendor == "postgresql")
+    assert bool(hybrid._helper_connections) == (connection.vendor == "postgresql")
+    hybrid.helpers_shutdown()
+    assert hybrid._helpers is None and not hybrid._helper_connections

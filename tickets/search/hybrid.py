@@ -8,9 +8,13 @@ identifier still wins. `fused_score` is computed the same way on every database.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from tickets import embeddings
 from tickets.models import Tenant, Ticket
@@ -35,6 +39,18 @@ SEMANTIC_FLOOR = MIN_SCORE
 # when it shares no other word.
 IDENTIFIER_WEIGHT = 0.5
 IDENTIFIER_MAX_TICKETS = 10  # the best matches of the query's identifiers that get the bonus
+# On PostgreSQL, outside a transaction, the hybrid search embeds the query and runs the semantic statement on a
+# helper thread (its own database connection, kept and reused like a request's: CONN_MAX_AGE) while the caller's
+# connection runs the lexical one, so their latencies overlap instead of adding up (docs/benchmarks.md, "Search
+# at scale"). At most OVERLAP_THREADS helpers, and as many extra connections, per process (docs/capacity.md).
+# Inside a transaction (an atomic block, every test's) a second connection would not see its uncommitted rows,
+# so the two run one after the other on the caller's connection; on SQLite too (the embedded default, small
+# histories, one writer: nothing to gain), and when OVERLAP_THREADS is 0 (bench/search_overlap.py compares).
+OVERLAP_THREADS = 4
+_helpers: ThreadPoolExecutor | None = None
+_helpers_pid = 0
+_helpers_lock = threading.Lock()
+_helper_connections: list[BaseDatabaseWrapper] = []  # the helpers' connection wrappers, closed by helpers_shutdown()
 
 
 def _query_vector(text: str) -> np.ndarray | None:
@@ -46,6 +62,43 @@ def _query_vector(text: str) -> np.ndarray | None:
     except embeddings.EmbeddingError as exc:
         log.warning("query embedding failed, searching lexically only: %s", exc)
         return None
+
+
+def _helper_pool() -> ThreadPoolExecutor:
+    """Return this process's helper threads (new ones after a fork: the parent's threads are not in the child)."""
+    global _helpers, _helpers_pid
+    with _helpers_lock:
+        if _helpers is None or _helpers_pid != os.getpid():
+            _helpers = ThreadPoolExecutor(max_workers=OVERLAP_THREADS, thread_name_prefix="search-semantic")
+            _helpers_pid = os.getpid()
+        return _helpers
+
+
+def helpers_shutdown() -> None:
+    """Stop this process's helper threads and close their database connections (the test suite does after each
+    test, so that no connection outlives its test database; a new search starts new helpers)."""
+    global _helpers
+    with _helpers_lock:
+        pool, _helpers = _helpers, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        for wrapper in _helper_connections:
+            if wrapper.connection is not None:  # its thread has ended: nothing else uses it
+                wrapper.connection.close()
+                wrapper.connection = None
+        _helper_connections.clear()
+
+
+def _near_on_helper(tenant: Tenant, vector: np.ndarray, limit: int, model: str) -> dict[int, float]:
+    """Return {id: cosine} of the `limit` nearest tickets to vector, on a helper thread."""
+    close_old_connections()  # the helper's connection, like a request's: dropped when unusable or past CONN_MAX_AGE
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    if not any(known is wrapper for known in _helper_connections):
+        _helper_connections.append(wrapper)
+    try:
+        return semantic.candidates(tenant, vector, limit=limit, model=model)[0]
+    finally:
+        close_old_connections()
 
 
 def semantic_relevance(cosine: float, background: float | None = None) -> float:
@@ -83,18 +136,29 @@ def ticket_search_similar(
     if limit <= 0 or not text.strip():
         return []
     search = postgres.similar if connection.vendor == "postgresql" else sqlite.similar
-    # A ticket with neither subject nor description (an import's or a minimal event's, its SDP fetch pending
-    # or failed) says nothing a technician can compare: it is never offered as history.
-    vector = None if mode == "lexical" else _query_vector(text)
+    model = embeddings.current_model()
+    pool = max(limit, SEMANTIC_POOL)
+    overlapped = mode == "hybrid" and bool(model) and connection.vendor == "postgresql" and OVERLAP_THREADS > 0
+    vector = None if mode == "lexical" or not model else _query_vector(text)
+    if vector is not None and overlapped and not connection.in_atomic_block:
+        # The semantic statement on a helper's connection while the lexical one runs on ours; the vectors of the
+        # lexical candidates come with them.
+        future = _helper_pool().submit(_near_on_helper, tenant, vector, pool + 1, model)
+        lexical, identified, blobs = postgres.similar_ids_with_vectors(
+            tenant, text, max(limit, LEXICAL_POOL), exclude_sdp_id, IDENTIFIER_MAX_TICKETS, model
+        )
+        others = semantic.cosines(blobs, vector)
+        return _fused(tenant, limit, exclude_sdp_id, mode, pool, lexical, identified, future.result(), others)
     if vector is None:
         if mode == "semantic":
             return []
+        # A ticket with neither subject nor description (an import's or a minimal event's, its SDP fetch pending
+        # or failed) says nothing a technician can compare: it is never offered as history.
         return [
             (ticket, round(min(score, 1.0), 4))
             for ticket, score in search(tenant, text, limit, exclude_sdp_id)
             if ticket.is_complete
         ]
-    model = embeddings.current_model()
     backend = postgres if connection.vendor == "postgresql" else sqlite
     # The lexical matches and those of the query's identifiers in one statement (ids and scores only: no row is
     # loaded before the final top `limit`), then the semantic candidates with the vectors of all of them in one more.
@@ -103,9 +167,25 @@ def ticket_search_similar(
         if mode == "hybrid"
         else ([], {})
     )
+    also = [*dict.fromkeys(pk for pk, _ in lexical), *identified]
+    near, others = semantic.candidates(tenant, vector, limit=pool + 1, model=model, also=also)
+    return _fused(tenant, limit, exclude_sdp_id, mode, pool, lexical, identified, near, others)
+
+
+def _fused(
+    tenant: Tenant,
+    limit: int,
+    exclude_sdp_id: str | None,
+    mode: str,
+    pool: int,
+    lexical: list[tuple[int, float]],
+    identified: dict[int, float],
+    near: dict[int, float],
+    others: dict[int, float],
+) -> list[tuple[Ticket, float]]:
+    """Return the best `limit` tickets by fused score, given the candidates' lexical, identifier and semantic
+    evidence ({id: cosine} of the `pool` + 1 nearest, and of the others)."""
     lexical_scores = {pk: min(score, 1.0) for pk, score in lexical}
-    pool = max(limit, SEMANTIC_POOL)
-    near, others = semantic.candidates(tenant, vector, limit=pool + 1, model=model, also=[*lexical_scores, *identified])
     background = min(near.values()) if len(near) > pool else None
     near.update(others)
     if mode == "semantic":

@@ -248,3 +248,25 @@ def similar_ids(
     lexical = [(pk, float(score)) for pk, score, _, part in rows if part == 0]
     # A lexical match containing the identifiers counts them as well as the best identifier-only matches do.
     return lexical, {pk: min(float(ident), 1.0) for pk, _, ident, _ in rows if ident >= MIN_SCORE}
+
+
+def similar_ids_with_vectors(
+    tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, identifiers: int, model: str
+) -> tuple[list[tuple[int, float]], dict[int, float], dict[int, bytes]]:
+    """Return similar_ids()'s two results and {id: vector} of those tickets embedded by model, in one statement
+    (for the hybrid search that runs the semantic statement at the same time, hybrid.py)."""
+    with connection.cursor() as cursor:
+        statement = _statement(cursor, tenant, text, limit, exclude_sdp_id, False, identifiers)
+        if statement is None:
+            return [], {}, {}
+        sql, params = statement
+        # The vectors of the few rows found, by key (their pages were just read by the scan), the tenant re-checked.
+        cursor.execute(
+            f"SELECT top.id, top.score, top.ident, top.part, t.embedding FROM ({sql}) AS top"  # noqa: S608
+            " LEFT JOIN tickets_ticket AS t ON t.id = top.id AND t.tenant_id = %s AND t.embedding_model = %s",
+            [*params, tenant.pk, model],
+        )
+        rows = cursor.fetchall()
+    lexical = [(pk, float(score)) for pk, score, _, part, _ in rows if part == 0]
+    identified = {pk: min(float(ident), 1.0) for pk, _, ident, _, _ in rows if ident >= MIN_SCORE}
+    return lexical, identified, {pk: bytes(blob) for pk, _, _, _, blob in rows if blob is not None}

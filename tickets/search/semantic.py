@@ -43,6 +43,11 @@ def _score(rows: list[tuple], vector: np.ndarray) -> dict[int, float]:
     return {pk: float(c) for (pk, _), c in zip(rows, cosines, strict=True)}
 
 
+def cosines(blobs: dict[int, bytes], vector: np.ndarray) -> dict[int, float]:
+    """Return {id: cosine with vector} of the given stored vectors (those of another dimension left out)."""
+    return _score(list(blobs.items()), vector)
+
+
 def _bits(vector: np.ndarray) -> str:
     return "".join("1" if value > 0 else "0" for value in vector)
 
