@@ -19,10 +19,13 @@ _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\r?\n?(.*?)```", re.DOTALL)
 
 def _loads(text: str) -> Any:
     # strict=False accepts raw newlines and tabs inside strings, which small models write.
-    value = json.loads(text, strict=False)
-    if isinstance(value, str) and value.lstrip().startswith("{"):
-        # A JSON object sent as a JSON string ("{\"summary\": ...}").
-        value = json.loads(value, strict=False)
+    try:
+        value = json.loads(text, strict=False)
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            # A JSON object sent as a JSON string ("{\"summary\": ...}").
+            value = json.loads(value, strict=False)
+    except RecursionError as exc:  # nested past the parser's depth: no answer of ours is, so it is not one
+        raise ValueError("the answer nests deeper than the JSON parser allows") from exc
     return value
 
 

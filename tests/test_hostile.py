@@ -924,6 +924,7 @@ def _with(**changes: Any) -> str:
         pytest.param(_VALID.replace("0.6", "1e400"), "offline", id="beyond-float-range"),
         pytest.param(_VALID.replace("0.6", "-Infinity"), "offline", id="minus-infinity"),
         pytest.param(_with(summary={"d": json.loads("[" * 40 + "]" * 40)}), "offline", id="nested-40-deep"),
+        pytest.param('{"summary": ' + "[" * 5_000 + "]" * 5_000 + "}", "offline", id="nested-past-the-parser"),
         pytest.param(_VALID[:-20], "offline", id="truncated"),
         pytest.param("", "offline", id="empty"),
         pytest.param("{" * 60_000, "offline", id="sixty-thousand-open-braces"),
@@ -1017,3 +1018,16 @@ def test_no_model_answer_makes_the_pipeline_crash_or_retry(make_tenant, post_web
     enhancement_id = post_webhook("acme", payload, secret=secret).json()["enhancement_id"]
     assert services.enhancement_process(enhancement_id=enhancement_id) == Enhancement.Status.COMPLETED
     assert Enhancement.objects.get(pk=enhancement_id).provider in ("openai", "offline")
+
+
+def test_a_provider_error_message_no_database_stores_is_made_storable(tenant, post_webhook, openai_fake):
+    """The provider's own error text reaches Enhancement.error: a NUL in it must not make the row unsavable."""
+    body = json.dumps({"error": {"message": "bad \u0000 key \ud800", "type": "invalid_request_error"}}).encode()
+    openai_fake.fail_next(10, 401, body=body)
+    response = post_webhook("acme", {"request": {"id": "1", "subject": "VPN"}}, secret=tenant.secret)
+    enhancement_id = response.json()["enhancement_id"]
+    assert services.enhancement_process(enhancement_id=enhancement_id) == Enhancement.Status.COMPLETED
+    enhancement = Enhancement.objects.get(pk=enhancement_id)
+    assert enhancement.provider == "offline"
+    assert enhancement.error.startswith("LLM unavailable") and "bad" in enhancement.error
+    assert "\x00" not in enhancement.error and "\ud800" not in enhancement.error

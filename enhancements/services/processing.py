@@ -28,6 +28,7 @@ from project.retry import backoff_delay
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import ServiceDeskError
 from tickets.services import ticket_refresh_from_sdp
+from tickets.storable import storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,9 @@ def _process(enhancement: Enhancement, timings: dict[str, int]) -> str:
     enhancement.note_html = note_html
     enhancement.timings = timings
     enhancement.error = (
-        f"LLM unavailable, offline note used: {generation.fallback_reason}" if generation.fallback_reason else ""
+        storable_text(f"LLM unavailable, offline note used: {generation.fallback_reason}")
+        if generation.fallback_reason
+        else ""
     )
     now = timezone.now()
     generated = [
@@ -206,7 +209,7 @@ def enhancement_fail(*, enhancement: Enhancement, error: str, timings: dict[str,
     logger.warning("enhancement failed: %s", error)
     Enhancement.objects.filter(pk=enhancement.pk).update(
         status=Enhancement.Status.FAILED,
-        error=error[:2000],
+        error=storable_text(error)[:2000],
         finished_at=timezone.now(),
         **({"timings": timings} if timings is not None else {}),
     )
@@ -232,7 +235,7 @@ def enhancement_retry_later(
     Enhancement.objects.filter(pk=enhancement.pk, status=Enhancement.Status.RUNNING).update(
         status=Enhancement.Status.QUEUED,
         next_attempt_at=timezone.now() + timedelta(seconds=delay),
-        error=f"Attempt {attempts} failed, will retry: {error}"[:2000],
+        error=storable_text(f"Attempt {attempts} failed, will retry: {error}")[:2000],
         **({"timings": timings} if timings is not None else {}),
     )
     return Enhancement.Status.QUEUED
@@ -251,7 +254,7 @@ def enhancement_defer(
         status=Enhancement.Status.QUEUED,
         attempts=Greatest(F("attempts") - 1, 0),
         next_attempt_at=timezone.now() + timedelta(seconds=delay),
-        error=f"Waiting for room in the LLM budget (not a failed attempt): {error}"[:2000],
+        error=storable_text(f"Waiting for room in the LLM budget (not a failed attempt): {error}")[:2000],
         **({"timings": timings} if timings is not None else {}),
     )
     return Enhancement.Status.QUEUED
