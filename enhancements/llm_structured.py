@@ -251,9 +251,16 @@ def _request(
 
 def _parse(response: Any, *, mode: str, accept: dict[str, Any]) -> dict[str, Any]:
     try:
-        content = response.choices[0].message.content or ""
+        choice = response.choices[0]
+        refusal = getattr(choice.message, "refusal", None)
+        content = choice.message.content or ""
     except (IndexError, AttributeError, TypeError) as exc:
         raise _Mismatch(f"the answer had no message: {exc}") from exc
+    # A refusal or an answer cut off at the token limit says nothing about the mode: no step down for them.
+    if refusal:
+        raise _Mismatch(f"the model refused: {str(refusal)[:120]!r}")
+    if getattr(choice, "finish_reason", None) == "length":
+        raise _Mismatch("the answer was cut off at the token limit")
     if not isinstance(content, str):
         raise _Mismatch("the answer's content is not text")
     try:

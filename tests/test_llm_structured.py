@@ -103,6 +103,17 @@ def test_one_odd_answer_from_a_server_that_honours_the_mode_changes_nothing(tena
     assert _remembered() == "json_schema"
 
 
+@pytest.mark.parametrize("failure", ["refusal", "length"])
+def test_a_refusal_or_a_cut_off_answer_is_not_a_mode_the_server_ignores(tenant, post_webhook, openai_fake, failure):
+    # Twice alike (likely for the same ticket) must not downgrade the endpoint for every tenant for a day.
+    openai_fake.fail_next(2, failure)
+    enhancement = _process(post_webhook, tenant, "1")
+    assert enhancement.provider == "offline" and enhancement.error.startswith("LLM unavailable")
+    assert ("refused" if failure == "refusal" else "token limit") in enhancement.error
+    assert _modes(openai_fake) == ["json_schema", "json_schema"]
+    assert _remembered() is None
+
+
 @pytest.mark.parametrize(
     ("failure", "calls"),
     [

@@ -17,7 +17,9 @@ for other names such as nomic-embed-text), as floats or base64 as asked, and rej
 
 Injected failures (`fail_next(status=...)`): an HTTP status as an int (401, 429, 500, ... with OpenAI's error
 body; `Retry-After` when `retry_after` is given); "timeout" (answer normally after `delay` seconds);
-"invalid_json" (content that is not JSON); "schema_violation" (JSON without the required fields);
+"invalid_json" (content that is not JSON); "schema_violation" (JSON without the required fields); "refusal"
+(OpenAI's structured-output refusal: content null, message.refusal set); "length" (the answer cut off at the token
+limit, finish_reason "length");
 "disconnect" (close the connection without an answer).
 
 Server kinds (`FakeOpenAI(kind=...)` or `set_kind(...)`, `--kind` on the command line): how other
@@ -68,7 +70,7 @@ from tests.fakes._http import Failure, FakeServer, RecordedRequest, Reply
 
 KINDS = ("openai", "ollama-old", "ignores-format", "vllm", "lmstudio", "old-gateway", "newlines", "nan")
 _PROMPT_SCHEMA = re.compile(r"<json_schema>\s*(?P<schema>\{.*?\})\s*</json_schema>", re.DOTALL)
-_STRING_FAILURES = {"timeout", "disconnect", "invalid_json", "schema_violation"}
+_STRING_FAILURES = {"timeout", "disconnect", "invalid_json", "schema_violation", "refusal", "length"}
 _ERRORS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", None, "Bad request."),
     401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
@@ -183,6 +185,18 @@ class FakeOpenAI(FakeServer):
     def failure_reply(self, failure: Failure, request: RecordedRequest) -> Reply:
         """Return the answer for an injected failure."""
         headers = failure.retry_after_header()
+        if failure.status in ("refusal", "length"):
+            rejected = self._check(request)
+            if rejected is not None:
+                return rejected
+            example = json.dumps(self._example(request.json))
+            completion = self._completion(request.json, example[: len(example) // 2])
+            choice = completion["choices"][0]
+            if failure.status == "refusal":
+                choice["message"].update(content=None, refusal="I'm sorry, I can't assist with that request.")
+            else:
+                choice["finish_reason"] = "length"
+            return Reply.json(200, completion, headers)
         if failure.status in ("invalid_json", "schema_violation"):
             rejected = self._check(request)
             if rejected is not None:
