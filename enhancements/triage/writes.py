@@ -122,10 +122,19 @@ def _apply(enhancement_id: str) -> dict[str, int]:
                     if sub_ok:
                         changes["subcategory"] = _ref(choices, "subcategory", decision.subvalue, decision.value)
                 to_write.append(decision)
+            # Record the attempt before the call: a crash or timeout leaves rows that say a write was in flight.
+            # Only a row still pending is claimed: a lead's reject during the GET above wins, its field is not sent.
+            claimed = []
+            for decision in to_write:
+                if TriageDecision.objects.filter(pk=decision.pk, outcome=Outcome.PENDING).update(write_started_at=now):
+                    claimed.append(decision)
+                else:
+                    changes.pop(SDP_KEYS[decision.field], None)
+                    if decision.field == TriageField.CATEGORY:
+                        changes.pop("subcategory", None)
+            to_write = claimed
             if not to_write:
                 return counts
-            # Record the attempt before the call: a crash or timeout leaves rows that say a write was in flight.
-            TriageDecision.objects.filter(pk__in=[d.pk for d in to_write]).update(write_started_at=now)
             for decision in to_write:
                 decision.write_started_at = now
                 decision.save(update_fields=["previous_value", "previous_subvalue"])
