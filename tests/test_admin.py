@@ -147,6 +147,8 @@ def test_detail_shows_note_ticket_context_timings_tokens_and_error(lead_client, 
     assert "<th>Language</th><td>French (fr)</td>" in lead_client.get(_change_url(enhancement)).content.decode()
     assert "#98765" in html and "0.812" in html and "WorkOrder.do?woMode=viewWO&amp;woID=98765" in html
     assert "lt-0457" in html and "Resetting Outlook profiles" in html
+    assert "<h4>Similar resolved tickets</h4><table class='te-table'><tr><th>Ticket</th><th>Subject</th>" in html
+    assert "<h4>Assets</h4><table class='te-table'><tr><th>Hostname</th><th>IP</th><th>Role</th>" in html
     assert "generate: 40 ms" in html and "120 prompt + 80 completion = 200" in html
     assert "LLM unavailable, offline note used: timeout" in html
     assert 'name="note_html"' in html  # editable while awaiting review

@@ -24,6 +24,13 @@ BADGE_COLOURS: dict[str, str] = {
 }
 
 
+def _table(title: str, headers: tuple[str, ...], rows: list[tuple]) -> SafeString:
+    """Return a titled context table: escaped headers and cells, one row per tuple."""
+    head = format_html_join("", "<th>{}</th>", ((h,) for h in headers))
+    body = format_html_join("", "<tr>" + "<td>{}</td>" * len(headers) + "</tr>", rows)
+    return format_html("<h4>{}</h4><table class='te-table'><tr>{}</tr>{}</table>", title, head, body)
+
+
 def status_badge(enhancement: Enhancement) -> SafeString:
     """Return the status as a coloured badge."""
     return format_html(
@@ -120,13 +127,7 @@ def context_display(enhancement: Enhancement) -> SafeString:
                     (item.get("resolution") or "")[:300],
                 )
             )
-        parts.append(
-            format_html(
-                "<h4>Similar resolved tickets</h4><table class='te-table'><tr><th>Ticket</th><th>Subject</th>"
-                "<th>Score</th><th>Resolution</th></tr>{}</table>",
-                format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
-            )
-        )
+        parts.append(_table("Similar resolved tickets", ("Ticket", "Subject", "Score", "Resolution"), rows))
     assets = context.get("assets") or []
     if assets:
         asset_rows = [
@@ -139,13 +140,7 @@ def context_display(enhancement: Enhancement) -> SafeString:
             )
             for a in assets
         ]
-        parts.append(
-            format_html(
-                "<h4>Assets</h4><table class='te-table'><tr><th>Hostname</th><th>IP</th><th>Role</th>"
-                "<th>Location</th><th>Owner</th></tr>{}</table>",
-                format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", asset_rows),
-            )
-        )
+        parts.append(_table("Assets", ("Hostname", "IP", "Role", "Location", "Owner"), asset_rows))
     articles = context.get("articles") or []
     if articles:
         items = []
