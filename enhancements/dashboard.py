@@ -21,7 +21,7 @@ from django.utils.safestring import SafeString
 from clusters.services import cluster_count_open
 from enhancements.models import Enhancement, Feedback
 from tickets.admin_budget import budget_summary
-from tickets.ai_budget import budget_states
+from tickets.ai_budget import llm_budget_list
 from tickets.models import Tenant
 
 S = Enhancement.Status
@@ -218,7 +218,7 @@ def duration(value: float | None) -> str:
 def budget_rows(*, tenants: list[Tenant]) -> list[dict[str, object]]:
     """Return today's AI use per tenant: tokens, estimated cost, budget, share used and state."""
     rows = []
-    for state in budget_states(tenants=tenants):
+    for state in llm_budget_list(tenants=tenants):
         share = state.share
         rows.append(
             {

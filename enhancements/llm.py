@@ -14,7 +14,7 @@ from enhancements import llm_budget, offline
 from enhancements.llm_structured import LLMError, structured_complete
 from enhancements.redaction import redact
 from enhancements.urgency import LLM_SCHEMA as URGENCY_SCHEMA
-from tickets.ai_budget import budget_check
+from tickets.ai_budget import llm_budget_check
 from tickets.language import language_name
 from tickets.models import Tenant, Ticket
 
@@ -266,7 +266,7 @@ def enhancement_generate(
     offline = OfflineProvider()
     if provider_name() == "offline":
         return offline.generate(ticket=ticket, context=context)
-    if spent := budget_check(tenant=tenant):
+    if spent := llm_budget_check(tenant=tenant):
         logger.warning("tenant %s: AI budget for today reached (%s); offline note", tenant.slug, spent)
         result = offline.generate(ticket=ticket, context=context)
         result.output["budget_reached"] = f"AI budget for today reached: {spent}."

@@ -23,7 +23,7 @@ def sweep() -> dict[str, int]:
     result["followups"] = followup_sweep()
     result["fetches"] = ticket_fetch_sweep()
     result["updates"] = updates.ticket_update_sweep()
-    result["embedded"] = indexing.tickets_embed_due()
+    result["embedded"] = indexing.ticket_embed_due()
     counters_expire()
     return result
 

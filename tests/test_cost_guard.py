@@ -17,7 +17,7 @@ from enhancements.models import Enhancement
 from enhancements.triage.models import SdpChoice, TriageDecision
 from tests.fakes.fixtures import servicedesk_fixture
 from tests.test_settings import manage
-from tickets.ai_budget import budget_check, budget_state, cost_micros, llm_budget_lift, llm_usage_record
+from tickets.ai_budget import llm_budget_check, llm_budget_fetch, llm_budget_lift, llm_cost_estimate, llm_usage_record
 from tickets.models import LlmUsage, Tenant
 from tickets.services import ticket_upsert
 
@@ -92,9 +92,9 @@ def test_the_boundary_below_crossing_past_and_lifted(budgeted, post_webhook, ope
 def test_exactly_at_the_budget_is_past_it(make_tenant):
     tenant = make_tenant("acme", llm_daily_token_budget=1000).tenant
     llm_usage_record(tenant=tenant, model="m", prompt_tokens=600, completion_tokens=399)
-    assert budget_check(tenant=tenant) == ""
+    assert llm_budget_check(tenant=tenant) == ""
     llm_usage_record(tenant=tenant, model="m", prompt_tokens=0, completion_tokens=1)
-    assert "1000 of 1000 tokens" in budget_check(tenant=tenant)
+    assert "1000 of 1000 tokens" in llm_budget_check(tenant=tenant)
 
 
 def test_zero_is_unlimited_and_empty_is_the_default(make_tenant, settings):
@@ -103,18 +103,18 @@ def test_zero_is_unlimited_and_empty_is_the_default(make_tenant, settings):
     unlimited = make_tenant("beta", llm_daily_token_budget=0).tenant
     for tenant in (default, unlimited):
         llm_usage_record(tenant=tenant, model="m", prompt_tokens=10_000, completion_tokens=0)
-    assert "10000 of 50 tokens" in budget_check(tenant=default)
-    assert budget_check(tenant=unlimited) == ""
+    assert "10000 of 50 tokens" in llm_budget_check(tenant=default)
+    assert llm_budget_check(tenant=unlimited) == ""
     # Clearing the tenant's own value ("default") brings back the deployment's.
     make_tenant("beta", llm_daily_token_budget="default")
-    assert budget_check(tenant=Tenant.objects.get(slug="beta"))
+    assert llm_budget_check(tenant=Tenant.objects.get(slug="beta"))
 
 
 def test_the_cost_cap_from_the_price_per_model(budgeted, post_webhook, openai_fake, settings):
     settings.LLM_PRICES = {"fake-model": (Decimal("1000"), Decimal("2000")), "*": (Decimal("1"), Decimal("1"))}
     Tenant.objects.filter(pk=budgeted.tenant.pk).update(llm_daily_token_budget=0, llm_daily_cost_cap=Decimal("0.01"))
-    assert cost_micros(model="fake-model", prompt_tokens=10, completion_tokens=1) == 12_000
-    assert cost_micros(model="other", prompt_tokens=10, completion_tokens=1) == 11
+    assert llm_cost_estimate(model="fake-model", prompt_tokens=10, completion_tokens=1) == 12_000
+    assert llm_cost_estimate(model="other", prompt_tokens=10, completion_tokens=1) == 11
     first = _enhance(post_webhook, budgeted, "7101")
     assert first.provider == "openai"
     expected = 1000 * first.prompt_tokens + 2000 * first.completion_tokens
@@ -163,7 +163,7 @@ def test_operator_lifts_in_the_admin_and_it_is_audited(admin_client, budgeted):
 
     answer = admin_client.post(f"/admin/tickets/tenant/{tenant.pk}/lift-budget/")
     assert answer.status_code == 302
-    state = budget_state(tenant=tenant)
+    state = llm_budget_fetch(tenant=tenant)
     assert state.token_budget == 2000 and not state.exhausted and state.lifted_by == "admin"
     entry = LogEntry.objects.get(object_id=str(tenant.pk))
     assert "Lifted today's AI budget" in entry.get_change_message() and entry.user.get_username() == "admin"
@@ -171,7 +171,7 @@ def test_operator_lifts_in_the_admin_and_it_is_audited(admin_client, budgeted):
     admin_client.post(
         "/admin/tickets/tenant/", {"action": "lift_budget_selected", "_selected_action": [tenant.pk]}, follow=True
     )
-    assert budget_state(tenant=tenant).token_budget == 3000
+    assert llm_budget_fetch(tenant=tenant).token_budget == 3000
     assert admin_client.get(f"/admin/tickets/tenant/{tenant.pk}/lift-budget/").status_code == 403
     change = admin_client.get(f"/admin/tickets/tenant/{tenant.pk}/change/").content.decode()
     assert "1,500 of 3,000 tokens" in change and "lifted by admin" in change
@@ -183,12 +183,12 @@ def test_support_lead_without_change_permission_cannot_lift(client, budgeted):
     user = get_user_model().objects.create_user("lead", password="x", is_staff=True)
     client.force_login(user)
     assert client.post(f"/admin/tickets/tenant/{budgeted.tenant.pk}/lift-budget/").status_code in (302, 403)
-    assert budget_state(tenant=budgeted.tenant).token_budget == 1000
+    assert llm_budget_fetch(tenant=budgeted.tenant).token_budget == 1000
 
 
 def test_the_command_lifts_and_shows(budgeted, capsys):
     call_command("llm_budget_lift", "acme", "--tokens", "500", "--by", "night shift")
-    state = budget_state(tenant=budgeted.tenant)
+    state = llm_budget_fetch(tenant=budgeted.tenant)
     assert (state.token_budget, state.lifted_by) == (1500, "night shift")
     call_command("llm_budget_lift", "acme", "--show")
     assert "0 of 1,500 tokens" in capsys.readouterr().out

@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from enhancements import tasks
 from tests.fakes.openai import FakeOpenAI
 from tickets import embeddings
-from tickets.indexing import tickets_embed_pending, tickets_pending_count
+from tickets.indexing import ticket_embed_pending, ticket_embed_pending_count
 from tickets.language import text_language, texts_language
 from tickets.models import Ticket
 from tickets.services import ticket_bulk_upsert, ticket_upsert
@@ -166,9 +166,9 @@ def test_the_sweep_embeds_tickets_stored_by_resolved_events(make_tenant):
         ticket_upsert(
             tenant=acme, sdp_id=sdp_id, fields={"subject": f"Printer {sdp_id} jams", **RESOLVED}, source="webhook"
         )
-    assert tickets_pending_count() == 2  # the webhook path never embeds
+    assert ticket_embed_pending_count() == 2  # the webhook path never embeds
     assert tasks.sweep()["embedded"] == 2
-    assert tickets_pending_count() == 0 and tasks.sweep()["embedded"] == 0
+    assert ticket_embed_pending_count() == 0 and tasks.sweep()["embedded"] == 0
     assert set(Ticket.objects.values_list("embedding_model", flat=True)) == {embeddings.LOCAL_MODEL}
 
 
@@ -180,26 +180,26 @@ def test_reembed_tickets_after_a_model_change_is_resumable_and_idempotent(make_t
     ticket_bulk_upsert(tenant=other, items=items[:2], source="import")
 
     settings.EMBEDDINGS_PROVIDER = "openai"
-    assert tickets_pending_count(tenant=acme) == 7
+    assert ticket_embed_pending_count(tenant=acme) == 7
     # The endpoint is down: nothing is lost and the command says how to continue.
     embeddings_fake.fail_next(10, status=503, path_contains="/v1/embeddings")
     with pytest.raises(CommandError, match="run the command again"):
         call_command("reembed_tickets", "acme", "--batch-size", "3", "--no-progress")
-    assert tickets_pending_count(tenant=acme) == 7
+    assert ticket_embed_pending_count(tenant=acme) == 7
     embeddings_fake.reset()
     # A run stopped after one batch (as by Ctrl-C) keeps that batch; the next run embeds only the rest.
-    assert tickets_embed_pending(tenant=acme, limit=3, batch_size=3) == 3
-    assert tickets_pending_count(tenant=acme) == 4
+    assert ticket_embed_pending(tenant=acme, limit=3, batch_size=3) == 3
+    assert ticket_embed_pending_count(tenant=acme) == 4
     call_command("reembed_tickets", "acme", "--batch-size", "3", "--no-progress")
     assert sum(len(r.json["input"]) for r in embeddings_fake.requests_log) == 7
-    assert tickets_pending_count(tenant=acme) == 0 and tickets_pending_count(tenant=other) == 2
+    assert ticket_embed_pending_count(tenant=acme) == 0 and ticket_embed_pending_count(tenant=other) == 2
     stored = Ticket.objects.filter(tenant=acme).values_list("embedding_model", "embedding_dim").order_by().distinct()
     assert list(stored) == [("text-embedding-3-small", 1536)]
     calls = len(embeddings_fake.requests_log)
     call_command("reembed_tickets", "acme", "--no-progress")  # nothing left: no call at all
     assert len(embeddings_fake.requests_log) == calls
     call_command("reembed_tickets", "--all", "--no-progress")
-    assert tickets_pending_count() == 0
+    assert ticket_embed_pending_count() == 0
 
 
 def test_reembed_tickets_refuses_bad_arguments(make_tenant, settings):

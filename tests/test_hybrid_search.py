@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from tickets.evaluation import evaluate, load_history, load_queries, report_markdown
+from tickets.evaluation import (
+    retrieval_evaluate_queries,
+    retrieval_load_history,
+    retrieval_load_queries,
+    retrieval_render_markdown,
+)
 from tickets.models import Ticket
 from tickets.search import fused_score, ticket_search_similar
 from tickets.services import ticket_bulk_upsert, ticket_upsert
@@ -28,7 +33,7 @@ def _history(tenant, rows: dict[str, tuple[str, str]]) -> None:
 
 
 def test_extra_queries_are_labelled_and_varied():
-    queries = load_queries(RETRIEVAL)
+    queries = retrieval_load_queries(directory=RETRIEVAL)
     kinds = {kind: [q for q in queries if q["kind"] == kind] for kind in ("paraphrased", "other_language")}
     assert len(kinds["paraphrased"]) >= 40 and len(kinds["other_language"]) >= 40
     assert {q["language"] for q in kinds["other_language"]} == {"de", "fr", "es", "nl"}
@@ -37,9 +42,9 @@ def test_extra_queries_are_labelled_and_varied():
 
 
 def test_retrieval_quality_per_kind_lexical_semantic_hybrid():
-    tenants = load_history(RETRIEVAL)
-    report = evaluate(tenants, load_queries(RETRIEVAL))
-    print(report_markdown(report, vendor=connection.vendor))
+    tenants = retrieval_load_history(directory=RETRIEVAL)
+    report = retrieval_evaluate_queries(tenants=tenants, queries=retrieval_load_queries(directory=RETRIEVAL))
+    print(retrieval_render_markdown(report=report, vendor=connection.vendor))
     hybrid, lexical = report["hybrid"], report["lexical"]
     # Quality floors, well below what the shipped search measures (docs/benchmarks.md, "Retrieval quality").
     assert hybrid["original"].recall5 >= 0.92 and hybrid["original"].recall1 >= 0.95

@@ -112,6 +112,9 @@ SERVICE_MODULES = sorted(
     {
         ROOT / "tickets" / "services.py",
         ROOT / "tickets" / "history.py",
+        ROOT / "tickets" / "ai_budget.py",
+        ROOT / "tickets" / "evaluation.py",
+        ROOT / "tickets" / "indexing.py",
         ROOT / "clusters" / "services.py",
         ROOT / "enhancements" / "updates.py",
         *(ROOT / "tickets" / "imports").glob("*.py"),
@@ -122,19 +125,21 @@ SERVICE_MODULES = sorted(
 # The things services act on: a service's name starts with one.
 ENTITIES = (
     "tenant", "webhook_secret", "webhook", "ticket", "asset", "article", "enhancement", "feedback", "api_token",
-    "cluster", "followup", "triage",
+    "cluster", "followup", "triage", "llm", "retrieval",
 )  # fmt: skip
 ACTIONS = {
     "generate", "decode", "build", "create", "update", "upsert", "refresh", "merge", "store", "enqueue", "fetch",
     "sweep", "import", "approve", "reject", "rerun", "repost", "post", "fail", "retry", "claim", "process",
     "receive", "authenticate", "revoke", "check", "dismiss", "split", "link", "count", "render", "defer",
-    "suggest", "decide", "apply", "undo", "release", "record", "list", "run", "find", "search",
+    "suggest", "decide", "apply", "undo", "release", "record", "list", "run", "find", "search", "lift", "estimate",
+    "load", "evaluate", "calibrate", "embed", "enrich", "index",
 }  # fmt: skip
 # Public functions of those modules that are not services, and why (the rules do not apply to them).
 NOT_SERVICES = {
     "tickets/imports/report.py:open_csv": "the CSV reader the import services share",
     "enhancements/services/pipeline.py:webhook_fast_path_available": "a question about the database connection",
     "enhancements/triage/decide.py:urgency_votes": "turns the LLM output's urgency cues into priority votes",
+    "tickets/ai_budget.py:llm_budget_day": "the calendar day a budget counts in (LLM_BUDGET_TIMEZONE), a clock",
 }
 
 

@@ -13,7 +13,7 @@ from enhancements import offline
 from enhancements.context import context_gather
 from enhancements.llm import OfflineProvider
 from enhancements.offline import classify, merge_actions, note_parts
-from tickets.evaluation import article_calibrate, load_history, load_queries
+from tickets.evaluation import article_calibrate, retrieval_load_history, retrieval_load_queries
 from tickets.imports import article_import
 from tickets.models import Ticket
 from tickets.search import ticket_search_similar
@@ -96,8 +96,8 @@ def test_note_language_is_recorded_and_named(demo):
 
 
 def test_note_quality_on_the_labelled_set():
-    tenants = load_history(RETRIEVAL)
-    queries = [q for q in load_queries(RETRIEVAL) if q["kind"] in ("original", "paraphrased")]
+    tenants = retrieval_load_history(directory=RETRIEVAL)
+    queries = [q for q in retrieval_load_queries(directory=RETRIEVAL) if q["kind"] in ("original", "paraphrased")]
     right_first, outcome_steps, total_steps = 0, 0, 0
     for query in queries:
         tenant = tenants[query["tenant"]]
@@ -131,12 +131,12 @@ def test_the_shipped_article_floor_is_the_calibrated_one():
 def test_no_article_is_attached_to_a_query_labelled_as_having_none_unless_the_floor_lets_it(make_tenant):
     # Through the worker's own context and the offline note: an article below the floor never reaches the note,
     # and the labelled no-article queries that still get one are exactly those the calibration counts.
-    tenants = load_history(RETRIEVAL)
+    tenants = retrieval_load_history(directory=RETRIEVAL)
     articles = json.loads((RETRIEVAL / "articles.json").read_text(encoding="utf-8"))
     for a in articles:
         article_upsert(tenant=tenants[a["tenant"]], title=a["title"], url=a["url"], body=a["body"], tags=a["tags"])
     answered = {query_id for a in articles for query_id in a["answers"]}
-    queries = [q for q in load_queries(RETRIEVAL) if q["kind"] == "original"]
+    queries = [q for q in retrieval_load_queries(directory=RETRIEVAL) if q["kind"] == "original"]
     wrong, right = 0, 0
     for number, query in enumerate(queries):
         subject, _, description = query["text"].partition("\n")

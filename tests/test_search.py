@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from tickets.evaluation import load_history
+from tickets.evaluation import retrieval_load_history
 from tickets.models import Tenant, Ticket
 from tickets.search import article_find_relevant, asset_find_mentioned, ticket_search_similar
 from tickets.services import article_upsert, asset_upsert, ticket_upsert
@@ -20,7 +20,7 @@ RETRIEVAL = Path(__file__).parent / "fixtures" / "retrieval"
 
 @pytest.fixture
 def history() -> dict[str, Tenant]:
-    return load_history(RETRIEVAL)
+    return retrieval_load_history(directory=RETRIEVAL)
 
 
 def _ids(results: list[tuple[Ticket, float]]) -> list[str]:

@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from tickets.ai_budget import BudgetState, budget_state, llm_budget_lift
+from tickets.ai_budget import BudgetState, llm_budget_fetch, llm_budget_lift
 from tickets.models import LlmUsage, Tenant
 
 
@@ -46,7 +46,7 @@ def budget_today(tenant: Tenant) -> str:
     """Return the tenant's AI use today, for the change page and the list."""
     if tenant.pk is None:
         return "—"
-    return budget_summary(budget_state(tenant=tenant))
+    return budget_summary(llm_budget_fetch(tenant=tenant))
 
 
 @admin.register(LlmUsage)

@@ -3,7 +3,7 @@
 A ticket storm, or two SDP automations answering each other, can make thousands of LLM calls. Every LLM call
 (an enhancement's note, a triage suggestion) adds the tokens the provider reported to the tenant's row of the
 day (`LlmUsage`) in one `INSERT ... ON CONFLICT DO UPDATE` statement, atomic on PostgreSQL and SQLite alike (as
-`enhancements/ratelimit.py` counts webhooks). Before a call, `budget_check` compares the day's use with the
+`enhancements/ratelimit.py` counts webhooks). Before a call, `llm_budget_check` compares the day's use with the
 tenant's budget: once the tokens reach the daily token budget, or the estimated cost the daily cost cap, the
 caller uses the offline provider and says so. The day is the calendar day in `LLM_BUDGET_TIMEZONE` (UTC by
 default): the budget renews at its midnight.
@@ -39,20 +39,20 @@ _TABLE = LlmUsage._meta.db_table
 MICROS = Decimal(1_000_000)
 
 
-def budget_day(now: datetime | None = None) -> date:
+def llm_budget_day(*, now: datetime | None = None) -> date:
     """Return the budget's day: the calendar date in LLM_BUDGET_TIMEZONE."""
     return (now or timezone.now()).astimezone(ZoneInfo(settings.LLM_BUDGET_TIMEZONE)).date()
 
 
-def price_of(model: str) -> tuple[Decimal, Decimal] | None:
+def llm_price_find(*, model: str) -> tuple[Decimal, Decimal] | None:
     """Return (prompt, completion) price per million tokens of a model from LLM_PRICES ("*" for any other)."""
     prices: dict[str, tuple[Decimal, Decimal]] = settings.LLM_PRICES
     return prices.get(model) or prices.get("*")
 
 
-def cost_micros(*, model: str, prompt_tokens: int, completion_tokens: int) -> int:
+def llm_cost_estimate(*, model: str, prompt_tokens: int, completion_tokens: int) -> int:
     """Return the estimated cost of a call in millionths of the price unit (0 when the model has no price)."""
-    price = price_of(model)
+    price = llm_price_find(model=model)
     if price is None:
         return 0
     # A price per million tokens is a price in millionths per token.
@@ -104,7 +104,7 @@ class BudgetState:
         return max(shares) if shares else None
 
 
-def tenant_budget(*, tenant: Tenant) -> tuple[int, int]:
+def _tenant_budget(*, tenant: Tenant) -> tuple[int, int]:
     """Return the tenant's daily (token budget, cost cap in millionths) before any lift; 0 = unlimited."""
     tokens = tenant.llm_daily_token_budget
     cap = tenant.llm_daily_cost_cap
@@ -114,7 +114,7 @@ def tenant_budget(*, tenant: Tenant) -> tuple[int, int]:
 
 
 def _state(tenant: Tenant, day: date, row: LlmUsage | None) -> BudgetState:
-    tokens, cap = tenant_budget(tenant=tenant)
+    tokens, cap = _tenant_budget(tenant=tenant)
     return BudgetState(
         tenant=tenant,
         day=day,
@@ -128,25 +128,25 @@ def _state(tenant: Tenant, day: date, row: LlmUsage | None) -> BudgetState:
     )
 
 
-def budget_state(*, tenant: Tenant, day: date | None = None) -> BudgetState:
+def llm_budget_fetch(*, tenant: Tenant, day: date | None = None) -> BudgetState:
     """Return the tenant's use and budget of the day (today by default)."""
-    day = day or budget_day()
+    day = day or llm_budget_day()
     return _state(tenant, day, LlmUsage.objects.filter(tenant=tenant, day=day).first())
 
 
-def budget_states(*, tenants: list[Tenant]) -> list[BudgetState]:
+def llm_budget_list(*, tenants: list[Tenant]) -> list[BudgetState]:
     """Return today's state of each tenant, reading the usage rows in one query."""
-    day = budget_day()
+    day = llm_budget_day()
     rows = {row.tenant_id: row for row in LlmUsage.objects.filter(tenant__in=tenants, day=day)}
     return [_state(tenant, day, rows.get(tenant.pk)) for tenant in tenants]
 
 
-def budget_check(*, tenant: Tenant) -> str:
+def llm_budget_check(*, tenant: Tenant) -> str:
     """Return why the tenant's LLM budget for today is spent, or "" when a call may be made."""
-    tokens, cap = tenant_budget(tenant=tenant)
+    tokens, cap = _tenant_budget(tenant=tenant)
     if not tokens and not cap:
         return ""  # unlimited: no query
-    return budget_state(tenant=tenant).exhausted
+    return llm_budget_fetch(tenant=tenant).exhausted
 
 
 COUNTERS = ("calls", "prompt_tokens", "completion_tokens", "tokens", "cost_micros", "extra_tokens",
@@ -173,11 +173,11 @@ def _upsert(*, tenant: Tenant, day: date, values: dict[str, int], lifted_by: str
 def llm_usage_record(*, tenant: Tenant, model: str, prompt_tokens: int | None, completion_tokens: int | None) -> int:
     """Add one LLM call's tokens (as the provider reported them) to the tenant's day; return its estimated cost."""
     prompt, completion = max(int(prompt_tokens or 0), 0), max(int(completion_tokens or 0), 0)
-    cost = cost_micros(model=model, prompt_tokens=prompt, completion_tokens=completion)
+    cost = llm_cost_estimate(model=model, prompt_tokens=prompt, completion_tokens=completion)
     try:
         _upsert(
             tenant=tenant,
-            day=budget_day(),
+            day=llm_budget_day(),
             values={"calls": 1, "prompt_tokens": prompt, "completion_tokens": completion,
                     "tokens": prompt + completion, "cost_micros": cost},
         )  # fmt: skip
@@ -192,19 +192,19 @@ def llm_budget_lift(*, tenant: Tenant, by: str, tokens: int | None = None, cost:
 
     Raises ValueError on a negative amount. Logged with who lifted it; the row keeps who and when.
     """
-    base_tokens, base_cap = tenant_budget(tenant=tenant)
+    base_tokens, base_cap = _tenant_budget(tenant=tenant)
     add_tokens = base_tokens if tokens is None else int(tokens)
     add_cost = base_cap if cost is None else int(Decimal(cost) * MICROS)
     if add_tokens < 0 or add_cost < 0:
         raise ValueError("a lift adds tokens or cost; it cannot be negative")
-    day = budget_day()
+    day = llm_budget_day()
     _upsert(
         tenant=tenant,
         day=day,
         values={"extra_tokens": add_tokens, "extra_cost_micros": add_cost},
         lifted_by=by or "unknown",
     )
-    state = budget_state(tenant=tenant, day=day)
+    state = llm_budget_fetch(tenant=tenant, day=day)
     logger.warning(
         "AI budget of tenant %s lifted for %s by %s: +%d tokens, +%s cost; today's budget is now %s tokens, cap %s",
         tenant.slug, day, by or "unknown", add_tokens, Decimal(add_cost) / MICROS,

@@ -26,7 +26,7 @@ def _when(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def load_queries(directory: Path) -> list[dict[str, Any]]:
+def retrieval_load_queries(*, directory: Path) -> list[dict[str, Any]]:
     """Return the set's queries, each with its `kind` (original, paraphrased, other_language)."""
     queries = []
     for name in QUERY_FILES:
@@ -37,7 +37,7 @@ def load_queries(directory: Path) -> list[dict[str, Any]]:
     return queries
 
 
-def load_history(directory: Path, *, prefix: str = "") -> dict[str, Tenant]:
+def retrieval_load_history(*, directory: Path, prefix: str = "") -> dict[str, Tenant]:
     """Store the set's history tickets through the import path; return the tenants by the set's slug."""
     from tickets.services import tenant_create_or_update, ticket_bulk_upsert
 
@@ -82,8 +82,8 @@ class Figures:
         return self.recall_at_5 / self.queries if self.queries else 0.0
 
 
-def evaluate(
-    tenants: dict[str, Tenant], queries: list[dict[str, Any]], modes: tuple[str, ...] = MODES
+def retrieval_evaluate_queries(
+    *, tenants: dict[str, Tenant], queries: list[dict[str, Any]], modes: tuple[str, ...] = MODES
 ) -> dict[str, dict[str, Figures]]:
     """Return {mode: {kind: Figures}} for the queries against the loaded history (kind "all" included)."""
     report: dict[str, dict[str, Figures]] = {}
@@ -110,13 +110,15 @@ def evaluate(
 def retrieval_evaluate(*, directory: Path, modes: tuple[str, ...] = MODES) -> dict[str, dict[str, Figures]]:
     """Load the set into this database, measure every mode, roll everything back; return the figures."""
     with transaction.atomic():
-        tenants = load_history(directory, prefix="retrieval-eval-")
-        report = evaluate(tenants, load_queries(directory), modes)
+        tenants = retrieval_load_history(directory=directory, prefix="retrieval-eval-")
+        report = retrieval_evaluate_queries(
+            tenants=tenants, queries=retrieval_load_queries(directory=directory), modes=modes
+        )
         transaction.set_rollback(True)
     return report
 
 
-def report_markdown(report: dict[str, dict[str, Figures]], *, vendor: str) -> str:
+def retrieval_render_markdown(*, report: dict[str, dict[str, Figures]], vendor: str) -> str:
     """Return the figures as a Markdown table."""
     lines = ["| backend | mode | kind | queries | recall@1 | recall@5 |", "|---|---|---|---|---|---|"]
     for mode, by_kind in report.items():
@@ -209,7 +211,7 @@ def article_calibrate(*, directory: Path, limit: int = 3) -> ArticleCalibration:
     for article in articles:
         for query_id in article["answers"]:
             answers[query_id].add(article["title"])
-    queries = load_queries(directory)
+    queries = retrieval_load_queries(directory=directory)
     scored: list[tuple[set[str], list[tuple[str, float]]]] = []
     with transaction.atomic():
         tenants: dict[str, Tenant] = {}
@@ -232,7 +234,7 @@ def article_calibrate(*, directory: Path, limit: int = 3) -> ArticleCalibration:
     return ArticleCalibration(scored, floors, best)
 
 
-def calibration_markdown(calibration: ArticleCalibration) -> str:
+def article_render_calibration(*, calibration: ArticleCalibration) -> str:
     """Return the figures at a grid of floors and at the best one, as a Markdown table."""
     grid = sorted({0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, calibration.best.floor})
     lines = [

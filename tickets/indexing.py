@@ -22,7 +22,7 @@ def _text(ticket: Ticket) -> str:
     return embeddings.ticket_embedding_text(ticket.subject, ticket.description)
 
 
-def tickets_enrich(tickets: Sequence[Ticket], **_: Any) -> list[str]:
+def ticket_bulk_enrich(*, tickets: Sequence[Ticket]) -> list[str]:
     """Set language and embedding on tickets about to be written (not saved); return the fields set.
 
     When the embedding provider fails, the embedding is cleared instead (the sweep embeds the ticket later) and
@@ -52,14 +52,14 @@ def _pending(tenant: Tenant | None) -> Any:
     return rows.filter(tenant=tenant) if tenant is not None else rows
 
 
-def tickets_pending_count(*, tenant: Tenant | None = None) -> int:
+def ticket_embed_pending_count(*, tenant: Tenant | None = None) -> int:
     """Return how many resolved tickets (of the tenant, or all) need embedding with the configured model."""
     if not embeddings.current_model():
         return 0
     return _pending(tenant).count()
 
 
-def tickets_embed_pending(
+def ticket_embed_pending(
     *,
     tenant: Tenant | None = None,
     limit: int | None = None,
@@ -129,10 +129,10 @@ def ticket_index(*, ticket: Ticket) -> Ticket:
 SWEEP_EMBED_LIMIT = 2000  # per sweep (every minute): a few seconds of work at most, even with a remote provider
 
 
-def tickets_embed_due() -> int:
+def ticket_embed_due() -> int:
     """Embed up to SWEEP_EMBED_LIMIT pending history tickets; return how many (0 on a provider failure, logged)."""
     try:
-        return tickets_embed_pending(limit=SWEEP_EMBED_LIMIT)
+        return ticket_embed_pending(limit=SWEEP_EMBED_LIMIT)
     except embeddings.EmbeddingError as exc:
         log.warning("embedding pending tickets failed, will retry on the next sweep: %s", exc)
         return 0

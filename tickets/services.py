@@ -283,7 +283,7 @@ def ticket_bulk_upsert(
         if not to_write:
             continue
         # Language and embedding are computed here, in the import, never in the webhook's hot path.
-        enriched = indexing.tickets_enrich(to_write)
+        enriched = indexing.ticket_bulk_enrich(tickets=to_write)
         # One INSERT ... ON CONFLICT DO UPDATE per batch; only the columns this batch carries are replaced.
         update_fields = [*(f for f in fields_in_chunk if f in _BULK_FIELDS), *enriched, "updated_at"]
         if connection.vendor == "postgresql":

@@ -209,12 +209,12 @@ def _llm_suggest(tenant: Tenant) -> Callable[[Ticket, list[Neighbour]], dict[str
     from enhancements.llm_structured import LLMError
     from enhancements.triage.choices import choices_for
     from enhancements.triage.llm import llm_triage
-    from tickets.ai_budget import budget_check
+    from tickets.ai_budget import llm_budget_check
 
     choices = choices_for(tenant=tenant)
 
     def suggest(ticket: Ticket, neighbours: list[Neighbour]) -> dict[str, Suggestion] | None:
-        if budget_check(tenant=tenant):
+        if llm_budget_check(tenant=tenant):
             return None
         try:
             return llm_triage(tenant=tenant, ticket=ticket, neighbours=neighbours, choices=choices)

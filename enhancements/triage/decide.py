@@ -21,7 +21,7 @@ from enhancements.triage.calibration import Calibrator, calibration_key, calibra
 from enhancements.triage.choices import Choices, choices_for
 from enhancements.triage.engine import Neighbour, Suggestion, neighbours_find, ticket_final_fields, votes_all
 from enhancements.triage.models import TriageDecision, TriageField, TriageMode, TriageSetting
-from tickets.ai_budget import budget_check
+from tickets.ai_budget import llm_budget_check
 from tickets.models import Tenant, Ticket
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def triage_suggest(
     fallback = ""
     if use_llm is None:
         use_llm = provider_name() == "openai"
-    if use_llm and (spent := budget_check(tenant=tenant)):
+    if use_llm and (spent := llm_budget_check(tenant=tenant)):
         use_llm, fallback = False, f"AI budget for today reached: {spent}"
     if use_llm:
         from enhancements.triage.llm import llm_triage

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tickets.admin_budget import budget_summary
-from tickets.ai_budget import budget_state, llm_budget_lift
+from tickets.ai_budget import llm_budget_fetch, llm_budget_lift
 from tickets.models import Tenant
 
 
@@ -31,7 +31,7 @@ class Command(BaseCommand):
         if tenant is None:
             raise CommandError(f"No tenant {options['slug']!r}.")
         if options["show"]:
-            self.stdout.write(f"{tenant.slug}: {budget_summary(budget_state(tenant=tenant))}")
+            self.stdout.write(f"{tenant.slug}: {budget_summary(llm_budget_fetch(tenant=tenant))}")
             return
         try:
             cost = Decimal(options["cost"]) if options["cost"] is not None else None

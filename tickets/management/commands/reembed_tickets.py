@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from tickets import embeddings
-from tickets.indexing import tickets_embed_pending, tickets_pending_count
+from tickets.indexing import ticket_embed_pending, ticket_embed_pending_count
 from tickets.models import Tenant
 
 
@@ -38,13 +38,13 @@ class Command(BaseCommand):
             tenant = Tenant.objects.filter(slug=options["slug"]).first()
             if tenant is None:
                 raise CommandError(f"No tenant with slug {options['slug']!r}.")
-        total = tickets_pending_count(tenant=tenant)
+        total = ticket_embed_pending_count(tenant=tenant)
         where = tenant.slug if tenant else "all tenants"
         bar = tqdm(
             total=total, unit="ticket", desc=f"embed {where}", file=self.stderr._out, disable=options["no_progress"]
         )
         try:
-            done = tickets_embed_pending(tenant=tenant, batch_size=options["batch_size"], progress=bar.update)
+            done = ticket_embed_pending(tenant=tenant, batch_size=options["batch_size"], progress=bar.update)
         except embeddings.EmbeddingError as exc:
             bar.close()
             raise CommandError(

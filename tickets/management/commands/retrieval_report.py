@@ -12,9 +12,9 @@ from django.db import connection
 from tickets.evaluation import (
     ARTICLE_FILE,
     article_calibrate,
-    calibration_markdown,
-    report_markdown,
+    article_render_calibration,
     retrieval_evaluate,
+    retrieval_render_markdown,
 )
 from tickets.search import MODES
 
@@ -48,7 +48,7 @@ class Command(BaseCommand):
             if not (path / ARTICLE_FILE).is_file():
                 raise CommandError(f"{path} has no {ARTICLE_FILE}")
             calibration = article_calibrate(directory=path)
-            self.stdout.write(calibration_markdown(calibration))
+            self.stdout.write(article_render_calibration(calibration=calibration))
             # enhancements/offline.py's ARTICLE_MIN_SCORE ships this value (tests/test_offline_note.py checks it).
             self.stdout.write(f"Best floor: {calibration.best.floor}")
             return
@@ -59,7 +59,7 @@ class Command(BaseCommand):
         if unknown:
             raise CommandError(f"unknown mode(s) {', '.join(unknown)}; use {', '.join(MODES)}")
         report = retrieval_evaluate(directory=path, modes=chosen)
-        self.stdout.write(report_markdown(report, vendor=connection.vendor))
+        self.stdout.write(retrieval_render_markdown(report=report, vendor=connection.vendor))
         if misses:
             for mode, by_kind in report.items():
                 self.stdout.write(f"{mode} misses: {' '.join(by_kind['all'].misses)}")
