@@ -48,6 +48,11 @@ def _label(enhancement: Enhancement) -> str:
     return Enhancement.Status(enhancement.status).label.lower()
 
 
+def _nothing_done(row: Enhancement, why: str) -> ReviewResult:
+    """Return the result of an action that changed nothing: the row's status and why."""
+    return ReviewResult(changed=False, status=row.status, message=f"Nothing done: {why}.", enhancement_id=str(row.pk))
+
+
 def enhancement_approve(*, enhancement_id: str, user: User | None, note_html: str | None = None) -> ReviewResult:
     """Save the (edited) note sanitised, claim the row, and post it to SDP; never post twice."""
     now = timezone.now()
@@ -59,12 +64,7 @@ def enhancement_approve(*, enhancement_id: str, user: User | None, note_html: st
     if not Enhancement.objects.filter(_reviewable(now), pk=row.pk).update(**updates):
         row.refresh_from_db()
         who = f" by {row.reviewed_by}" if row.reviewed_by_id else ""
-        return ReviewResult(
-            changed=False,
-            status=row.status,
-            message=f"Nothing done: the enhancement is {_label(row)}{who}, not awaiting review.",
-            enhancement_id=str(row.pk),
-        )
+        return _nothing_done(row, f"the enhancement is {_label(row)}{who}, not awaiting review")
     try:
         row.refresh_from_db()
         if not row.tenant.has_sdp_credentials:
@@ -160,12 +160,7 @@ def enhancement_reject(*, enhancement_id: str, user: User | None) -> ReviewResul
     )
     row = Enhancement.objects.get(pk=enhancement_id)
     if not rejected:
-        return ReviewResult(
-            changed=False,
-            status=row.status,
-            message=f"Nothing done: the enhancement is {_label(row)}, not awaiting review.",
-            enhancement_id=str(row.pk),
-        )
+        return _nothing_done(row, f"the enhancement is {_label(row)}, not awaiting review")
     triage = " ".join(r.message for r in triage_reject_for_enhancement(enhancement_id=str(row.pk), user=user))
     return ReviewResult(
         changed=True,
@@ -188,12 +183,7 @@ def enhancement_rerun_request(*, enhancement_id: str, user: User | None) -> Revi
             .first()
         )
         if active is not None:
-            return ReviewResult(
-                changed=False,
-                status=active.status,
-                message=f"Nothing done: enhancement {active.pk} of this ticket is already {_label(active)}.",
-                enhancement_id=str(active.pk),
-            )
+            return _nothing_done(active, f"enhancement {active.pk} of this ticket is already {_label(active)}")
         if row.status == Enhancement.Status.AWAITING_REVIEW:
             superseded = Enhancement.objects.filter(_reviewable(now), pk=row.pk).update(
                 status=Enhancement.Status.REJECTED,
@@ -203,12 +193,7 @@ def enhancement_rerun_request(*, enhancement_id: str, user: User | None) -> Revi
                 error="Superseded by a re-run.",
             )
             if not superseded:
-                return ReviewResult(
-                    changed=False,
-                    status=row.status,
-                    message="Nothing done: the enhancement is being approved right now.",
-                    enhancement_id=str(row.pk),
-                )
+                return _nothing_done(row, "the enhancement is being approved right now")
         new = enhancement_rerun(enhancement=row)
     return ReviewResult(
         changed=True,
@@ -233,12 +218,7 @@ def enhancement_repost(*, enhancement_id: str, user: User | None) -> ReviewResul
     row = Enhancement.objects.select_related("tenant", "ticket").get(pk=enhancement_id)
     if not claimed:
         reason = "has no note to post" if not row.note_html else f"is {_label(row)}, not failed"
-        return ReviewResult(
-            changed=False,
-            status=row.status,
-            message=f"Nothing done: the enhancement {reason}.",
-            enhancement_id=str(row.pk),
-        )
+        return _nothing_done(row, f"the enhancement {reason}")
     try:
         enhancement_post(enhancement=row)
     except ServiceDeskError as exc:
