@@ -30,23 +30,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from itertools import combinations
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from bench.database import database_recreate, database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 STORMS = json.loads((ROOT / "tests" / "data" / "storms.json").read_text())
-
-
-def _url(pg_url: str, database: str) -> str:
-    parts = urlsplit(pg_url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
-
-
-def _recreate(pg_url: str, database: str) -> None:
-    import psycopg
-
-    with psycopg.connect(_url(pg_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
-        conn.execute(f'CREATE DATABASE "{database}"')
 
 
 def _pct(samples: list[float], p: float) -> float:
@@ -291,8 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database", default="bench_clusters")
     parser.add_argument("--parts", default="quality,cost,latency")
     args = parser.parse_args(argv)
-    _recreate(args.pg_url, args.database)
-    os.environ["DATABASE_URL"] = _url(args.pg_url, args.database)
+    database_recreate(args.pg_url, args.database)
+    os.environ["DATABASE_URL"] = database_url(args.pg_url, args.database)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     os.environ.setdefault("SDP_ALLOW_INSECURE_URLS", "1")
     os.environ.setdefault("LLM_PROVIDER", "offline")

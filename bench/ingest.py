@@ -31,17 +31,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bench.database import database_recreate, database_url
+from bench.history import COLUMNS, history_row
 from bench.search import Generator
 
 PAGE = 100
 SEED = 20261201
-
-
-def _url(pg_url: str, database: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(pg_url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
 def _setup(url: str, provider: str) -> None:
@@ -182,46 +177,26 @@ def _copy_history(url: str, tenant_ids: list[int], count: int) -> float:
 
     from tickets import embeddings
 
-    columns = (
-        "tenant_id, sdp_id, subject, description, status, priority, category, requester_name, requester_email,"
-        " technician, resolution, sdp_created_at, resolved_at, source, is_resolved, raw, created_at, updated_at,"
-        " embedding, embedding_code, embedding_model, embedding_dim, language"
-    )
     gen = Generator(SEED)
     base = datetime(2023, 1, 1, tzinfo=UTC)
     began = time.perf_counter()
     raw = connection.connection
-    with raw.cursor() as cursor, cursor.copy(f"COPY tickets_ticket ({columns}) FROM STDIN") as copy:
+    with raw.cursor() as cursor, cursor.copy(f"COPY tickets_ticket ({COLUMNS}) FROM STDIN") as copy:
         for start in range(0, count, 2000):
             rows = [(n, *gen.ticket(gen.problem_index())) for n in range(start, min(count, start + 2000))]
             items = embeddings.embed_texts([embeddings.ticket_embedding_text(s, d) for _, s, d, _ in rows])
             for (number, subject, description, resolution), item in zip(rows, items, strict=True):
-                created = base + timedelta(minutes=number)
                 copy.write_row(
-                    (
-                        tenant_ids[number % len(tenant_ids)],
-                        f"hist-{number}",
-                        subject,
-                        description,
-                        "Closed",
-                        "Medium",
-                        "Bench",
-                        "Bench User",
-                        "user@example.com",
-                        "Bench Tech",
-                        resolution,
-                        created,
-                        created + timedelta(hours=3),
-                        "import",
-                        True,
-                        "{}",
-                        created,
-                        created,
-                        item.vector,
-                        "".join(f"{b:08b}" for b in item.code),
-                        item.model,
-                        item.dim,
-                        "en",
+                    history_row(
+                        tenant_id=tenant_ids[number % len(tenant_ids)],
+                        sdp_id=f"hist-{number}",
+                        subject=subject,
+                        description=description,
+                        category="Bench",
+                        resolution=resolution,
+                        created=base + timedelta(minutes=number),
+                        embedded=item,
+                        language="en",
                     )
                 )
     raw.commit()
@@ -232,12 +207,8 @@ def _copy_history(url: str, tenant_ids: list[int], count: int) -> float:
 
 def run(args: argparse.Namespace) -> None:
     """Run the whole benchmark and print Markdown."""
-    import psycopg
-
-    with psycopg.connect(_url(args.pg_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{args.database}"')
-        conn.execute(f'CREATE DATABASE "{args.database}"')
-    url = _url(args.pg_url, args.database)
+    database_recreate(args.pg_url, args.database)
+    url = database_url(args.pg_url, args.database)
     _setup(url, "local")
     from django.core.management import call_command
     from django.db import connection

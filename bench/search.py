@@ -24,7 +24,10 @@ import statistics
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+
+from bench.database import database_recreate, database_url
+from bench.history import COLUMNS, history_row
 
 SEED = 20261126
 TENANTS = 10
@@ -156,46 +159,26 @@ CODE_INDEX_SQL = (
 )
 
 
-def _connect_url(pg_url: str, database: str) -> str:
-    parts = urlsplit(pg_url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
-
-
-def _recreate_database(pg_url: str, database: str) -> None:
-    import psycopg
-
-    with psycopg.connect(_connect_url(pg_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
-        conn.execute(f'CREATE DATABASE "{database}"')
-
-
 def _copy_tickets(gen: Generator, tenant_ids: list[int], start: int, count: int, labels: dict) -> float:
     """COPY `count` generated resolved tickets in; return the seconds it took."""
     from django.db import connection
 
     from tickets import embeddings
 
-    columns = (
-        "tenant_id, sdp_id, subject, description, status, priority, category, requester_name, requester_email,"
-        " technician, resolution, sdp_created_at, resolved_at, source, is_resolved, raw, created_at, updated_at,"
-        " embedding, embedding_code, embedding_model, embedding_dim, language"
-    )
     base = datetime(2023, 1, 1, tzinfo=UTC)
     began = time.perf_counter()
     raw = connection.connection
-    batch: list[tuple] = []
+    batch: list[dict[str, Any]] = []
 
     def flush(copy) -> None:
         # The history is embedded as the import path does it (subject + description, the configured model).
-        items = embeddings.embed_texts([embeddings.ticket_embedding_text(row[2], row[3]) for row in batch])
+        texts = [embeddings.ticket_embedding_text(row["subject"], row["description"]) for row in batch]
+        items = embeddings.embed_texts(texts)
         for row, item in zip(batch, items or [None] * len(batch), strict=True):
-            extra = (None, None, "", None, "")
-            if item is not None:
-                extra = (item.vector, "".join(f"{b:08b}" for b in item.code), item.model, item.dim, "")
-            copy.write_row((*row, *extra))
+            copy.write_row(history_row(**row, embedded=item))
         batch.clear()
 
-    with raw.cursor() as cursor, cursor.copy(f"COPY tickets_ticket ({columns}) FROM STDIN") as copy:
+    with raw.cursor() as cursor, cursor.copy(f"COPY tickets_ticket ({COLUMNS}) FROM STDIN") as copy:
         for number in range(start, start + count):
             tenant_id = tenant_ids[number % len(tenant_ids)]
             problem = gen.problem_index()
@@ -205,26 +188,15 @@ def _copy_tickets(gen: Generator, tenant_ids: list[int], start: int, count: int,
             if len(batch) >= 2000:
                 flush(copy)
             batch.append(
-                (
-                    tenant_id,
-                    str(number),
-                    subject[:500],
-                    description,
-                    "Closed",
-                    "Medium",
-                    f"{gen.problems[problem][0]}-{problem}",
-                    "Bench User",
-                    "user@example.com",
-                    "Bench Tech",
-                    resolution,
-                    created,
-                    created + timedelta(hours=3),
-                    "import",
-                    True,
-                    "{}",
-                    created,
-                    created,
-                )
+                {
+                    "tenant_id": tenant_id,
+                    "sdp_id": str(number),
+                    "subject": subject[:500],
+                    "description": description,
+                    "category": f"{gen.problems[problem][0]}-{problem}",
+                    "resolution": resolution,
+                    "created": created,
+                }
             )
         flush(copy)
     raw.commit()
@@ -281,8 +253,8 @@ def _naive(cursor, tenant_id: int, text: str) -> list[str]:
 def run(sizes: list[int], queries: int, pg_url: str, database: str, reuse: bool, naive_queries: int) -> None:
     """Run the whole benchmark and print Markdown."""
     if not reuse:
-        _recreate_database(pg_url, database)
-    os.environ["DATABASE_URL"] = _connect_url(pg_url, database)
+        database_recreate(pg_url, database)
+    os.environ["DATABASE_URL"] = database_url(pg_url, database)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     import django
 

@@ -22,22 +22,10 @@ import statistics
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
+
+from bench.database import database_recreate, database_url
 
 SEED = 20261201
-
-
-def _connect_url(pg_url: str, database: str) -> str:
-    parts = urlsplit(pg_url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
-
-
-def _recreate_database(pg_url: str, database: str) -> None:
-    import psycopg
-
-    with psycopg.connect(_connect_url(pg_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
-        conn.execute(f'CREATE DATABASE "{database}"')
 
 
 def _load(tenant_id: int, size: int) -> float:
@@ -75,8 +63,8 @@ def _load(tenant_id: int, size: int) -> float:
 
 def run(size: int, sample: int, pg_url: str, database: str) -> None:
     """Run the benchmark and print Markdown."""
-    _recreate_database(pg_url, database)
-    os.environ["DATABASE_URL"] = _connect_url(pg_url, database)
+    database_recreate(pg_url, database)
+    os.environ["DATABASE_URL"] = database_url(pg_url, database)
     os.environ["EMBEDDINGS_PROVIDER"] = "off"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     import django
