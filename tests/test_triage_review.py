@@ -13,7 +13,12 @@ from enhancements.models import Enhancement
 from enhancements.services import enhancement_approve, enhancement_reject
 from enhancements.triage import tasks
 from enhancements.triage.models import TriageDecision, TriageMode
-from enhancements.triage.services import triage_decide, triage_decision_reject, triage_sweep
+from enhancements.triage.services import (
+    triage_decide,
+    triage_decision_reject,
+    triage_setting_update,
+    triage_sweep,
+)
 from tests.test_triage import NEW_REQUEST, _apply_all, _decisions, _enhancement, _puts, northwind  # noqa: F401
 from tickets.models import Tenant
 
@@ -121,3 +126,36 @@ def test_rejecting_never_clobbers_a_technicians_later_change(northwind, post_web
     assert sdp.requests["555001"]["group"] == {"name": "INFRA"}
     decision.refresh_from_db()
     assert decision.outcome == Outcome.APPLIED
+
+
+@pytest.mark.parametrize(
+    ("mode", "outcome", "said"),
+    [
+        (TriageMode.OFF, Outcome.REJECTED, "not written: its triage was switched off while the note waited"),
+        (TriageMode.SUGGEST, Outcome.SUGGESTED, "kept as a suggestion, not written: it was switched to suggest-only"),
+        (TriageMode.APPLY, Outcome.LOW_CONFIDENCE, "not written: its confidence"),  # below the new threshold
+    ],
+)
+def test_approval_writes_no_field_a_lead_switched_off_or_to_suggest_while_the_note_waited(
+    northwind,  # noqa: F811
+    post_webhook,
+    admin_user,
+    mode,
+    outcome,
+    said,
+):
+    sdp = northwind.sdp
+    enhancement = _held_enhancement(northwind, post_webhook)
+    assert _decisions(enhancement)["group"].confidence < 1.0  # a threshold of 100% is above it
+    triage_setting_update(tenant=northwind.tenant, field="group", mode=mode, threshold=1.0)
+
+    result = enhancement_approve(enhancement_id=str(enhancement.pk), user=admin_user)
+    assert result.changed and f"Support group {said}" in result.message and "while the note waited" in result.message
+    assert "1 triage field(s) are being written." in result.message  # the category, still on apply
+    tasks.apply_decisions(str(enhancement.pk))
+    _sweep_everything()
+    decisions = _decisions(enhancement)
+    assert decisions["group"].outcome == outcome and f"Approved by admin, but {said}" in decisions["group"].reason
+    assert "group" not in sdp.requests["555001"]
+    assert decisions["category"].outcome == Outcome.APPLIED
+    assert [set(update["changes"]) for update in sdp.updates["555001"]] == [{"category", "subcategory"}]

@@ -82,12 +82,11 @@ def enhancement_approve(*, enhancement_id: str, user: User | None, note_html: st
         return _post_crashed(row, exc, approving=True)
     Enhancement.objects.filter(pk=row.pk, error__startswith=_POST_FAILED).update(error="")
     # Triage writes of a review-required tenant wait for this approval (docs/triage.md).
-    held = triage_release(enhancement_id=str(row.pk), user=user)
+    triage = triage_release(enhancement_id=str(row.pk), user=user).message
     return ReviewResult(
         changed=True,
         status=Enhancement.Status.POSTED,
-        message=f"Approved and posted to SDP request #{row.ticket.sdp_id}."
-        + (f" {held} triage field(s) are being written." if held else ""),
+        message=f"Approved and posted to SDP request #{row.ticket.sdp_id}." + (f" {triage}" if triage else ""),
         enhancement_id=str(row.pk),
     )
 
@@ -226,10 +225,11 @@ def enhancement_repost(*, enhancement_id: str, user: User | None) -> ReviewResul
     except Exception as exc:
         return _post_crashed(row, exc, approving=False)
     Enhancement.objects.filter(pk=row.pk).update(error="")
-    triage_release(enhancement_id=str(row.pk), user=user)  # an approval whose post failed held them
+    # An approval whose post failed held them.
+    triage = triage_release(enhancement_id=str(row.pk), user=user).message
     return ReviewResult(
         changed=True,
         status=Enhancement.Status.POSTED,
-        message=f"Re-posted to SDP request #{row.ticket.sdp_id}.",
+        message=f"Re-posted to SDP request #{row.ticket.sdp_id}." + (f" {triage}" if triage else ""),
         enhancement_id=str(row.pk),
     )

@@ -23,7 +23,7 @@ from django.utils.html import format_html
 
 from enhancements.triage.choices import Choices, choices_for
 from enhancements.triage.decide import DEFAULT_THRESHOLD, _is_unset, triage_enqueue_apply, triage_settings_list
-from enhancements.triage.models import TriageDecision, TriageField
+from enhancements.triage.models import TriageDecision, TriageField, TriageMode, TriageSetting
 from project.retry import backoff_delay
 from tickets.sdp.auth import servicedesk_client
 from tickets.sdp.client import ServiceDeskError
@@ -267,17 +267,72 @@ def _who(user: AbstractBaseUser | None) -> str:
     return getattr(user, "get_username", lambda: "")() or "a support lead"
 
 
-def triage_release(*, enhancement_id: str, user: AbstractBaseUser | None) -> int:
-    """Queue the writes held until the lead approved the note (review-required tenants); return how many.
+@dataclass(frozen=True)
+class ReleaseResult:
+    """What an approval did to the held triage writes: how many were queued, and why the others were not."""
 
-    The apply task reads the request again first, so a field a person set since triage is still left alone.
+    queued: int
+    not_written: list[str]  # one sentence a field whose setting changed while the note waited
+
+    @property
+    def message(self) -> str:
+        """Return the sentences for the lead, "" when nothing was held."""
+        queued = f"{self.queued} triage field(s) are being written." if self.queued else ""
+        return " ".join(filter(None, [queued, *self.not_written]))
+
+
+def _setting_now(decision: TriageDecision, setting: TriageSetting) -> tuple[str, str] | None:
+    """Return (outcome, why) when the field's current setting no longer lets the held write go; None if it does."""
+    if setting.mode == TriageMode.OFF:
+        return Outcome.REJECTED, "not written: its triage was switched off while the note waited for review."
+    if setting.mode == TriageMode.SUGGEST:
+        return (
+            Outcome.SUGGESTED,
+            "kept as a suggestion, not written: it was switched to suggest-only while the note waited.",
+        )
+    confidence = decision.confidence or 0.0
+    if confidence < setting.threshold:
+        return Outcome.LOW_CONFIDENCE, (
+            f"not written: its confidence {confidence:.0%} is below the threshold {setting.threshold:.0%} set "
+            "while the note waited."
+        )
+    return None
+
+
+def triage_release(*, enhancement_id: str, user: AbstractBaseUser | None) -> ReleaseResult:
+    """Queue the writes held until the lead approved the note (review-required tenants); say what was queued.
+
+    Each field's current setting is read again: a field a lead switched off or to suggest-only (or whose
+    threshold rose above the confidence) while the note waited is not written. The apply task reads the request
+    again first, so a field a person set since triage is still left alone.
     """
-    released = TriageDecision.objects.filter(enhancement_id=enhancement_id, outcome=Outcome.AWAITING_REVIEW).update(
-        outcome=Outcome.PENDING, reason=Concat(F("reason"), Value(f" Approved by {_who(user)}."))
+    held = list(
+        TriageDecision.objects.select_related("tenant").filter(
+            enhancement_id=enhancement_id, outcome=Outcome.AWAITING_REVIEW
+        )
+    )
+    if not held:
+        return ReleaseResult(0, [])
+    settings_ = triage_settings_list(tenant=held[0].tenant)
+    who = _who(user)
+    release, not_written = [], []
+    for decision in held:
+        stopped = _setting_now(decision, settings_[decision.field])
+        if stopped is None:
+            release.append(decision.pk)
+            continue
+        outcome, why = stopped
+        # Only a decision still held: a reject (or another approval) that came first stands.
+        if TriageDecision.objects.filter(pk=decision.pk, outcome=Outcome.AWAITING_REVIEW).update(
+            outcome=outcome, reason=Concat(F("reason"), Value(f" Approved by {who}, but {why}"[:1000]))
+        ):
+            not_written.append(f"{decision.get_field_display()} {why}")
+    released = TriageDecision.objects.filter(pk__in=release, outcome=Outcome.AWAITING_REVIEW).update(
+        outcome=Outcome.PENDING, reason=Concat(F("reason"), Value(f" Approved by {who}."))
     )
     if released:
         triage_enqueue_apply(enhancement_id=str(enhancement_id))
-    return released
+    return ReleaseResult(released, not_written)
 
 
 def triage_decision_reject(*, decision_id: int, user: AbstractBaseUser | None) -> UndoResult:
