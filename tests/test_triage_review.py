@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from enhancements import tasks as pipeline_tasks
@@ -159,3 +160,34 @@ def test_approval_writes_no_field_a_lead_switched_off_or_to_suggest_while_the_no
     assert "group" not in sdp.requests["555001"]
     assert decisions["category"].outcome == Outcome.APPLIED
     assert [set(update["changes"]) for update in sdp.updates["555001"]] == [{"category", "subcategory"}]
+
+
+@pytest.mark.django_db(transaction=True)  # the reject runs on the fake's thread, its own connection: committed rows
+def test_a_reject_landing_during_the_sdp_read_before_the_put_is_never_written(northwind, post_webhook, admin_user):  # noqa: F811
+    sdp = northwind.sdp
+    _apply_all(northwind.tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = _enhancement(post_webhook, northwind)
+    triage_decide(enhancement=enhancement)
+    pending = [d for d in _decisions(enhancement).values() if d.outcome == Outcome.PENDING]
+    assert {d.field for d in pending} == {"category", "group"}
+    answers = []
+
+    def reject_while_sdp_answers(request_id: str) -> None:
+        # The lead rejects both suggestions (admin, another request) while the apply waits for the GET's answer.
+        sdp.on_get_request = None
+        try:
+            answers.extend(triage_decision_reject(decision_id=d.pk, user=admin_user) for d in pending)
+        finally:
+            connection.close()
+
+    sdp.on_get_request = reject_while_sdp_answers
+    tasks.apply_decisions(str(enhancement.pk))
+
+    assert [a.message for a in answers] == [
+        f"Rejected: {d.get_field_display()} of #555001 will not be written." for d in pending
+    ]
+    assert _puts(sdp) == [] and sdp.updates["555001"] == []
+    assert "group" not in sdp.requests["555001"] and "category" not in sdp.requests["555001"]
+    decisions = _decisions(enhancement)
+    assert {d.outcome for d in decisions.values() if d.field in ("category", "group")} == {Outcome.REJECTED}
+    assert all(d.write_started_at is None for d in decisions.values())

@@ -19,6 +19,7 @@ and technicians answer `GET /api/v3/<list>` with paging like requests. Once a li
 /api/v3/requests/{id}` refuses a value outside it (HTTP 400, inner code 4001 naming the field) as SDP does, and a
 subcategory that is not under the request's category. `updates[request_id]` keeps every accepted PUT with its
 `update_reason`. `groups_path="groups"` serves groups where older on-premises builds do (`/api/v3/groups`).
+`on_get_request` is called with the id while a GET of one request waits for its answer (a race, made to happen).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -125,6 +126,9 @@ class FakeServiceDesk(FakeServer):
         # Called (outside the lock) with (request id, event) after every stored note or request edit, the way an
         # SDP custom trigger on edit would call the webhook.
         self.on_change: Any = None
+        # Called (outside the lock, on the server's thread) with the request id when a GET of one request has
+        # arrived, before it is answered: what a test does there happens while the client waits for SDP's answer.
+        self.on_get_request: Callable[[str], None] | None = None
         self.lists: dict[str, list[dict[str, Any]]] = {}
         self.updates: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
         self.groups_path = groups_path
@@ -345,6 +349,8 @@ class FakeServiceDesk(FakeServer):
         return Reply.json(404, failed_envelope(f"Request {request_id} not found", code=4007, field="id"))
 
     def _get_request(self, request_id: str) -> Reply:
+        if self.on_get_request is not None:
+            self.on_get_request(request_id)
         found = self._find(request_id)
         if found is None:
             return self._not_found(request_id)
