@@ -13,6 +13,7 @@ from django.test import Client
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.sdp import FakeServiceDesk
 from tests.signing import sign_webhook_meta
+from tests.triage_helpers import Northwind, northwind_create
 from tickets.search.hybrid import helpers_shutdown
 from tickets.services import TenantResult, tenant_create_or_update
 
@@ -81,6 +82,12 @@ def sdp() -> Iterator[FakeServiceDesk]:
     """Return a running on-premises SDP fake."""
     with FakeServiceDesk(auth="authtoken", api_key="sdp-test-key") as fake:
         yield fake
+
+
+@pytest.fixture
+def northwind(make_tenant: Callable[..., TenantResult], sdp: FakeServiceDesk) -> Northwind:
+    """Return the triage tests' tenant: credentials, labelled history, SDP lists cached, a calibration."""
+    return northwind_create(make_tenant, sdp)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from enhancements.models import Enhancement
 from enhancements.triage.choices import choices_for
 from enhancements.triage.services import triage_suggest
 from tests.fakes.openai import _mode_of
-from tests.test_triage import _enhancement, northwind  # noqa: F401 - the fixture is used by name
+from tests.triage_helpers import webhook_enhancement
 
 pytestmark = pytest.mark.django_db
 
@@ -209,9 +209,9 @@ def test_a_remembered_mode_the_server_stopped_supporting_steps_down_from_there(t
 
 # --- triage -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", [*KINDS, "nan"])
-def test_triage_works_on_each_kind_of_server(northwind, post_webhook, openai_fake, kind):  # noqa: F811
+def test_triage_works_on_each_kind_of_server(northwind, post_webhook, openai_fake, kind):
     openai_fake.set_kind(kind)
-    enhancement = _enhancement(post_webhook, northwind)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     result = triage_suggest(tenant=northwind.tenant, ticket=enhancement.ticket, use_llm=True)
     if kind == "nan":
         assert result.provider == "offline" and "confidence" in result.fallback_reason
@@ -222,10 +222,10 @@ def test_triage_works_on_each_kind_of_server(northwind, post_webhook, openai_fak
     assert _remembered() == KINDS[kind][0]
 
 
-def test_triage_spends_from_the_shared_budget(northwind, post_webhook, openai_fake, settings):  # noqa: F811
+def test_triage_spends_from_the_shared_budget(northwind, post_webhook, openai_fake, settings):
     # Before, the triage call bypassed the budget: with one request a minute it still reached the provider.
     settings.LLM_REQUESTS_PER_MINUTE, settings.LLM_BUDGET_MAX_WAIT = 1, 0
-    enhancement = _enhancement(post_webhook, northwind)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     first = triage_suggest(tenant=northwind.tenant, ticket=enhancement.ticket, use_llm=True)
     second = triage_suggest(tenant=northwind.tenant, ticket=enhancement.ticket, use_llm=True)
     assert first.provider == "openai"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 from django.core.management import call_command
 
@@ -18,75 +16,19 @@ from enhancements.triage.services import (
     triage_undo,
 )
 from tests.fakes.sdp import FakeServiceDesk
-from tests.fixtures.triage.load import labelled_load, labelled_set
-from tickets.models import Tenant
+from tests.triage_helpers import (
+    DATA,
+    NEW_REQUEST,
+    decisions_of,
+    group_written_over_default,
+    modes_set,
+    puts_to,
+    webhook_enhancement,
+)
 
 pytestmark = pytest.mark.django_db
 
-DATA = labelled_set()
 Outcome = TriageDecision.Outcome
-
-NEW_REQUEST = {
-    "id": "555001",
-    "subject": "VPN keeps disconnecting on my laptop",
-    "description": "<p>The FortiClient VPN drops every few minutes since this morning, my RDP session is lost.</p>",
-    "status": {"name": "Open"},
-    "priority": {"name": "Medium"},
-    "requester": {"name": "Dana Whitfield", "email_id": "dana@northwind.example"},
-}
-
-
-def _set_choices(sdp, **overrides):
-    choices = DATA["choices"]
-    sdp.set_choices(
-        categories=overrides.get("categories", choices["subcategory"]),
-        priorities=choices["priority"],
-        groups=choices["group"],
-        technicians=choices["technician"],
-    )
-
-
-@dataclass(frozen=True)
-class Northwind:
-    tenant: Tenant
-    secret: str
-    sdp: FakeServiceDesk
-
-
-@pytest.fixture
-def northwind(make_tenant, sdp):
-    """A tenant with credentials, its labelled history, its SDP lists cached and a fitted-looking calibration."""
-    result = make_tenant("northwind", sdp_base_url=sdp.url, sdp_api_key=sdp.api_key)
-    tenant = result.tenant
-    labelled_load(tenant)
-    _set_choices(sdp)
-    choices_refresh(tenant=tenant)
-    # A calibration that maps the vote's raw score to itself (in steps of 0.05), stored as triage_report would
-    # store one: these tests are about the rules; tests/test_triage_quality.py fits real ones on the labelled set.
-    steps = [[i / 20, i / 20] for i in range(21)]
-    for name in ("category", "subcategory", "priority", "group", "technician"):
-        TriageCalibration.objects.create(tenant=tenant, field=name, points=steps, samples=100)
-    sdp.add_request(NEW_REQUEST)
-    return Northwind(tenant=tenant, secret=result.secret, sdp=sdp)
-
-
-def _enhancement(post_webhook, tenant_result, request=NEW_REQUEST) -> Enhancement:
-    response = post_webhook(tenant_result.tenant.slug, {"request": request}, secret=tenant_result.secret)
-    assert response.status_code == 202, response.content
-    return Enhancement.objects.get(pk=response.json()["enhancement_id"])
-
-
-def _decisions(enhancement) -> dict[str, TriageDecision]:
-    return {d.field: d for d in TriageDecision.objects.filter(enhancement=enhancement)}
-
-
-def _puts(sdp, request_id="555001"):
-    return [r for r in sdp.requests_log if r.method == "PUT" and r.path.endswith(f"/requests/{request_id}")]
-
-
-def _apply_all(tenant, threshold=0.5, **modes):
-    for field in ("category", "priority", "group", "technician"):
-        triage_setting_update(tenant=tenant, field=field, mode=modes.get(field, TriageMode.APPLY), threshold=threshold)
 
 
 # --- choices --------------------------------------------------------------------------------------------------
@@ -131,7 +73,7 @@ def test_refresh_command_and_schedules(northwind, capsys):
 
 # --- modes and thresholds -------------------------------------------------------------------------------------
 def test_default_is_suggest_everything_recorded_nothing_written(northwind, post_webhook):
-    enhancement = _enhancement(post_webhook, northwind)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     decisions = {d.field: d for d in triage_decide(enhancement=enhancement)}
 
     assert set(decisions) == {"category", "priority", "group", "technician"}
@@ -140,22 +82,22 @@ def test_default_is_suggest_everything_recorded_nothing_written(northwind, post_
     assert all(d.outcome == Outcome.SUGGESTED and d.mode == TriageMode.SUGGEST for d in decisions.values())
     assert all(0 < d.confidence <= 1 for d in decisions.values())
     tasks.apply_decisions(str(enhancement.pk))
-    assert _puts(northwind.sdp) == []
+    assert puts_to(northwind.sdp) == []
 
 
 def test_off_field_gets_no_decision(northwind, post_webhook):
     triage_setting_update(tenant=northwind.tenant, field="technician", mode=TriageMode.OFF)
-    enhancement = _enhancement(post_webhook, northwind)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     assert "technician" not in {d.field for d in triage_decide(enhancement=enhancement)}
 
 
 def test_apply_writes_empty_fields_in_one_put_with_an_update_reason(northwind, post_webhook):
     tenant, sdp = northwind.tenant, northwind.sdp
-    _apply_all(tenant, technician=TriageMode.SUGGEST)
+    modes_set(tenant, technician=TriageMode.SUGGEST)
     triage_setting_update(tenant=tenant, field="priority", mode=TriageMode.SUGGEST)
-    enhancement = _enhancement(post_webhook, northwind)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     triage_decide(enhancement=enhancement)
-    assert {d.field: d.outcome for d in _decisions(enhancement).values()} == {
+    assert {d.field: d.outcome for d in decisions_of(enhancement).values()} == {
         "category": Outcome.PENDING, "group": Outcome.PENDING,
         "priority": Outcome.SUGGESTED, "technician": Outcome.SUGGESTED,
     }  # fmt: skip
@@ -167,29 +109,29 @@ def test_apply_writes_empty_fields_in_one_put_with_an_update_reason(northwind, p
     assert (stored["category"]["name"], stored["subcategory"]["name"]) == ("Network", "VPN")
     assert stored["priority"] == {"name": "Medium"}  # suggest mode: untouched
     assert "technician" not in stored
-    assert len(_puts(sdp)) == 1
+    assert len(puts_to(sdp)) == 1
     (update,) = sdp.updates["555001"]
     assert "Ticket Enhancer" in update["update_reason"] and str(enhancement.pk) in update["update_reason"]
-    decisions = _decisions(enhancement)
+    decisions = decisions_of(enhancement)
     assert decisions["group"].outcome == Outcome.APPLIED and decisions["group"].previous_value == ""
     assert decisions["group"].written_at and decisions["group"].write_started_at
     assert "threshold" in decisions["group"].reason
 
 
 def test_below_threshold_is_not_written(northwind, post_webhook):
-    _apply_all(northwind.tenant, threshold=1.0)
-    enhancement = _enhancement(post_webhook, northwind)
+    modes_set(northwind.tenant, threshold=1.0)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     decisions = triage_decide(enhancement=enhancement)
     assert {d.outcome for d in decisions} == {Outcome.LOW_CONFIDENCE}
     assert "below the threshold" in decisions[0].reason
     tasks.apply_decisions(str(enhancement.pk))
-    assert _puts(northwind.sdp) == []
+    assert puts_to(northwind.sdp) == []
 
 
 def test_uncalibrated_tenant_never_writes_offline_suggestions(northwind, post_webhook):
     TriageCalibration.objects.filter(tenant=northwind.tenant).delete()
-    _apply_all(northwind.tenant, threshold=0.0)
-    enhancement = _enhancement(post_webhook, northwind)
+    modes_set(northwind.tenant, threshold=0.0)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     decisions = triage_decide(enhancement=enhancement)
     assert {d.outcome for d in decisions} == {Outcome.LOW_CONFIDENCE}
     assert "triage_report" in decisions[0].reason
@@ -197,12 +139,12 @@ def test_uncalibrated_tenant_never_writes_offline_suggestions(northwind, post_we
 
 def test_a_value_outside_the_sdp_list_is_never_written(northwind, post_webhook):
     tenant, sdp = northwind.tenant, northwind.sdp
-    _apply_all(tenant)
+    modes_set(tenant)
     # SDP no longer lists NET: the vote may not pick it, and nothing outside the list is written.
     groups = {k: v for k, v in DATA["choices"]["group"].items() if k != "NET"}
     sdp.set_choices(groups=groups)
     choices_refresh(tenant=tenant)
-    enhancement = _enhancement(post_webhook, northwind)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     decisions = {d.field: d for d in triage_decide(enhancement=enhancement)}
     assert decisions.get("group") is None or decisions["group"].value != "NET"
     tasks.apply_decisions(str(enhancement.pk))
@@ -211,13 +153,13 @@ def test_a_value_outside_the_sdp_list_is_never_written(northwind, post_webhook):
 
 def test_sdp_refusing_a_value_fails_the_write_permanently(northwind, post_webhook):
     tenant, sdp = northwind.tenant, northwind.sdp
-    _apply_all(tenant, category=TriageMode.OFF, priority=TriageMode.OFF, technician=TriageMode.OFF)
-    enhancement = _enhancement(post_webhook, northwind)
+    modes_set(tenant, category=TriageMode.OFF, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     triage_decide(enhancement=enhancement)
     # Between our cache refresh and the write, SDP dropped the group: SDP answers 400 naming the field.
     sdp.set_choices(groups={"M365": ""})
     tasks.apply_decisions(str(enhancement.pk))
-    decision = _decisions(enhancement)["group"]
+    decision = decisions_of(enhancement)["group"]
     assert decision.outcome == Outcome.FAILED
     assert "group" in decision.reason and "Invalid value" in decision.reason
     assert "group" not in sdp.requests["555001"]
@@ -225,18 +167,18 @@ def test_sdp_refusing_a_value_fails_the_write_permanently(northwind, post_webhoo
 
 # --- never overwrite a person ---------------------------------------------------------------------------------
 def test_a_field_a_person_set_before_the_webhook_is_left_alone(northwind, post_webhook):
-    _apply_all(northwind.tenant)
+    modes_set(northwind.tenant)
     request = dict(NEW_REQUEST, group={"name": "DESK"})
     northwind.sdp.add_request(request)
-    enhancement = _enhancement(post_webhook, northwind, request)
+    enhancement = webhook_enhancement(post_webhook, northwind, request)
     decision = {d.field: d for d in triage_decide(enhancement=enhancement)}["group"]
     assert decision.outcome == Outcome.HUMAN_SET and decision.seen_value == "DESK"
 
 
 def test_a_human_change_racing_our_write_wins(northwind, post_webhook):
     tenant, sdp = northwind.tenant, northwind.sdp
-    _apply_all(tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
-    enhancement = _enhancement(post_webhook, northwind)
+    modes_set(tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     triage_decide(enhancement=enhancement)
     # A technician routes the ticket in SDP after we decided and before the write task runs.
     sdp.edit_request("555001", group="M365")
@@ -244,24 +186,24 @@ def test_a_human_change_racing_our_write_wins(northwind, post_webhook):
 
     stored = sdp.requests["555001"]
     assert stored["group"] == {"name": "M365"}
-    decisions = _decisions(enhancement)
+    decisions = decisions_of(enhancement)
     assert decisions["group"].outcome == Outcome.HUMAN_SET and decisions["group"].previous_value == "M365"
     assert decisions["category"].outcome == Outcome.APPLIED  # the field nobody touched is still written
-    (put,) = _puts(sdp)
+    (put,) = puts_to(sdp)
     assert "group" not in put.form["input_data"]
 
 
 def test_the_tenant_default_counts_as_unset(northwind, post_webhook):
     tenant, sdp = northwind.tenant, northwind.sdp
-    _apply_all(tenant, category=TriageMode.OFF, group=TriageMode.OFF, technician=TriageMode.OFF, threshold=0.0)
+    modes_set(tenant, category=TriageMode.OFF, group=TriageMode.OFF, technician=TriageMode.OFF, threshold=0.0)
     # "Medium" is what SDP gives every new request here: without the default it counts as a person's choice.
-    enhancement = _enhancement(post_webhook, northwind)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     assert triage_decide(enhancement=enhancement)[0].outcome == Outcome.HUMAN_SET
 
     triage_setting_update(tenant=tenant, field="priority", default_value="Medium")
     assert triage_decide(enhancement=enhancement)[0].outcome == Outcome.PENDING
     tasks.apply_decisions(str(enhancement.pk))
-    decision = _decisions(enhancement)["priority"]
+    decision = decisions_of(enhancement)["priority"]
     assert decision.outcome == Outcome.APPLIED and decision.previous_value == "Medium"
     assert sdp.requests["555001"]["priority"]["name"] == decision.value
 
@@ -270,67 +212,58 @@ def test_the_tenant_default_counts_as_unset(northwind, post_webhook):
 def test_a_write_that_timed_out_but_landed_is_not_sent_again(northwind, post_webhook, settings):
     tenant, sdp = northwind.tenant, northwind.sdp
     settings.SDP_TIMEOUT = 0.5
-    _apply_all(tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
-    enhancement = _enhancement(post_webhook, northwind)
+    modes_set(tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     triage_decide(enhancement=enhancement)
     sdp.fail_next(status="timeout", method="PUT", delay=1.5, process=True)
 
     result = tasks.apply_decisions(str(enhancement.pk))
     assert result == {"retry": 2}
-    decision = _decisions(enhancement)["group"]
+    decision = decisions_of(enhancement)["group"]
     assert decision.outcome == Outcome.PENDING and decision.write_started_at
     assert "will retry" in decision.reason
 
     TriageDecision.objects.filter(enhancement=enhancement).update(next_attempt_at=None)
     TriageDecision.objects.filter(enhancement=enhancement).update(created_at=decision.created_at.replace(year=2020))
     assert triage_sweep() == 1
-    decisions = _decisions(enhancement)
+    decisions = decisions_of(enhancement)
     assert {d.outcome for d in decisions.values()} == {Outcome.APPLIED}
-    assert len(_puts(sdp)) == 1  # the second attempt read SDP, found our value and did not write again
+    assert len(puts_to(sdp)) == 1  # the second attempt read SDP, found our value and did not write again
     assert decisions["group"].previous_value == ""
 
 
 def test_a_person_changing_the_field_during_an_unclear_write_wins(northwind, post_webhook, settings):
     tenant, sdp = northwind.tenant, northwind.sdp
     settings.SDP_TIMEOUT = 0.5
-    _apply_all(tenant, category=TriageMode.OFF, priority=TriageMode.OFF, technician=TriageMode.OFF)
-    enhancement = _enhancement(post_webhook, northwind)
+    modes_set(tenant, category=TriageMode.OFF, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     triage_decide(enhancement=enhancement)
     sdp.fail_next(status="timeout", method="PUT", delay=1.5, process=False)
     tasks.apply_decisions(str(enhancement.pk))
     sdp.edit_request("555001", group="DESK")
 
     tasks.apply_decisions(str(enhancement.pk))
-    decision = _decisions(enhancement)["group"]
+    decision = decisions_of(enhancement)["group"]
     assert decision.outcome == Outcome.HUMAN_SET and "unclear" in decision.reason
     assert sdp.requests["555001"]["group"] == {"name": "DESK"}
-    assert len(_puts(sdp)) == 1
+    assert len(puts_to(sdp)) == 1
 
 
 def test_deciding_twice_does_not_touch_a_written_field(northwind, post_webhook):
-    _apply_all(northwind.tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
-    enhancement = _enhancement(post_webhook, northwind)
+    modes_set(northwind.tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     triage_decide(enhancement=enhancement)
     tasks.apply_decisions(str(enhancement.pk))
     triage_decide(enhancement=enhancement)
     tasks.apply_decisions(str(enhancement.pk))
-    assert {d.outcome for d in _decisions(enhancement).values()} == {Outcome.APPLIED}
-    assert len(_puts(northwind.sdp)) == 1
+    assert {d.outcome for d in decisions_of(enhancement).values()} == {Outcome.APPLIED}
+    assert len(puts_to(northwind.sdp)) == 1
 
 
 # --- undo -----------------------------------------------------------------------------------------------------
 def test_undo_writes_the_previous_value_back_and_says_so_in_a_note(northwind, post_webhook, admin_user):
-    tenant, sdp = northwind.tenant, northwind.sdp
-    _apply_all(tenant, category=TriageMode.OFF, priority=TriageMode.OFF, technician=TriageMode.OFF)
-    triage_setting_update(tenant=tenant, field="group", default_value="DESK")
-    request = dict(NEW_REQUEST, group={"name": "DESK"})
-    sdp.add_request(request)
-    enhancement = _enhancement(post_webhook, northwind, request)
-    triage_decide(enhancement=enhancement)
-    tasks.apply_decisions(str(enhancement.pk))
-    decision = _decisions(enhancement)["group"]
-    assert decision.outcome == Outcome.APPLIED and (decision.previous_value, decision.value) == ("DESK", "NET")
-    assert sdp.requests["555001"]["group"]["name"] == "NET"
+    sdp = northwind.sdp
+    decision = group_written_over_default(northwind, post_webhook)
 
     result = triage_undo(decision_id=decision.pk, user=admin_user)
     assert result.undone, result.message
@@ -345,12 +278,12 @@ def test_undo_writes_the_previous_value_back_and_says_so_in_a_note(northwind, po
 
 
 def test_undo_never_overwrites_a_later_human_change(northwind, post_webhook, admin_user):
-    _apply_all(northwind.tenant, priority=TriageMode.OFF, technician=TriageMode.OFF, category=TriageMode.OFF)
-    enhancement = _enhancement(post_webhook, northwind)
+    modes_set(northwind.tenant, priority=TriageMode.OFF, technician=TriageMode.OFF, category=TriageMode.OFF)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     triage_decide(enhancement=enhancement)
     tasks.apply_decisions(str(enhancement.pk))
     northwind.sdp.edit_request("555001", group="INFRA")
-    decision = _decisions(enhancement)["group"]
+    decision = decisions_of(enhancement)["group"]
     result = triage_undo(decision_id=decision.pk, user=admin_user)
     assert not result.undone and "INFRA" in result.message
     assert northwind.sdp.requests["555001"]["group"] == {"name": "INFRA"}
@@ -359,11 +292,11 @@ def test_undo_never_overwrites_a_later_human_change(northwind, post_webhook, adm
 # --- acceptance -----------------------------------------------------------------------------------------------
 def test_acceptance_when_the_ticket_is_resolved(northwind, post_webhook):
     tenant, sdp = northwind.tenant, northwind.sdp
-    _apply_all(tenant, priority=TriageMode.SUGGEST, technician=TriageMode.SUGGEST)
-    enhancement = _enhancement(post_webhook, northwind)
+    modes_set(tenant, priority=TriageMode.SUGGEST, technician=TriageMode.SUGGEST)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     triage_decide(enhancement=enhancement)
     tasks.apply_decisions(str(enhancement.pk))
-    suggested_technician = _decisions(enhancement)["technician"].value
+    suggested_technician = decisions_of(enhancement)["technician"].value
 
     # A technician keeps our group, changes our category, assigns the suggested technician; SDP resolves it.
     resolved = dict(
@@ -378,7 +311,7 @@ def test_acceptance_when_the_ticket_is_resolved(northwind, post_webhook):
     assert response.status_code == 200
     assert tasks.sweep()["evaluated"] == 1  # the every-minute sweep compares resolved tickets
 
-    decisions = _decisions(enhancement)
+    decisions = decisions_of(enhancement)
     assert decisions["group"].acceptance == TriageDecision.Acceptance.KEPT and decisions["group"].correct
     assert decisions["category"].acceptance == TriageDecision.Acceptance.CHANGED
     assert decisions["category"].final_value == "Software" and decisions["category"].correct is False
@@ -391,8 +324,8 @@ def test_pipeline_triages_notes_the_routing_and_queues_the_write(northwind, post
     from enhancements import tasks as pipeline_tasks
 
     tenant, sdp = northwind.tenant, northwind.sdp
-    _apply_all(tenant, priority=TriageMode.SUGGEST, technician=TriageMode.OFF, category=TriageMode.SUGGEST)
-    enhancement = _enhancement(post_webhook, northwind)
+    modes_set(tenant, priority=TriageMode.SUGGEST, technician=TriageMode.OFF, category=TriageMode.SUGGEST)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     pipeline_tasks.process_enhancement(str(enhancement.pk))
     enhancement.refresh_from_db()
 
@@ -402,21 +335,21 @@ def test_pipeline_triages_notes_the_routing_and_queues_the_write(northwind, post
     assert "Suggested routing" in note and "Support group: NET" in note and "being set" in note
     assert "Category and subcategory: Network / VPN" in note
     assert enhancement.output["category_suggestion"] == "Network / VPN"
-    decisions = _decisions(enhancement)
+    decisions = decisions_of(enhancement)
     assert decisions["group"].outcome == Outcome.PENDING and "technician" not in decisions
 
     tasks.apply_decisions(str(enhancement.pk))  # what the queued task runs
     assert sdp.requests["555001"]["group"]["name"] == "NET"
-    assert _decisions(enhancement)["group"].outcome == Outcome.APPLIED
+    assert decisions_of(enhancement)["group"].outcome == Outcome.APPLIED
 
 
 def test_triage_trouble_never_fails_the_note(northwind, post_webhook):
     from enhancements import tasks as pipeline_tasks
 
-    _apply_all(northwind.tenant)
+    modes_set(northwind.tenant)
     # A calibration row damaged by hand (points that are not numbers) makes triage raise.
     TriageCalibration.objects.filter(tenant=northwind.tenant, field="group").update(points=[["x", "y"]])
-    enhancement = _enhancement(post_webhook, northwind)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     pipeline_tasks.process_enhancement(str(enhancement.pk))
     enhancement.refresh_from_db()
     assert enhancement.status == Enhancement.Status.POSTED, enhancement.error
@@ -434,7 +367,7 @@ def test_llm_triage_picks_from_the_tenants_enums_with_group_descriptions(northwi
             "technician": "Tom Becker", "technician_confidence": 0.6,
         }
     )  # fmt: skip
-    enhancement = _enhancement(post_webhook, northwind)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     decisions = {d.field: d for d in triage_decide(enhancement=enhancement, use_llm=True)}
 
     assert {(d.provider, d.model) for d in decisions.values()} == {("openai", "fake-model")}
@@ -450,7 +383,7 @@ def test_llm_triage_picks_from_the_tenants_enums_with_group_descriptions(northwi
 
 def test_llm_answer_outside_the_lists_falls_back_to_the_vote(northwind, post_webhook, openai_fake):
     openai_fake.set_response({"category": "Networking", "group": "Network team"})
-    enhancement = _enhancement(post_webhook, northwind)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     decisions = {d.field: d for d in triage_decide(enhancement=enhancement, use_llm=True)}
     assert decisions["group"].provider == "offline" and decisions["group"].value == "NET"
     assert "LLM unavailable" in decisions["group"].reason

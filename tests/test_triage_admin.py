@@ -14,12 +14,12 @@ from enhancements.triage.calibration import triage_report_build
 from enhancements.triage.choices import choices_refresh
 from enhancements.triage.models import SdpChoice, TriageCalibration, TriageDecision, TriageMode, TriageSetting
 from enhancements.triage.services import triage_decide
-from tests.fixtures.triage.load import labelled_load, labelled_set
+from tests.fixtures.triage.load import labelled_load
 from tests.review_helpers import operator, support_lead
+from tests.triage_helpers import sdp_choices_set
 
 pytestmark = pytest.mark.django_db
 
-DATA = labelled_set()
 REQUEST = {
     "id": "555002",
     "subject": "Printer not printing",
@@ -36,13 +36,7 @@ def measured(make_tenant, sdp):
     """A tenant with its history measured by the real leave-one-out (a sample, for speed) and lists cached."""
     result = make_tenant("northwind", sdp_base_url=sdp.url, sdp_api_key=sdp.api_key)
     labelled_load(result.tenant)
-    choices = DATA["choices"]
-    sdp.set_choices(
-        categories=choices["subcategory"],
-        priorities=choices["priority"],
-        groups=choices["group"],
-        technicians=choices["technician"],
-    )
+    sdp_choices_set(sdp)
     choices_refresh(tenant=result.tenant)
     if not _MEASURED:
         triage_report_build(tenant=result.tenant, sample=40)

@@ -9,7 +9,7 @@ from django.core.management import call_command
 from enhancements.triage.calibration import triage_report_build
 from enhancements.triage.models import TriageCalibration, TriageDecision, TriageMode
 from enhancements.triage.services import triage_decide, triage_setting_update
-from tests.test_triage import _decisions, _enhancement, northwind  # noqa: F401
+from tests.triage_helpers import decisions_of, webhook_enhancement
 
 pytestmark = pytest.mark.django_db
 Outcome = TriageDecision.Outcome
@@ -25,7 +25,7 @@ def _always(group: str, confidence: float) -> dict[str, object]:
 
 
 @pytest.fixture
-def overconfident(northwind, openai_fake):  # noqa: F811
+def overconfident(northwind, openai_fake):
     openai_fake.set_response(_always("NET", 0.95))
     triage_setting_update(tenant=northwind.tenant, field="group", mode=TriageMode.APPLY, threshold=0.8)
     for field in ("category", "priority", "technician"):
@@ -34,9 +34,9 @@ def overconfident(northwind, openai_fake):  # noqa: F811
 
 
 def test_an_uncalibrated_llm_confidence_never_writes(overconfident, post_webhook):
-    enhancement = _enhancement(post_webhook, overconfident)
+    enhancement = webhook_enhancement(post_webhook, overconfident)
     triage_decide(enhancement=enhancement)
-    group = _decisions(enhancement)["group"]
+    group = decisions_of(enhancement)["group"]
     assert (group.provider, group.value, group.raw_score) == ("openai", "NET", 0.95)
     assert group.outcome == Outcome.LOW_CONFIDENCE and "triage_report --llm" in group.reason
 
@@ -54,9 +54,9 @@ def test_the_llm_confidence_is_calibrated_on_history_and_gates_on_the_calibrated
     # The vote's own calibration is untouched.
     assert TriageCalibration.objects.get(tenant=tenant, field="group").samples == 100
 
-    enhancement = _enhancement(post_webhook, overconfident)
+    enhancement = webhook_enhancement(post_webhook, overconfident)
     triage_decide(enhancement=enhancement)
-    group = _decisions(enhancement)["group"]
+    group = decisions_of(enhancement)["group"]
     assert group.raw_score == 0.95 and group.confidence < 0.5
     assert group.outcome == Outcome.LOW_CONFIDENCE and "below the threshold 80%" in group.reason
 

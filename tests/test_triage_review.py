@@ -20,22 +20,22 @@ from enhancements.triage.services import (
     triage_setting_update,
     triage_sweep,
 )
-from tests.test_triage import NEW_REQUEST, _apply_all, _decisions, _enhancement, _puts, northwind  # noqa: F401
+from tests.triage_helpers import decisions_of, group_written_over_default, modes_set, puts_to, webhook_enhancement
 from tickets.models import Tenant
 
 pytestmark = pytest.mark.django_db
 Outcome = TriageDecision.Outcome
 
 
-def _reviewed_tenant(northwind):  # noqa: F811
+def _reviewed_tenant(northwind):
     Tenant.objects.filter(pk=northwind.tenant.pk).update(review_required=True)
     northwind.tenant.refresh_from_db()
-    _apply_all(northwind.tenant, priority=TriageMode.SUGGEST, technician=TriageMode.OFF)
+    modes_set(northwind.tenant, priority=TriageMode.SUGGEST, technician=TriageMode.OFF)
 
 
-def _held_enhancement(northwind, post_webhook):  # noqa: F811
+def _held_enhancement(northwind, post_webhook):
     _reviewed_tenant(northwind)
-    enhancement = _enhancement(post_webhook, northwind)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     pipeline_tasks.process_enhancement(str(enhancement.pk))
     enhancement.refresh_from_db()
     assert enhancement.status == Enhancement.Status.AWAITING_REVIEW, enhancement.error
@@ -47,61 +47,51 @@ def _sweep_everything() -> None:
     triage_sweep()
 
 
-def test_review_required_tenant_writes_nothing_to_sdp_until_a_lead_approves(northwind, post_webhook, admin_user):  # noqa: F811
+def test_review_required_tenant_writes_nothing_to_sdp_until_a_lead_approves(northwind, post_webhook, admin_user):
     sdp = northwind.sdp
     enhancement = _held_enhancement(northwind, post_webhook)
-    decisions = _decisions(enhancement)
+    decisions = decisions_of(enhancement)
     assert decisions["group"].outcome == Outcome.AWAITING_REVIEW and "approves" in decisions["group"].reason
     assert decisions["category"].outcome == Outcome.AWAITING_REVIEW
     # Neither the queued task nor the every-minute sweep writes a held decision.
     tasks.apply_decisions(str(enhancement.pk))
     _sweep_everything()
-    assert _puts(sdp) == [] and "group" not in sdp.requests["555001"]
+    assert puts_to(sdp) == [] and "group" not in sdp.requests["555001"]
 
     result = enhancement_approve(enhancement_id=str(enhancement.pk), user=admin_user)
     assert result.changed and "triage field(s) are being written" in result.message
-    assert _decisions(enhancement)["group"].outcome == Outcome.PENDING
+    assert decisions_of(enhancement)["group"].outcome == Outcome.PENDING
     tasks.apply_decisions(str(enhancement.pk))  # what the queued task runs
     assert sdp.requests["555001"]["group"]["name"] == "NET"
-    group = _decisions(enhancement)["group"]
+    group = decisions_of(enhancement)["group"]
     assert group.outcome == Outcome.APPLIED and "Approved by admin" in group.reason
 
 
-def test_approval_still_leaves_a_field_a_person_set_while_the_note_waited(northwind, post_webhook, admin_user):  # noqa: F811
+def test_approval_still_leaves_a_field_a_person_set_while_the_note_waited(northwind, post_webhook, admin_user):
     sdp = northwind.sdp
     enhancement = _held_enhancement(northwind, post_webhook)
     sdp.edit_request("555001", group="INFRA")
     enhancement_approve(enhancement_id=str(enhancement.pk), user=admin_user)
     tasks.apply_decisions(str(enhancement.pk))
     assert sdp.requests["555001"]["group"] == {"name": "INFRA"}
-    assert _decisions(enhancement)["group"].outcome == Outcome.HUMAN_SET
+    assert decisions_of(enhancement)["group"].outcome == Outcome.HUMAN_SET
 
 
-def test_rejecting_a_held_note_drops_its_triage(northwind, post_webhook, admin_user):  # noqa: F811
+def test_rejecting_a_held_note_drops_its_triage(northwind, post_webhook, admin_user):
     sdp = northwind.sdp
     enhancement = _held_enhancement(northwind, post_webhook)
     result = enhancement_reject(enhancement_id=str(enhancement.pk), user=admin_user)
     assert result.changed and "will not be written" in result.message
-    decisions = _decisions(enhancement)
+    decisions = decisions_of(enhancement)
     assert decisions["group"].outcome == Outcome.REJECTED and "Rejected by admin" in decisions["group"].reason
     tasks.apply_decisions(str(enhancement.pk))
     _sweep_everything()
-    assert _puts(sdp) == []
+    assert puts_to(sdp) == []
 
 
-def test_rejecting_a_written_suggestion_restores_the_value_recorded_at_apply_time(northwind, post_webhook, admin_user):  # noqa: F811
-    tenant, sdp = northwind.tenant, northwind.sdp
-    _apply_all(tenant, category=TriageMode.OFF, priority=TriageMode.OFF, technician=TriageMode.OFF)
-    from enhancements.triage.services import triage_setting_update
-
-    triage_setting_update(tenant=tenant, field="group", default_value="DESK")
-    request = dict(NEW_REQUEST, group={"name": "DESK"})
-    sdp.add_request(request)
-    enhancement = _enhancement(post_webhook, northwind, request)
-    triage_decide(enhancement=enhancement)
-    tasks.apply_decisions(str(enhancement.pk))
-    decision = _decisions(enhancement)["group"]
-    assert decision.outcome == Outcome.APPLIED and sdp.requests["555001"]["group"]["name"] == "NET"
+def test_rejecting_a_written_suggestion_restores_the_value_recorded_at_apply_time(northwind, post_webhook, admin_user):
+    sdp = northwind.sdp
+    decision = group_written_over_default(northwind, post_webhook)
 
     result = triage_decision_reject(decision_id=decision.pk, user=admin_user)
     assert result.undone, result.message
@@ -110,14 +100,14 @@ def test_rejecting_a_written_suggestion_restores_the_value_recorded_at_apply_tim
     assert decision.outcome == Outcome.UNDONE and "undid" in sdp.notes["555001"][-1]["description"]
 
 
-def test_rejecting_never_clobbers_a_technicians_later_change(northwind, post_webhook, admin_client):  # noqa: F811
+def test_rejecting_never_clobbers_a_technicians_later_change(northwind, post_webhook, admin_client):
     sdp = northwind.sdp
-    _apply_all(northwind.tenant, priority=TriageMode.OFF, technician=TriageMode.OFF, category=TriageMode.OFF)
-    enhancement = _enhancement(post_webhook, northwind)
+    modes_set(northwind.tenant, priority=TriageMode.OFF, technician=TriageMode.OFF, category=TriageMode.OFF)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     triage_decide(enhancement=enhancement)
     tasks.apply_decisions(str(enhancement.pk))
     sdp.edit_request("555001", group="INFRA")
-    decision = _decisions(enhancement)["group"]
+    decision = decisions_of(enhancement)["group"]
     page = admin_client.post(
         "/admin/enhancements/triagedecision/",
         {"action": "reject_decisions", "_selected_action": [decision.pk]},
@@ -138,7 +128,7 @@ def test_rejecting_never_clobbers_a_technicians_later_change(northwind, post_web
     ],
 )
 def test_approval_writes_no_field_a_lead_switched_off_or_to_suggest_while_the_note_waited(
-    northwind,  # noqa: F811
+    northwind,
     post_webhook,
     admin_user,
     mode,
@@ -147,7 +137,7 @@ def test_approval_writes_no_field_a_lead_switched_off_or_to_suggest_while_the_no
 ):
     sdp = northwind.sdp
     enhancement = _held_enhancement(northwind, post_webhook)
-    assert _decisions(enhancement)["group"].confidence < 1.0  # a threshold of 100% is above it
+    assert decisions_of(enhancement)["group"].confidence < 1.0  # a threshold of 100% is above it
     triage_setting_update(tenant=northwind.tenant, field="group", mode=mode, threshold=1.0)
 
     result = enhancement_approve(enhancement_id=str(enhancement.pk), user=admin_user)
@@ -155,7 +145,7 @@ def test_approval_writes_no_field_a_lead_switched_off_or_to_suggest_while_the_no
     assert "1 triage field(s) are being written." in result.message  # the category, still on apply
     tasks.apply_decisions(str(enhancement.pk))
     _sweep_everything()
-    decisions = _decisions(enhancement)
+    decisions = decisions_of(enhancement)
     assert decisions["group"].outcome == outcome and f"Approved by admin, but {said}" in decisions["group"].reason
     assert "group" not in sdp.requests["555001"]
     assert decisions["category"].outcome == Outcome.APPLIED
@@ -163,12 +153,12 @@ def test_approval_writes_no_field_a_lead_switched_off_or_to_suggest_while_the_no
 
 
 @pytest.mark.django_db(transaction=True)  # the reject runs on the fake's thread, its own connection: committed rows
-def test_a_reject_landing_during_the_sdp_read_before_the_put_is_never_written(northwind, post_webhook, admin_user):  # noqa: F811
+def test_a_reject_landing_during_the_sdp_read_before_the_put_is_never_written(northwind, post_webhook, admin_user):
     sdp = northwind.sdp
-    _apply_all(northwind.tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
-    enhancement = _enhancement(post_webhook, northwind)
+    modes_set(northwind.tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = webhook_enhancement(post_webhook, northwind)
     triage_decide(enhancement=enhancement)
-    pending = [d for d in _decisions(enhancement).values() if d.outcome == Outcome.PENDING]
+    pending = [d for d in decisions_of(enhancement).values() if d.outcome == Outcome.PENDING]
     assert {d.field for d in pending} == {"category", "group"}
     answers = []
 
@@ -186,8 +176,8 @@ def test_a_reject_landing_during_the_sdp_read_before_the_put_is_never_written(no
     assert [a.message for a in answers] == [
         f"Rejected: {d.get_field_display()} of #555001 will not be written." for d in pending
     ]
-    assert _puts(sdp) == [] and sdp.updates["555001"] == []
+    assert puts_to(sdp) == [] and sdp.updates["555001"] == []
     assert "group" not in sdp.requests["555001"] and "category" not in sdp.requests["555001"]
-    decisions = _decisions(enhancement)
+    decisions = decisions_of(enhancement)
     assert {d.outcome for d in decisions.values() if d.field in ("category", "group")} == {Outcome.REJECTED}
     assert all(d.write_started_at is None for d in decisions.values())
