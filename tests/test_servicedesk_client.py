@@ -53,6 +53,21 @@ def test_list_requests_pages_through_the_fake(sdp):
     assert sorted(seen) == ["1", "2", "3", "4", "5"]
 
 
+def test_notes_and_conversations_come_from_every_page_in_order(sdp):
+    sdp.add_request({"id": "104400", "subject": "Long thread"})
+    for n in range(250):
+        sdp.add_note("104400", f"<p>note {n}</p>")
+    for n in range(130):
+        sdp.add_conversation("104400", f"reply {n}")
+    with _client(sdp) as client:
+        notes = client.list_notes("104400")
+        conversations = client.list_conversations("104400")
+    assert [note["description"] for note in notes] == [f"<p>note {n}</p>" for n in range(250)]
+    assert [item["description"] for item in conversations] == [f"reply {n}" for n in range(130)]
+    pages = [r.path for r in sdp.requests_log if r.method == "GET" and r.path.endswith(("/notes", "/conversations"))]
+    assert len(pages) == 3 + 2  # 100 rows a page
+
+
 def test_list_notes_fixture(sdp):
     sdp.fail_next(1, 200, method="GET", path_contains="/notes", body=servicedesk_fixture("api__list_notes"))
     with _client(sdp) as client:

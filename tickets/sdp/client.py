@@ -51,21 +51,7 @@ class ServiceDeskClient(ServiceDeskTransport):
 
     def list_notes(self, request_id: str) -> list[dict[str, Any]]:
         """Return every note of a request (all pages)."""
-        notes: list[dict[str, Any]] = []
-        start = 1
-        for _ in range(100):
-            body = self._call(
-                "GET",
-                f"/requests/{request_id}/notes",
-                input_data={"list_info": {"row_count": MAX_ROW_COUNT, "start_index": start}},
-                idempotent=True,
-            )
-            page = self._page(body, "request_notes", fallback_key="notes")
-            notes.extend(page.rows)
-            if not page.has_more_rows or not page.rows:
-                break
-            start = page.start_index + page.row_count
-        return notes
+        return self.list_all(f"/requests/{request_id}/notes", "request_notes", fallback_key="notes")
 
     def add_note(self, request_id: str, description_html: str) -> dict[str, Any]:
         """Post a technician-only note and return SDP's note object."""
@@ -100,26 +86,18 @@ class ServiceDeskClient(ServiceDeskTransport):
 
     def list_conversations(self, request_id: str) -> list[dict[str, Any]]:
         """Return the request's conversations (requester replies and e-mails; SDP lists notes separately)."""
-        rows: list[dict[str, Any]] = []
-        start = 1
-        for _ in range(20):
-            body = self._call(
-                "GET",
-                f"/requests/{request_id}/conversations",
-                input_data={"list_info": {"row_count": MAX_ROW_COUNT, "start_index": start}},
-                idempotent=True,
-            )
-            page = self._page(body, "conversations")
-            rows.extend(page.rows)
-            if not page.has_more_rows or not page.rows:
-                break
-            start = page.start_index + page.row_count
-        return rows
+        return self.list_all(f"/requests/{request_id}/conversations", "conversations", max_pages=20)
 
     def list_all(
-        self, path: str, key: str, *, search_criteria: list[dict[str, Any]] | None = None, max_pages: int = 100
+        self,
+        path: str,
+        key: str,
+        *,
+        search_criteria: list[dict[str, Any]] | None = None,
+        max_pages: int = 100,
+        fallback_key: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Return every row of a v3 list endpoint (e.g. `/categories`, key `categories`), all pages."""
+        """Return every row of a v3 list endpoint (e.g. `/categories`, key `categories`, or `fallback_key`)."""
         rows: list[dict[str, Any]] = []
         start = 1
         for _ in range(max_pages):
@@ -127,7 +105,7 @@ class ServiceDeskClient(ServiceDeskTransport):
             if search_criteria:
                 list_info["search_criteria"] = search_criteria
             body = self._call("GET", path, input_data={"list_info": list_info}, idempotent=True)
-            page = self._page(body, key)
+            page = self._page(body, key, fallback_key=fallback_key)
             rows.extend(page.rows)
             if not page.has_more_rows or not page.rows:
                 break
