@@ -88,6 +88,19 @@ def test_a_tenant_cannot_be_configured_with_a_private_url(settings):
     assert not Tenant.objects.filter(slug="evil").exists()
 
 
+def test_the_tenant_admin_form_refuses_a_private_sdp_or_zoho_accounts_url(settings):
+    from tickets.admin import TenantForm
+
+    settings.SDP_ALLOW_INSECURE_URLS = False
+    urls = {"sdp_base_url": "https://169.254.169.254", "zoho_accounts_url": "https://10.0.0.1"}
+    form = TenantForm(data={"slug": "evil", "name": "Evil", **urls})
+    assert not form.is_valid()
+    for name in urls:
+        assert "private or local address" in " ".join(form.errors[name]), form.errors
+    form = TenantForm(data={"slug": "fine", "name": "Fine", "sdp_base_url": "https://8.8.8.8"})
+    assert "sdp_base_url" not in form.errors and "zoho_accounts_url" not in form.errors
+
+
 def test_the_pipeline_refuses_a_private_url_stored_earlier(make_tenant, post_webhook, settings, sdp):
     # A URL that was allowed when stored (or written straight into the database) is checked again on use.
     result = make_tenant("acme", sdp_base_url=sdp.url, sdp_api_key=sdp.api_key)

@@ -98,19 +98,9 @@ class TenantForm(forms.ModelForm):
             "zoho_client_id",
         ]
 
-    def clean_zoho_accounts_url(self) -> str:
-        """Return the URL after the same safety check the token renewal makes."""
-        url = self.cleaned_data.get("zoho_accounts_url", "")
-        if url:
-            try:
-                check_base_url(url, resolve=False)
-            except ServiceDeskError as exc:
-                raise forms.ValidationError(str(exc)) from exc
-        return url
-
-    def clean_sdp_base_url(self) -> str:
-        """Return the URL after the same safety check the SDP client makes."""
-        url = self.cleaned_data.get("sdp_base_url", "")
+    def _checked_url(self, name: str) -> str:
+        """Return the field's URL after the same safety check the SDP client and the token renewal make."""
+        url = self.cleaned_data.get(name, "")
         if url:
             try:
                 # No DNS here (the form is saved in a transaction); every SDP call checks again, resolving.
@@ -118,6 +108,14 @@ class TenantForm(forms.ModelForm):
             except ServiceDeskError as exc:
                 raise forms.ValidationError(str(exc)) from exc
         return url
+
+    def clean_zoho_accounts_url(self) -> str:
+        """Return the Zoho accounts URL after the safety check the token renewal makes."""
+        return self._checked_url("zoho_accounts_url")
+
+    def clean_sdp_base_url(self) -> str:
+        """Return the URL after the same safety check the SDP client makes."""
+        return self._checked_url("sdp_base_url")
 
     def clean(self) -> dict[str, Any]:
         """Refuse contradictory secret instructions."""
