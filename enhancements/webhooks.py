@@ -155,10 +155,20 @@ MAX_DELIVERY_ID = field_max_lengths(Enhancement)["delivery_id"]
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
-def _unless_cached(guard: dict[str, Any] | None) -> None:
-    """Raise StaleTenant when the tenant came from the cache: only a guarded store may answer from it."""
+def _refused(
+    guard: dict[str, Any] | None,
+    code: str,
+    detail: str,
+    *,
+    status: int,
+    fields: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JsonResponse:
+    """Return the error answer; raise StaleTenant instead when the tenant came from the cache (only a guarded
+    store may answer from it)."""
     if guard is not None:
         raise StaleTenant("answered from the tenant read again")
+    return error_response(code, detail, status=status, fields=fields, headers=headers)
 
 
 def _answer(
@@ -172,17 +182,15 @@ def _answer(
     every other outcome raises StaleTenant before anything is written."""
     if tenant is None or (delivery_id := _verify(tenant, request, body)) is None:
         # The same answer (and metrics label) for an unknown tenant and a bad signature: no enumeration.
-        _unless_cached(guard)
-        return error_response(
-            "invalid_signature", "The webhook signature or token is missing, stale or wrong.", status=401
+        return _refused(
+            guard, "invalid_signature", "The webhook signature or token is missing, stale or wrong.", status=401
         )
     request.metrics_tenant = tenant.slug  # type: ignore[attr-defined] # the metrics label, once authentic
     if not tenant.enabled:
-        _unless_cached(guard)
-        return error_response("tenant_disabled", "This tenant is disabled.", status=403)
+        return _refused(guard, "tenant_disabled", "This tenant is disabled.", status=403)
     if _CONTROL.search(delivery_id):
-        _unless_cached(guard)
-        return error_response(
+        return _refused(
+            guard,
             "invalid_payload",
             "The webhook-id header contains control characters.",
             status=400,
@@ -190,8 +198,8 @@ def _answer(
         )
     if len(delivery_id) > MAX_DELIVERY_ID:
         # A longer id could not be stored (PostgreSQL would refuse it: a 503 the sender retries forever).
-        _unless_cached(guard)
-        return error_response(
+        return _refused(
+            guard,
             "invalid_payload",
             f"The webhook-id header is longer than {MAX_DELIVERY_ID} characters.",
             status=400,
@@ -199,8 +207,8 @@ def _answer(
         )
     wait = _rate_limited(tenant, counts)
     if wait is not None:
-        _unless_cached(guard)
-        return error_response(
+        return _refused(
+            guard,
             "rate_limited",
             f"More than {tenant.rate_limit_per_minute} webhooks this minute; retry later.",
             status=429,
@@ -209,11 +217,10 @@ def _answer(
     try:
         payload, plainly_storable = json_loads_checked(body)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        _unless_cached(guard)
-        return error_response("invalid_json", "The body is not valid UTF-8 JSON.", status=400)
+        return _refused(guard, "invalid_json", "The body is not valid UTF-8 JSON.", status=400)
     if not isinstance(payload, dict):
-        _unless_cached(guard)
-        return error_response(
+        return _refused(
+            guard,
             "invalid_payload",
             "The body must be a JSON object.",
             status=400,
@@ -223,15 +230,14 @@ def _answer(
         if not plainly_storable:
             payload = storable_json(payload)
     except UnstorableValue as exc:
-        _unless_cached(guard)
-        return error_response("invalid_payload", str(exc), status=400, fields=exc.fields())
+        return _refused(guard, "invalid_payload", str(exc), status=400, fields=exc.fields())
     # Plain checks for a plainly valid body; the serializer for everything else, and for every 400.
     data = plainly_valid(payload)
     if data is None:
         serializer = WebhookSerializer(data=payload)
         if not serializer.is_valid():
-            _unless_cached(guard)
-            return error_response(
+            return _refused(
+                guard,
                 "invalid_payload",
                 "The webhook body is missing or has invalid fields.",
                 status=400,
