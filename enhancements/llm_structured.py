@@ -19,9 +19,19 @@ Anything else keeps today's rules (project/retry.py): timeouts, 429 and 5xx are 
 and then fail the call; other 4xx fail it; a JSON object that fails the schema is asked for once more in the
 same mode, then fails it. A failed call is the caller's offline fallback, labelled with the reason.
 
-The mode that worked is remembered per endpoint (base URL + model) for `MODE_TTL` seconds, in Redis when
-REDIS_URL is set (every worker shares it) and in-process otherwise; the next call starts there, and an upgraded
-server is probed again from the top once the day is over.
+Only the error's message fields are read for those words (OpenAI's `error.message` and `error.param`, a top-level
+`message`, `detail` or FastAPI's `detail[].msg` / `detail[].loc`, or a plain-text body): a 400 or 422 that echoes
+the request (pydantic's `input`, a gateway's copy of the prompt, which in the prompt modes holds the schema) names
+the mode without refusing it.
+
+The mode that worked is remembered per endpoint, model and schema (base URL + model + a hash of the schema's
+JSON: the note's and triage's schemas differ, and a grammar backend may take one and refuse the other) for
+`MODE_TTL` seconds, in Redis when REDIS_URL is set (every worker shares it) and in-process otherwise; the next
+call starts there, and an upgraded server is probed again from the top once the day is over. When a call found
+that no mode works (the response_formats refused or ignored, then no JSON object in the prompt mode twice),
+that is remembered as `NONE` for `NONE_TTL` seconds (an hour): the calls in that hour fail at once, without a
+request, to the labelled offline note (each note would otherwise cost up to six generations, which can take
+longer than ENHANCEMENT_STUCK_AFTER), and the endpoint is probed again after it.
 
 Content is read tolerantly (enhancements/llm_json.py): Markdown fences are stripped, the first balanced JSON
 object is taken from surrounding prose, raw newlines and tabs inside strings are accepted
@@ -58,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 MODES = ("json_schema", "json_object", "prompt")
 MODE_TTL = 24 * 3600
+NONE = "none"  # remembered when no mode works for an endpoint, model and schema
+NONE_TTL = 3600
 
 # What a 400/422 says when the refused part is the output mode (vLLM, LM Studio, Azure, FastAPI-based gateways).
 _MODE_WORDS = re.compile(
@@ -79,7 +91,7 @@ class _Mismatch(LLMError):
 
 
 class _Ignored(_Mismatch):
-    """HTTP 200 under a response_format, but no JSON object: asked twice, it means the mode is ignored."""
+    """HTTP 200 but no JSON object: asked twice, the mode is ignored (without a response_format: no JSON comes)."""
 
 
 @dataclass
@@ -133,17 +145,18 @@ _local_lock = threading.Lock()
 _KEY_PREFIX = "llm-mode:"
 
 
-def _mode_key(base_url: str | None, model: str) -> str:
-    return _KEY_PREFIX + hashlib.sha256(f"{base_url or 'openai'}\0{model}".encode()).hexdigest()[:16]
+def _mode_key(base_url: str | None, model: str, schema: dict[str, Any]) -> str:
+    schema_json = json.dumps(schema, sort_keys=True, separators=(",", ":"), default=str)
+    return _KEY_PREFIX + hashlib.sha256(f"{base_url or 'openai'}\0{model}\0{schema_json}".encode()).hexdigest()[:16]
 
 
 def _redis() -> redis.Redis | None:
     return llm_budget._redis()
 
 
-def mode_remembered(*, base_url: str | None, model: str) -> str | None:
-    """Return the output mode that last worked for this endpoint and model, if still remembered."""
-    key = _mode_key(base_url, model)
+def mode_remembered(*, base_url: str | None, model: str, schema: dict[str, Any]) -> str | None:
+    """Return the output mode that last worked for this endpoint, model and schema (NONE: none did), if remembered."""
+    key = _mode_key(base_url, model, schema)
     client = _redis()
     if client is not None:
         try:
@@ -152,21 +165,22 @@ def mode_remembered(*, base_url: str | None, model: str) -> str | None:
             logger.warning("LLM mode: Redis did not answer (%s); using this process's memory", exc)
         else:
             mode = value.decode() if isinstance(value, bytes) else value
-            return mode if mode in MODES else None
+            return mode if mode in (*MODES, NONE) else None
     with _local_lock:
         mode, expires = _local_modes.get(key, ("", 0.0))
     return mode if mode and expires > time.monotonic() else None
 
 
-def mode_remember(*, base_url: str | None, model: str, mode: str) -> None:
-    """Remember the output mode that worked for this endpoint and model, for MODE_TTL seconds."""
-    key = _mode_key(base_url, model)
+def mode_remember(*, base_url: str | None, model: str, schema: dict[str, Any], mode: str) -> None:
+    """Remember the output mode that worked for this endpoint, model and schema (MODE_TTL; NONE: NONE_TTL)."""
+    key = _mode_key(base_url, model, schema)
+    ttl = NONE_TTL if mode == NONE else MODE_TTL
     with _local_lock:
-        _local_modes[key] = (mode, time.monotonic() + MODE_TTL)
+        _local_modes[key] = (mode, time.monotonic() + ttl)
     client = _redis()
     if client is not None:
         try:
-            client.set(key, mode, ex=MODE_TTL)
+            client.set(key, mode, ex=ttl)
         except redis.RedisError as exc:
             logger.warning("LLM mode: could not share the mode in Redis (%s)", exc)
 
@@ -186,10 +200,34 @@ def modes_forget() -> None:
 
 
 # --- the call ---------------------------------------------------------------------------------------------------
+def _error_words(body: object) -> list[str]:
+    """Return the parts of an error body that say what was refused: its message fields, never echoed input."""
+    if isinstance(body, str):
+        return [body]  # a plain-text body, or `{"error": "<message>"}` (LM Studio), which the client unwraps
+    if not isinstance(body, dict):
+        return []
+    words: list[str] = []
+    for field in ("message", "error", "detail", "msg", "param"):
+        value = body.get(field)
+        if isinstance(value, str):
+            words.append(value)
+        elif isinstance(value, dict):
+            words += _error_words({k: value.get(k) for k in ("message", "param")})
+        elif isinstance(value, list):  # FastAPI/pydantic: [{"loc": [...], "msg": ..., "input": <echoed>}]
+            for item in value[:20]:
+                if isinstance(item, dict):
+                    words.append(str(item.get("msg") or ""))
+                    words.append(" ".join(str(part) for part in item.get("loc") or [] if isinstance(part, str)))
+                elif isinstance(item, str):
+                    words.append(item)
+    return words
+
+
 def _is_mode_refusal(exc: openai.APIStatusError) -> bool:
     if exc.status_code not in (400, 422):
         return False
-    return bool(_MODE_WORDS.search(f"{exc.message} {json.dumps(exc.body, default=str)}"))
+    # The client keeps OpenAI's `error` object as the body (else the whole JSON body, else the text).
+    return any(_MODE_WORDS.search(text) for text in _error_words(exc.body))
 
 
 def _request(
@@ -232,6 +270,8 @@ def _request(
             raise _Unsupported(detail) from exc
         raise LLMError(f"The LLM call failed: {exc.__class__.__name__}: {detail}") from exc
     except openai.OpenAIError as exc:
+        # A timeout or a dropped connection keeps its reservation as spent: the provider bills a request that
+        # completed on its side; the budget drains it within the minute (tests/test_llm_budget.py).
         raise LLMError(f"The LLM call failed: {exc.__class__.__name__}: {exc}") from exc
     usage = getattr(response, "usage", None)
     llm_budget.settle(base_url=base_url, api_key=api_key, reserved=reserved, used=getattr(usage, "total_tokens", None))
@@ -268,7 +308,7 @@ def _parse(response: Any, *, mode: str, accept: dict[str, Any]) -> dict[str, Any
     except ValueError as exc:
         if mode != "prompt":
             raise _Ignored(f"HTTP 200 but the content is not a JSON object: {content[:120]!r}") from exc
-        raise _Mismatch(f"the answer held no JSON object: {content[:120]!r}") from exc
+        raise _Ignored(f"the answer held no JSON object: {content[:120]!r}") from exc
     output = storable_json(output, repair=True)
     try:
         jsonschema.validate(output, accept)
@@ -295,7 +335,12 @@ def structured_complete(
     """
     base_url = settings.OPENAI_BASE_URL
     accept = accept or schema
-    remembered = mode_remembered(base_url=base_url, model=model)
+    remembered = mode_remembered(base_url=base_url, model=model, schema=schema)
+    if remembered == NONE:
+        raise LLMError(
+            f"No structured-output mode worked on this endpoint for the {name} schema within the last "
+            f"{NONE_TTL // 60} min; not asked again until then"
+        )
     modes = MODES[MODES.index(remembered) :] if remembered else MODES
     prompt_tokens = completion_tokens = requests = 0
     refused: list[str] = []
@@ -318,7 +363,7 @@ def structured_complete(
                     last, ignored = exc, ignored + isinstance(exc, _Ignored)
                     continue
                 if mode != remembered:
-                    mode_remember(base_url=base_url, model=model, mode=mode)
+                    mode_remember(base_url=base_url, model=model, schema=schema, mode=mode)
                     if refused:
                         logger.info("LLM %s at %s: using %s (%s)", model, base_url, mode, "; ".join(refused))
                 return StructuredResult(
@@ -331,9 +376,19 @@ def structured_complete(
         except _Unsupported as exc:
             refused.append(f"{mode} unsupported: {exc}")
             continue
-        if ignored == 2:
-            refused.append(f"{mode} ignored twice: {last}")
+        # No JSON twice in the prompt mode says the endpoint writes none only when this call saw a
+        # response_format refused or ignored too; a remembered prompt mode failing twice is this ticket's.
+        if ignored == 2 and (mode != "prompt" or refused):
+            refused.append(f"{mode} {'gave no JSON object' if mode == 'prompt' else 'ignored'} twice: {last}")
             continue
         after = f" (after {'; '.join(refused)})" if refused else ""
         raise LLMError(f"The LLM answer ({mode} mode, asked twice): {last}{after}")
-    raise LLMError("No structured-output mode works on this endpoint: " + "; ".join(refused))
+    mode_remember(base_url=base_url, model=model, schema=schema, mode=NONE)
+    logger.warning(
+        "LLM %s at %s: no structured-output mode works for the %s schema; offline for %d min (%s)",
+        model, base_url, name, NONE_TTL // 60, "; ".join(refused),
+    )  # fmt: skip
+    raise LLMError(
+        f"No structured-output mode works on this endpoint for the {name} schema (not asked again for "
+        f"{NONE_TTL // 60} min): " + "; ".join(refused)
+    )

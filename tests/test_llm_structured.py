@@ -9,9 +9,20 @@ import pytest
 from django.conf import settings as django_settings
 
 from enhancements import services
-from enhancements.llm_structured import MODE_TTL, _mode_key, mode_remember, mode_remembered, modes_forget
+from enhancements.llm import OUTPUT_SCHEMA
+from enhancements.llm_structured import (
+    MODE_TTL,
+    NONE,
+    NONE_TTL,
+    _mode_key,
+    mode_remember,
+    mode_remembered,
+    modes_forget,
+    structured_complete,
+)
 from enhancements.models import Enhancement
 from enhancements.triage.choices import choices_for
+from enhancements.triage.llm import triage_schema
 from enhancements.triage.services import triage_suggest
 from tests.fakes.openai import _mode_of
 from tests.triage_helpers import webhook_enhancement
@@ -43,8 +54,9 @@ def _modes(fake) -> list[str]:
     return [_mode_of(r.json) for r in fake.requests_log if r.path.endswith("/chat/completions")]
 
 
-def _remembered() -> str | None:
-    return mode_remembered(base_url=django_settings.OPENAI_BASE_URL, model="fake-model")
+def _remembered(schema: dict | None = None) -> str | None:
+    """Return the mode remembered for the fake's endpoint and model, for the note's schema unless told."""
+    return mode_remembered(base_url=django_settings.OPENAI_BASE_URL, model="fake-model", schema=schema or OUTPUT_SCHEMA)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -143,7 +155,111 @@ def test_when_no_mode_works_the_offline_note_is_used_and_says_why(tenant, post_w
     assert "no JSON object" in enhancement.error
     assert "json_schema unsupported" in enhancement.error and "Unrecognized request argument" in enhancement.error
     assert _modes(openai_fake) == ["json_schema", "json_object", "prompt", "prompt"]
-    assert _remembered() is None
+    assert _remembered() == NONE
+
+
+def test_when_no_mode_works_the_next_notes_go_straight_to_the_offline_note_for_an_hour(
+    tenant, post_webhook, openai_fake, settings
+):
+    # Before: every note probed all three modes again, six generations each, longer than a note may take.
+    openai_fake.set_kind("no-json")
+    first = _process(post_webhook, tenant, "1")
+    assert (first.status, first.provider) == (Enhancement.Status.COMPLETED, "offline")
+    assert "offline fallback" in first.note_html
+    assert "No structured-output mode works" in first.error and "not asked again for 60 min" in first.error
+    assert _modes(openai_fake) == ["json_schema"] * 2 + ["json_object"] * 2 + ["prompt"] * 2
+    assert _remembered() == NONE
+    if settings.REDIS_URL:
+        import redis
+
+        key = _mode_key(settings.OPENAI_BASE_URL, "fake-model", OUTPUT_SCHEMA)
+        ttl = redis.Redis.from_url(settings.REDIS_URL).ttl(key)
+        assert 0 < ttl <= NONE_TTL < MODE_TTL
+
+    second = _process(post_webhook, tenant, "2", subject="Printer offline on floor 2")
+    assert (second.status, second.provider) == (Enhancement.Status.COMPLETED, "offline")
+    assert "offline fallback" in second.note_html and "Printer offline" in second.note_html
+    assert "No structured-output mode worked" in second.error and "not asked again" in second.error
+    assert openai_fake.chat_requests() == 6  # not one request for the second note
+
+    # Once the memory is gone (the hour over, or cleared), the endpoint is probed again from the top.
+    modes_forget()
+    openai_fake.set_kind("openai")
+    third = _process(post_webhook, tenant, "3")
+    assert (third.provider, third.error) == ("openai", "")
+    assert _modes(openai_fake)[6:] == ["json_schema"]
+
+
+def test_a_remembered_prompt_mode_failing_for_one_ticket_is_not_no_mode_works(tenant, post_webhook, openai_fake):
+    mode_remember(base_url=django_settings.OPENAI_BASE_URL, model="fake-model", schema=OUTPUT_SCHEMA, mode="prompt")
+    openai_fake.set_kind("no-json")
+    enhancement = _process(post_webhook, tenant, "1")
+    assert enhancement.provider == "offline" and "prompt mode, asked twice" in enhancement.error
+    assert _modes(openai_fake) == ["prompt", "prompt"]
+    assert _remembered() == "prompt"
+
+
+def test_a_mode_learned_for_one_schema_is_not_applied_to_another(openai_fake):
+    # A grammar backend may refuse the note's schema and take triage's: each schema negotiates its own mode.
+    other = {"type": "object", "additionalProperties": False, "required": ["group"],
+             "properties": {"group": {"type": "string", "enum": ["Network", "Desktop", ""]}}}  # fmt: skip
+    call = {"system": "Route the ticket.", "user": "<ticket>\nSubject: VPN drops\n</ticket>", "model": "fake-model"}
+    openai_fake.set_kind("vllm")
+    assert structured_complete(schema=OUTPUT_SCHEMA, name="ticket_enhancement", **call).mode == "json_object"
+    openai_fake.set_kind("openai")
+    result = structured_complete(schema=other, name="ticket_triage", **call)
+    assert _modes(openai_fake) == ["json_schema", "json_object", "json_schema"]
+    assert (result.mode, result.output["group"]) == ("json_schema", "Network")
+    assert (_remembered(), _remembered(other)) == ("json_object", "json_schema")
+
+
+# A 400/422 that echoes the request (the ticket below mentions response_format) does not refuse the mode; one
+# whose message fields name it does.
+_ECHO = "Subject: Our API answers 'response_format json_schema is not supported' since the upgrade"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "refusal"),
+    [
+        pytest.param(
+            422,
+            {"detail": [{"type": "string_too_long", "loc": ["body", "messages", 1, "content"],
+                         "msg": "String should have at most 16000 characters", "input": _ECHO}]},
+            False,
+            id="pydantic-422-echoing-the-input",
+        ),
+        pytest.param(
+            400,
+            {"message": "This model's maximum context length is 8192 tokens.", "type": "BadRequestError",
+             "request": {"messages": [{"role": "user", "content": _ECHO}]}},
+            False,
+            id="gateway-400-echoing-the-request",
+        ),
+        pytest.param(
+            400,
+            {"error": {"message": "Invalid value: 'messages'.", "type": "invalid_request_error", "param": "messages",
+                       "code": None, "prompt": _ECHO}},
+            False,
+            id="openai-400-about-something-else",
+        ),
+        pytest.param(
+            422,
+            {"detail": [{"type": "extra_forbidden", "loc": ["body", "response_format"],
+                         "msg": "Extra inputs are not permitted", "input": {"type": "json_schema"}}]},
+            True,
+            id="pydantic-422-refusing-response_format",
+        ),
+    ],
+)  # fmt: skip
+def test_only_the_error_message_fields_decide_a_mode_refusal(tenant, post_webhook, openai_fake, status, body, refusal):
+    openai_fake.fail_next(1, status, body=body)
+    enhancement = _process(post_webhook, tenant, "1")
+    if refusal:
+        assert (enhancement.provider, enhancement.error) == ("openai", "")
+        assert _modes(openai_fake) == ["json_schema", "json_object"] and _remembered() == "json_object"
+    else:
+        assert enhancement.provider == "offline" and f"HTTP {status}" in enhancement.error
+        assert _modes(openai_fake) == ["json_schema"] and _remembered() is None
 
 
 def test_a_model_writing_nan_and_nul_gets_the_offline_note_not_a_crash_or_a_retry(tenant, post_webhook, openai_fake):
@@ -187,10 +303,10 @@ def test_the_mode_is_shared_with_a_ttl_and_forgetting_probes_again(tenant, post_
         import redis
 
         client = redis.Redis.from_url(settings.REDIS_URL)
-        ttl = client.ttl(_mode_key(settings.OPENAI_BASE_URL, "fake-model"))
+        ttl = client.ttl(_mode_key(settings.OPENAI_BASE_URL, "fake-model", OUTPUT_SCHEMA))
         assert 0 < ttl <= MODE_TTL
     # Another model on the same server is negotiated on its own.
-    assert mode_remembered(base_url=settings.OPENAI_BASE_URL, model="other-model") is None
+    assert mode_remembered(base_url=settings.OPENAI_BASE_URL, model="other-model", schema=OUTPUT_SCHEMA) is None
     # An upgraded server (or an operator clearing the memory) is probed from the top again.
     modes_forget()
     openai_fake.set_kind("openai")
@@ -199,7 +315,8 @@ def test_the_mode_is_shared_with_a_ttl_and_forgetting_probes_again(tenant, post_
 
 
 def test_a_remembered_mode_the_server_stopped_supporting_steps_down_from_there(tenant, post_webhook, openai_fake):
-    mode_remember(base_url=django_settings.OPENAI_BASE_URL, model="fake-model", mode="json_object")
+    url = django_settings.OPENAI_BASE_URL
+    mode_remember(base_url=url, model="fake-model", schema=OUTPUT_SCHEMA, mode="json_object")
     openai_fake.set_kind("lmstudio")
     enhancement = _process(post_webhook, tenant, "1")
     assert enhancement.provider == "openai"
@@ -219,7 +336,7 @@ def test_triage_works_on_each_kind_of_server(northwind, post_webhook, openai_fak
     assert (result.provider, result.fallback_reason) == ("openai", "")
     assert result.suggestions["category"].value in choices_for(tenant=northwind.tenant).names["category"]
     assert 0 <= result.suggestions["category"].confidence <= 1
-    assert _remembered() == KINDS[kind][0]
+    assert _remembered(triage_schema(choices_for(tenant=northwind.tenant))) == KINDS[kind][0]
 
 
 def test_triage_spends_from_the_shared_budget(northwind, post_webhook, openai_fake, settings):

@@ -39,6 +39,8 @@ enhancements/llm_structured.py for the sources):
   response_format", Azure's wording before 2024-08-01-preview); no response_format: JSON amid prose.
 - "newlines": json_schema honoured, but strings hold raw newlines and tabs (invalid strict JSON).
 - "nan": json_schema honoured, but every number is `NaN` and sentences end with `\u0000`.
+- "no-json": supports no mode: every response_format accepted and ignored, and never any JSON, only prose (a chat
+  model behind a gateway that drops response_format and does not follow a schema in the prompt).
 `chat_requests(mode=...)` counts the completions received, per output mode sent.
 
 Rate limits (`rate_limit(requests_per_minute=..., tokens_per_minute=...)`): like OpenAI, the limits are per key and
@@ -68,7 +70,7 @@ from typing import Any
 
 from tests.fakes._http import Failure, FakeServer, RecordedRequest, Reply
 
-KINDS = ("openai", "ollama-old", "ignores-format", "vllm", "lmstudio", "old-gateway", "newlines", "nan")
+KINDS = ("openai", "ollama-old", "ignores-format", "vllm", "lmstudio", "old-gateway", "newlines", "nan", "no-json")
 _PROMPT_SCHEMA = re.compile(r"<json_schema>\s*(?P<schema>\{.*?\})\s*</json_schema>", re.DOTALL)
 _STRING_FAILURES = {"timeout", "disconnect", "invalid_json", "schema_violation", "refusal", "length"}
 _ERRORS: dict[int, tuple[str, str | None, str]] = {
@@ -352,6 +354,8 @@ class FakeOpenAI(FakeServer):
     def _content(self, body: Mapping[str, Any]) -> str:
         """Return the message content this kind of server writes for the request."""
         mode, kind = _mode_of(body), self.kind
+        if kind == "no-json":
+            return f"I had a look at {_find_subject(body.get('messages', []))}: it sounds like a network issue."
         ignored = (kind == "ollama-old" and mode == "json_schema") or kind == "ignores-format"
         example = self._example(body, use_response_format=not ignored)
         if ignored or (mode == "prompt" and kind in ("ollama-old", "ignores-format")):
