@@ -127,3 +127,26 @@ def test_worker_processes_share_one_budget_and_the_provider_never_answers_429(tm
             workers = {row.worker.rsplit(":", 1)[1] for row in rows.values()}
             assert len(workers) >= 2, workers
             assert all(row.prompt_tokens and row.completion_tokens for row in rows.values())
+
+
+@pytest.mark.parametrize("failure", ["timeout", 401])
+def test_a_timed_out_call_counts_its_estimate_and_a_refused_one_gives_it_back(openai_fake, settings, failure):
+    # The provider bills a request that completed on its side after the client gave up, so a timeout keeps its
+    # reservation (the estimate) as spent; the budget drains it within the minute like any call, nothing is held.
+    from enhancements.llm_structured import LLMError, structured_complete
+
+    settings.LLM_TIMEOUT = 0.3
+    settings.LLM_REQUESTS_PER_MINUTE, settings.LLM_TOKENS_PER_MINUTE = 0, 6000  # 100 tokens a second, 1 s burst
+    settings.LLM_BUDGET_MAX_WAIT = 0
+    openai_fake.fail_next(3, failure, delay=1.0)  # the client's two retries included
+    with pytest.raises(LLMError):
+        structured_complete(system="Answer.", user="x" * 400, schema={"type": "object"}, name="t", model="fake-model")
+    estimate = llm_budget.estimate_tokens(len("Answer.") + 400)  # json_schema mode: no schema in the prompt
+    key = {"base_url": settings.OPENAI_BASE_URL, "api_key": settings.OPENAI_API_KEY}
+    if failure == 401:
+        llm_budget.reserve(**key, tokens=100)  # settled to nothing: the whole burst is free again
+        return
+    with pytest.raises(llm_budget.BudgetExhausted) as caught:
+        llm_budget.reserve(**key, tokens=100)
+    # Still spent: the estimate (less the time since) stands between this reservation and the burst.
+    assert 0 < caught.value.retry_after <= estimate / 100
