@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -248,6 +249,13 @@ class OpenAIProvider:
         )
 
 
+def _duration(seconds: float) -> str:
+    """Return a wait as the footer says it: seconds below a minute, else minutes rounded up (never "0 min")."""
+    if seconds < 60:
+        return f"{max(math.ceil(seconds), 1)} s"
+    return f"{math.ceil(seconds / 60)} min"
+
+
 def provider_name() -> str:
     """Return the configured provider: openai when LLM_PROVIDER says so or auto with a key."""
     if settings.LLM_PROVIDER == "auto":
@@ -285,8 +293,9 @@ def enhancement_generate(
         logger.warning("the shared LLM budget stayed full past LLM_BUDGET_MAX_DEFER; offline note: %s", exc)
         result = offline.generate(ticket=ticket, context=context)
         result.fallback_reason = f"{provider.model}: {exc}"
-        minutes = round(settings.LLM_BUDGET_MAX_DEFER / 60)
+        # The ticket waited at least LLM_BUDGET_MAX_DEFER, and this attempt LLM_BUDGET_MAX_WAIT.
+        waited = _duration(max(settings.LLM_BUDGET_MAX_DEFER, settings.LLM_BUDGET_MAX_WAIT))
         result.output["offline_reason"] = (
-            f"the LLM provider's rate limit had no room for {minutes} min, so this note was written offline"
+            f"the LLM provider's rate limit had no room for {waited}, so this note was written offline"
         )
         return result

@@ -196,6 +196,23 @@ def test_the_command_lifts_and_shows(budgeted, capsys):
         call_command("llm_budget_lift", "acme", "--tokens", "-5")
 
 
+def test_lifting_an_unlimited_budget_says_there_is_nothing_to_lift_and_records_nothing(
+    admin_client, make_tenant, capsys
+):
+    # Before: "lifted" in the log, the command's output and the usage row (lifted_by), for a budget with no limit.
+    tenant = make_tenant("acme", llm_daily_token_budget=0).tenant
+    answer = admin_client.post(f"/admin/tickets/tenant/{tenant.pk}/lift-budget/", follow=True)
+    assert answer.status_code == 200
+    assert any("unlimited; nothing to lift" in str(m) for m in answer.context["messages"])
+    call_command("llm_budget_lift", "acme", "--by", "night shift")
+    out = capsys.readouterr().out
+    assert "unlimited; nothing to lift" in out and "lifted." not in out
+    assert not LlmUsage.objects.filter(tenant=tenant).exists()
+    assert not LogEntry.objects.filter(object_id=str(tenant.pk)).exists()
+    state = llm_budget_fetch(tenant=tenant)
+    assert (state.token_budget, state.cost_cap_micros, state.lifted_at) == (0, 0, None)
+
+
 def test_malformed_budget_settings_fail_loudly():
     done = manage("check", LLM_PRICES="gpt-4o-mini=cheap")
     assert done.returncode != 0 and "LLM_PRICES" in done.stderr
@@ -235,3 +252,26 @@ def test_waiting_for_the_shared_llm_budget_spends_no_attempt_and_ends_with_an_of
     assert waiting.status == Enhancement.Status.COMPLETED and waiting.provider == "offline"
     assert "rate limit had no room for 60 min" in waiting.note_html
     assert "LLM_REQUESTS_PER_MINUTE" in waiting.error
+
+
+@pytest.mark.parametrize(("max_defer", "said"), [(20, "20 s"), (150, "3 min")])
+def test_the_deferral_note_says_a_short_wait_in_seconds_and_never_less_than_it_was(
+    make_tenant, post_webhook, openai_fake, settings, max_defer, said
+):
+    # Before: round(20 / 60) said "0 min", and round(150 / 60) "2 min" for a wait of two and a half.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.LLM_REQUESTS_PER_MINUTE, settings.LLM_BUDGET_MAX_WAIT = 1, 0
+    settings.LLM_BUDGET_MAX_DEFER = max_defer
+    result = make_tenant("acme")
+    assert _enhance(post_webhook, result, "7401").provider == "openai"
+    payload = json.loads(json.dumps(CREATED))
+    payload["request"]["id"] = "7402"
+    enhancement_id = post_webhook("acme", payload, secret=result.secret).json()["enhancement_id"]
+    Enhancement.objects.filter(pk=enhancement_id).update(created_at=timezone.now() - timedelta(seconds=max_defer + 1))
+    tasks.process_enhancement(enhancement_id)
+    waiting = Enhancement.objects.get(pk=enhancement_id)
+    assert (waiting.status, waiting.provider) == (Enhancement.Status.COMPLETED, "offline")
+    assert f"rate limit had no room for {said}, so this note was written offline" in waiting.note_html

@@ -190,13 +190,17 @@ def llm_usage_record(*, tenant: Tenant, model: str, prompt_tokens: int | None, c
 def llm_budget_lift(*, tenant: Tenant, by: str, tokens: int | None = None, cost: Decimal | None = None) -> BudgetState:
     """Add to today's budget only (one more day's allowance unless amounts are given); return the new state.
 
-    Raises ValueError on a negative amount. Logged with who lifted it; the row keeps who and when.
+    Raises ValueError on a negative amount. Logged with who lifted it; the row keeps who and when. An unlimited
+    budget (no token budget, no cost cap) has nothing to lift: nothing is written and the state is returned.
     """
     base_tokens, base_cap = _tenant_budget(tenant=tenant)
     add_tokens = base_tokens if tokens is None else int(tokens)
     add_cost = base_cap if cost is None else int(Decimal(cost) * MICROS)
     if add_tokens < 0 or add_cost < 0:
         raise ValueError("a lift adds tokens or cost; it cannot be negative")
+    if not base_tokens and not base_cap:
+        logger.info("AI budget of tenant %s is unlimited; nothing to lift (asked by %s)", tenant.slug, by or "unknown")
+        return llm_budget_fetch(tenant=tenant)
     day = llm_budget_day()
     _upsert(
         tenant=tenant,

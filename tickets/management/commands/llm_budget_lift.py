@@ -44,4 +44,7 @@ class Command(BaseCommand):
             state = llm_budget_lift(tenant=tenant, by=by, tokens=options["tokens"], cost=cost)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        if not state.token_budget and not state.cost_cap_micros:
+            self.stdout.write(f"{tenant.slug}: the AI budget is unlimited; nothing to lift. {budget_summary(state)}")
+            return
         self.stdout.write(f"{tenant.slug}: today's AI budget lifted. {budget_summary(state)}")
