@@ -63,7 +63,7 @@ def test_local_model_loads_and_embeds_with_the_network_refused():
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "wordllama-l2_supercat-256 (2, 256) 1.0 []"
+    assert done.stdout.strip() == "wordllama-l2_supercat-256-nolang (2, 256) 1.0 []"
 
 
 def test_local_vectors_put_the_same_problem_closer_than_another(settings):
