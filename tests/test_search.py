@@ -64,6 +64,14 @@ def test_unrelated_text_suggests_nothing(history):
         "Hello\nThanks, regards",
     ):
         assert ticket_search_similar(tenant=history["acme"], text=text) == [], text
+    # In other languages too, where the cross-language scale is looser (tickets/search/hybrid.py, CROSS_LOW): the
+    # set's unrelated texts in German, French, Spanish and Dutch, in every tenant.
+    unrelated = json.loads((RETRIEVAL / "unrelated.json").read_text(encoding="utf-8"))
+    foreign = [u["text"] for u in unrelated if u["language"] != "en"]
+    assert len(foreign) >= 20
+    for text in foreign:
+        for slug, tenant in history.items():
+            assert ticket_search_similar(tenant=tenant, text=text) == [], (slug, text)
 
 
 def test_only_resolved_tickets_of_the_tenant_and_never_the_ticket_itself(make_tenant):

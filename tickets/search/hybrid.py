@@ -18,7 +18,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from tickets import embeddings
 from tickets.models import Tenant, Ticket
-from tickets.search import postgres, semantic, sqlite
+from tickets.search import languages, postgres, semantic, sqlite
 from tickets.search.terms import MIN_SCORE
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,14 @@ SEMANTIC_LOW = 0.30
 SEMANTIC_HIGH = 0.75
 SEMANTIC_WEIGHT = 0.8
 SEMANTIC_FLOOR = MIN_SCORE
+# Between a query and a ticket in different languages (both detected) the local model's cosines are compressed
+# (a relevant ticket's about 0.31 against 0.73 within English, the 21st nearest 0.15 against 0.26), so they have
+# their own scale, about half as wide: calibrated on the set's other-language queries against its unrelated
+# texts in those languages (`python -m bench.semantic_quality --calibrate`; one grid step above the lowest
+# CROSS_LOW at which none of them gets a result, for a margin; docs/benchmarks.md). A multilingual model (an
+# OpenAI-compatible provider) scores higher: the floor is then stricter than it needs to be, never looser.
+CROSS_LOW = 0.25
+CROSS_HIGH = 0.50
 # Identifiers (terms.identifiers_in) name the problem or the machine exactly; a ticket containing the query's
 # identifiers gets up to this much more evidence (in proportion to the IDF-weighted share of them it has), even
 # when it shares no other word.
@@ -101,18 +109,20 @@ def _near_on_helper(tenant: Tenant, vector: np.ndarray, limit: int, model: str) 
         close_old_connections()
 
 
-def semantic_relevance(cosine: float, background: float | None = None) -> float:
+def semantic_relevance(cosine: float, background: float | None = None, *, cross: bool = False) -> float:
     """Return the 0..1 relevance of a cosine similarity: 0 at SEMANTIC_LOW (or at the background, when higher) and
-    below, rising by 1 / (SEMANTIC_HIGH - SEMANTIC_LOW) per unit of cosine.
+    below, rising by 1 / (SEMANTIC_HIGH - SEMANTIC_LOW) per unit of cosine (CROSS_LOW and CROSS_HIGH when the
+    query and the ticket are in different languages).
 
     The background is the cosine of the query's SEMANTIC_POOL-th nearest ticket: in a large history written in one
     vocabulary every ticket is somewhat near, and only those clearly nearer than that say the same thing.
     """
-    low = SEMANTIC_LOW if background is None else max(SEMANTIC_LOW, background)
-    return min(1.0, max(0.0, (cosine - low) / (SEMANTIC_HIGH - SEMANTIC_LOW)))
+    base, high = (CROSS_LOW, CROSS_HIGH) if cross else (SEMANTIC_LOW, SEMANTIC_HIGH)
+    low = base if background is None else max(base, background)
+    return min(1.0, max(0.0, (cosine - low) / (high - base)))
 
 
-def fused_score(lexical: float, cosine: float | None, background: float | None = None) -> float:
+def fused_score(lexical: float, cosine: float | None, background: float | None = None, *, cross: bool = False) -> float:
     """Return the hybrid score: how likely the ticket is relevant given either kind of evidence (0..1).
 
     A probabilistic OR, 1 - (1 - lexical)(1 - semantic): strong evidence of either kind carries a ticket (a shared
@@ -121,7 +131,7 @@ def fused_score(lexical: float, cosine: float | None, background: float | None =
     """
     if cosine is None:
         return lexical
-    return 1.0 - (1.0 - lexical) * (1.0 - SEMANTIC_WEIGHT * semantic_relevance(cosine, background))
+    return 1.0 - (1.0 - lexical) * (1.0 - SEMANTIC_WEIGHT * semantic_relevance(cosine, background, cross=cross))
 
 
 def ticket_search_similar(
@@ -148,7 +158,9 @@ def ticket_search_similar(
             tenant, text, max(limit, LEXICAL_POOL), exclude_sdp_id, IDENTIFIER_MAX_TICKETS, model
         )
         others = semantic.cosines(blobs, vector)
-        return _fused(tenant, limit, exclude_sdp_id, mode, pool, lexical, identified, future.result(), others)
+        near = future.result()
+        cross = languages.other_language(tenant=tenant, text=text, ids=[*near, *others])
+        return _fused(tenant, limit, exclude_sdp_id, mode, pool, lexical, identified, near, others, cross)
     if vector is None:
         if mode == "semantic":
             return []
@@ -169,7 +181,8 @@ def ticket_search_similar(
     )
     also = [*dict.fromkeys(pk for pk, _ in lexical), *identified]
     near, others = semantic.candidates(tenant, vector, limit=pool + 1, model=model, also=also)
-    return _fused(tenant, limit, exclude_sdp_id, mode, pool, lexical, identified, near, others)
+    cross = languages.other_language(tenant=tenant, text=text, ids=[*near, *others])
+    return _fused(tenant, limit, exclude_sdp_id, mode, pool, lexical, identified, near, others, cross)
 
 
 def _fused(
@@ -182,18 +195,19 @@ def _fused(
     identified: dict[int, float],
     near: dict[int, float],
     others: dict[int, float],
+    cross: set[int],
 ) -> list[tuple[Ticket, float]]:
     """Return the best `limit` tickets by fused score, given the candidates' lexical, identifier and semantic
-    evidence ({id: cosine} of the `pool` + 1 nearest, and of the others)."""
+    evidence ({id: cosine} of the `pool` + 1 nearest, and of the others; `cross`: those in another language)."""
     lexical_scores = {pk: min(score, 1.0) for pk, score in lexical}
     background = min(near.values()) if len(near) > pool else None
     near.update(others)
     if mode == "semantic":
-        scores = {pk: semantic_relevance(cosine, background) for pk, cosine in near.items()}
+        scores = {pk: semantic_relevance(cosine, background, cross=pk in cross) for pk, cosine in near.items()}
     else:
         scores = {}
         for pk in {*lexical_scores, *near, *identified}:
-            score = fused_score(lexical_scores.get(pk, 0.0), near.get(pk), background)
+            score = fused_score(lexical_scores.get(pk, 0.0), near.get(pk), background, cross=pk in cross)
             if pk in identified:
                 score = 1.0 - (1.0 - score) * (1.0 - IDENTIFIER_WEIGHT * identified[pk])
             scores[pk] = score
