@@ -3,20 +3,48 @@ cosines on their own scale: hybrid.CROSS_LOW, CROSS_HIGH)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
 
 from tickets.language import text_language
 from tickets.models import Tenant, Ticket
+
+TTL_SECONDS = 300.0
+_lock = threading.Lock()
+_known: dict[tuple[int, str], tuple[frozenset[str], float]] = {}
+
+
+def _history_languages(tenant: Tenant) -> frozenset[str]:
+    """Return the languages recorded on the tenant's resolved tickets, cached per process for TTL_SECONDS.
+
+    Stale for at most that long after a ticket in a new language arrives: that ticket is then scored on the
+    same-language scale, the stricter one.
+    """
+    key = (tenant.pk, tenant.slug)
+    now = time.monotonic()
+    with _lock:
+        found = _known.get(key)
+    if found is not None and now - found[1] < TTL_SECONDS:
+        return found[0]
+    rows = Ticket.objects.filter(tenant=tenant, is_resolved=True).exclude(language="").order_by()
+    languages = frozenset(rows.values_list("language", flat=True).distinct())
+    with _lock:
+        if len(_known) > 10_000:
+            _known.clear()
+        _known[key] = (languages, now)
+    return languages
 
 
 def other_language(*, tenant: Tenant, text: str, ids: Iterable[int]) -> set[int]:
     """Return the ids (of the tenant's tickets) whose recorded language is known and differs from the text's.
 
     A query or ticket whose language could not be told is taken to be in the same language (the stricter scale).
+    When the tenant's history holds no other language than the query's (the usual case) no ticket is looked up.
     """
     wanted = list(dict.fromkeys(ids))
     language = text_language(text) if wanted else ""
-    if not language:
+    if not language or not (_history_languages(tenant) - {language}):
         return set()
     found = Ticket.objects.filter(tenant=tenant, pk__in=wanted).exclude(language="").exclude(language=language)
     return set(found.values_list("pk", flat=True))
