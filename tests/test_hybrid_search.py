@@ -140,6 +140,8 @@ def test_a_ticket_in_another_language_is_scored_on_the_cross_language_scale(make
     english = "Outlook prompts for the password again\nIt keeps asking for my credentials since this morning."
     assert languages.other_language(tenant=acme, text=english, ids=[ticket.pk]) == set()
     assert languages.other_language(tenant=acme, text="Hi", ids=[ticket.pk]) == set()  # language unknown: same
+    # Another model's cosines were not measured compressed across languages: the same-language scale.
+    assert languages.other_language(tenant=acme, text=german, ids=[ticket.pk], model="text-embedding-3-small") == set()
     Ticket.objects.filter(pk=ticket.pk).update(language="")
     assert languages.other_language(tenant=acme, text=german, ids=[ticket.pk]) == set()
     # The same cosine says more across languages, whose cosines are compressed; 0 below either scale's low end.

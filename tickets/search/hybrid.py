@@ -38,8 +38,8 @@ SEMANTIC_FLOOR = MIN_SCORE
 # (a relevant ticket's about 0.31 against 0.73 within English, the 21st nearest 0.15 against 0.26), so they have
 # their own scale, about half as wide: calibrated on the set's other-language queries against its unrelated
 # texts in those languages (`python -m bench.semantic_quality --calibrate`; one grid step above the lowest
-# CROSS_LOW at which none of them gets a result, for a margin; docs/benchmarks.md). A multilingual model (an
-# OpenAI-compatible provider) scores higher: the floor is then stricter than it needs to be, never looser.
+# CROSS_LOW at which none of them gets a result, for a margin; docs/benchmarks.md). For the local model only:
+# another (a multilingual OpenAI-compatible one) keeps the same-language scale (languages.other_language).
 CROSS_LOW = 0.25
 CROSS_HIGH = 0.50
 # Identifiers (terms.identifiers_in) name the problem or the machine exactly; a ticket containing the query's
@@ -159,7 +159,7 @@ def ticket_search_similar(
         )
         others = semantic.cosines(blobs, vector)
         near = future.result()
-        cross = languages.other_language(tenant=tenant, text=text, ids=[*near, *others])
+        cross = languages.other_language(tenant=tenant, text=text, ids=[*near, *others], model=model)
         return _fused(tenant, limit, exclude_sdp_id, mode, pool, lexical, identified, near, others, cross)
     if vector is None:
         if mode == "semantic":
@@ -181,7 +181,7 @@ def ticket_search_similar(
     )
     also = [*dict.fromkeys(pk for pk, _ in lexical), *identified]
     near, others = semantic.candidates(tenant, vector, limit=pool + 1, model=model, also=also)
-    cross = languages.other_language(tenant=tenant, text=text, ids=[*near, *others])
+    cross = languages.other_language(tenant=tenant, text=text, ids=[*near, *others], model=model)
     return _fused(tenant, limit, exclude_sdp_id, mode, pool, lexical, identified, near, others, cross)
 
 

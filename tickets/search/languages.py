@@ -1,5 +1,5 @@
 """Which candidates of a similar-ticket search are in another language than the query (hybrid.py scores their
-cosines on their own scale: hybrid.CROSS_LOW, CROSS_HIGH)."""
+cosines on their own scale, hybrid.CROSS_LOW and CROSS_HIGH, measured for the local model only)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+from tickets import embeddings
 from tickets.language import text_language
 from tickets.models import Tenant, Ticket
 
@@ -36,12 +37,16 @@ def _history_languages(tenant: Tenant) -> frozenset[str]:
     return languages
 
 
-def other_language(*, tenant: Tenant, text: str, ids: Iterable[int]) -> set[int]:
+def other_language(*, tenant: Tenant, text: str, ids: Iterable[int], model: str = embeddings.LOCAL_MODEL) -> set[int]:
     """Return the ids (of the tenant's tickets) whose recorded language is known and differs from the text's.
 
+    Empty unless `model` is the local one: its cross-language cosines are the compressed ones the cross-language
+    scale was calibrated for; another model's (a multilingual one's) keep the same-language scale, the stricter.
     A query or ticket whose language could not be told is taken to be in the same language (the stricter scale).
     When the tenant's history holds no other language than the query's (the usual case) no ticket is looked up.
     """
+    if model != embeddings.LOCAL_MODEL:
+        return set()
     wanted = list(dict.fromkeys(ids))
     language = text_language(text) if wanted else ""
     if not language or not (_history_languages(tenant) - {language}):
