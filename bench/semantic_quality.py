@@ -183,11 +183,11 @@ def _calibrate(
     """Grid CROSS_LOW / CROSS_HIGH: recall of the other-language queries, and unrelated texts given a result."""
     foreign = [q for q in queries if q["kind"] == "other_language"]
     saved = hybrid.CROSS_LOW, hybrid.CROSS_HIGH
-    print("\nCross-language scale (other_language queries; unrelated texts of unrelated.json given any result):\n")
+    print("\nCross-language scale (other_language queries; unrelated.json texts given results lexical search lacks):\n")
     print(
         "| CROSS_LOW | CROSS_HIGH | hybrid r@5 | semantic r@5 | "
         + " | ".join(f"{k} hybrid r@5" for k in LANGUAGES)
-        + " | unrelated with a result (hybrid) |"
+        + " | unrelated texts given a result by the semantic part |"
     )
     print("|---|---|---|---|" + "---|" * len(LANGUAGES) + "---|")
     for low in (0.10, 0.125, 0.15, 0.175, 0.20, 0.225, 0.25, 0.30):
