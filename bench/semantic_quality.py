@@ -75,11 +75,11 @@ def main() -> None:
     from django.db import connection, transaction
 
     from tickets import embeddings
-    from tickets.evaluation import load_history, load_queries
+    from tickets.evaluation import retrieval_load_history, retrieval_load_queries
     from tickets.models import Ticket
     from tickets.search import hybrid, semantic, ticket_search_similar
 
-    queries = load_queries(SET)
+    queries = retrieval_load_queries(directory=SET)
     history = json.loads((SET / "tickets.json").read_text(encoding="utf-8"))
     unrelated = json.loads((SET / "unrelated.json").read_text(encoding="utf-8"))
     by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -104,7 +104,7 @@ def main() -> None:
     print("Stage by stage (semantic only):\n")
     print(HEADER)
     with transaction.atomic():
-        tenants = load_history(SET, prefix="semantic-quality-")
+        tenants = retrieval_load_history(directory=SET, prefix="semantic-quality-")
         stored = {
             slug: list(
                 Ticket.objects.filter(tenant=tenant, is_resolved=True).values_list("sdp_id", "embedding", "language")
