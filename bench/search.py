@@ -262,7 +262,7 @@ def run(sizes: list[int], queries: int, pg_url: str, database: str, reuse: bool,
     from django.core.management import call_command
     from django.db import connection
 
-    from tickets import search
+    from tickets import embeddings, search
     from tickets.models import Tenant, Ticket
     from tickets.search import postgres as search_postgres
     from tickets.search import terms as search_terms
@@ -279,6 +279,12 @@ def run(sizes: list[int], queries: int, pg_url: str, database: str, reuse: bool,
     gen = Generator()
     labels: dict[tuple[int, int], list[str]] = {}
     loaded = Ticket.objects.exclude(sdp_id__startswith="imp-").count()
+    stale = loaded and Ticket.objects.exclude(embedding_model__in=("", embeddings.current_model())).exists()
+    if stale:  # loaded by another model (its name changed): the semantic search would find nothing
+        raise SystemExit(
+            f"{database} holds tickets embedded by another model than {embeddings.current_model()}:"
+            " reload it (without --reuse) or run `manage.py reembed_tickets --all` on it first"
+        )
     print(f"# bench/search.py — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, PostgreSQL, {TENANTS} tenants\n", flush=True)
     for size in sizes:
         print(f"## {size:,} tickets\n")

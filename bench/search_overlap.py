@@ -32,9 +32,14 @@ def main() -> None:
     os.environ["DATABASE_URL"] = f"{args.pg_url.rstrip('/')}/{args.database}"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     django.setup()
+    from tickets.embeddings import current_model
     from tickets.models import Tenant, Ticket
     from tickets.search import hybrid
 
+    if Ticket.objects.exclude(
+        embedding_model__in=("", current_model())
+    ).exists():  # the semantic search would find nothing
+        raise SystemExit(f"{args.database} holds tickets embedded by another model than {current_model()}: reload it")
     tenants = list(Tenant.objects.all())
     queries = []
     for tenant in tenants:
