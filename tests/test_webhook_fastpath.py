@@ -96,6 +96,20 @@ def test_one_statement_store_answers_like_the_transaction(make_tenant, post_webh
     assert Enhancement.objects.count() == 1 and Ticket.objects.count() == 1
 
 
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_store_is_prepared_once_per_connection(make_tenant, post_webhook):
+    result = make_tenant("acme")
+    for number, sdp_id in enumerate(("901", "902", "903")):
+        assert post_webhook("acme", _created(sdp_id), secret=result.secret, msg_id=f"p{number}").status_code == 202
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE statement LIKE 'WITH g AS %%'")
+        prepared = cursor.fetchall()
+    # Three webhooks on one connection: one statement parsed and planned once, run three times.
+    assert len(prepared) == 1 and "INSERT INTO" in prepared[0][0]
+    assert Ticket.objects.filter(sdp_id__in=["901", "902", "903"]).count() == 3
+
+
 def _created(sdp_id: str) -> dict[str, object]:
     return {**CREATED, "request": {**CREATED["request"], "id": sdp_id}}
 
