@@ -32,7 +32,8 @@ class Enhancement(models.Model):
     FINAL_STATUSES = (Status.POSTED, Status.COMPLETED, Status.FAILED, Status.REJECTED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="enhancements")
+    # No index of its own: enhancement_tenant_created leads with tenant_id.
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="enhancements", db_index=False)
     ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="enhancements")
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.WEBHOOK)
     # NULL (not "") so the unique constraint ignores deliveries without an id.
@@ -70,7 +71,7 @@ class Enhancement(models.Model):
     timings = models.JSONField(default=dict, blank=True, help_text="Milliseconds per stage.")
     urgency = models.JSONField(default=list, blank=True, help_text="Urgency cues: kind, label, evidence.")
     reviewed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
 
@@ -93,6 +94,10 @@ class Enhancement(models.Model):
             models.Index(fields=["tenant", "-created_at"], name="enhancement_tenant_created"),
             # The admin's review list is newest first across tenants: without this, a sort of every row.
             models.Index(fields=["-created_at"], name="enhancement_created"),
+            # Only reviewed rows (a user's deletion sets them NULL): a webhook's insert has nothing to add here.
+            models.Index(
+                fields=["reviewed_by"], condition=Q(reviewed_by__isnull=False), name="enhancement_reviewed_by"
+            ),
         ]
 
     def __str__(self) -> str:

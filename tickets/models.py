@@ -136,7 +136,8 @@ class Ticket(models.Model):
 
     RESOLVED_STATUSES = ("Resolved", "Closed")
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="tickets")
+    # No index of its own: ticket_unique_per_tenant and ticket_tenant_resolved both lead with tenant_id.
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="tickets", db_index=False)
     sdp_id = models.CharField("SDP id", max_length=32)
     subject = models.CharField(max_length=500, blank=True)
     description = models.TextField(blank=True, help_text="Plain text; HTML stripped.")
