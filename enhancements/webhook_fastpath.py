@@ -14,13 +14,16 @@ when the ticket already exists, and the ORM path decides what that means.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, ProgrammingError, connection, connections
 from django.db.models import sql
 
 from tickets.models import Tenant
+
+logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _TIME = re.compile(r"\d{1,15}")
@@ -171,10 +174,26 @@ def store_new_ticket(*, ticket: Any, enhancement: Any, tenant_guard: dict[str, A
     del enhancement_params[columns.index("ticket_id")]
     guard_params = list(tenant_guard.values()) if tenant_guard else []
     statement, params = _nulls_inlined(statement, [*guard_params, *ticket_params, *enhancement_params])
-    with _store_cursor() as cursor:
-        cursor.execute(statement, params)
-        row = cursor.fetchone()
+    try:
+        with _store_cursor() as cursor:
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+    except ProgrammingError as error:
+        if getattr(error.__cause__, "sqlstate", None) != _NO_SUCH_PREPARED_STATEMENT or not _PREPARING[0]:
+            raise
+        # The server lost what this connection prepared: a transaction-mode pooler without prepared statement
+        # support sends the execution to another server connection. Nothing was written (autocommit, one
+        # statement): store it unprepared, and prepare nothing more in this process.
+        _PREPARING[0] = False
+        logger.warning("webhook store: prepared statement lost (a pooler?); storing unprepared from now on")
+        with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
     return str(row[0]) if row else None
+
+
+_NO_SUCH_PREPARED_STATEMENT = "26000"  # invalid_sql_statement_name
+_PREPARING = [True]
 
 
 def _store_cursor() -> Any:
@@ -188,7 +207,7 @@ def _store_cursor() -> Any:
     to "never automatically" changes nothing else. The cursor is Django's wrapper: errors are Django's
     (IntegrityError, OperationalError), execute_wrappers and query logging see the statement."""
     conn = connections[DEFAULT_DB_ALIAS]
-    cursor_class = _preparing_cursor_class() if conn.vendor == "postgresql" else None
+    cursor_class = _preparing_cursor_class() if conn.vendor == "postgresql" and _PREPARING[0] else None
     if cursor_class is None:
         return conn.cursor()
     conn.close_if_health_check_failed()

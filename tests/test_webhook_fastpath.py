@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from enhancements import webhook_fastpath
 from enhancements.models import Enhancement
 from enhancements.webhook_fastpath import plainly_valid
 from tests.fakes.fixtures import SERVICEDESK_FIXTURES, servicedesk_fixture
@@ -108,6 +109,27 @@ def test_the_store_is_prepared_once_per_connection(make_tenant, post_webhook):
     # Three webhooks on one connection: one statement parsed and planned once, run three times.
     assert len(prepared) == 1 and "INSERT INTO" in prepared[0][0]
     assert Ticket.objects.filter(sdp_id__in=["901", "902", "903"]).count() == 3
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_prepared_statement_the_server_lost_is_stored_unprepared(make_tenant, post_webhook, monkeypatch, caplog):
+    monkeypatch.setattr(webhook_fastpath, "_PREPARING", [True])
+    result = make_tenant("acme")
+    # The first call reads the tenant, the second stores through the cached one's guard: both statements prepared.
+    for number in (1, 2):
+        assert (
+            post_webhook("acme", _created(f"91{number}"), secret=result.secret, msg_id=f"q{number}").status_code == 202
+        )
+    # What a transaction-mode pooler does to a prepared statement: the next server connection never saw it.
+    connection.ensure_connection()
+    connection.connection.pgconn.exec_(b"DEALLOCATE ALL")
+    third = post_webhook("acme", _created("913"), secret=result.secret, msg_id="q3")
+    assert third.status_code == 202
+    assert Enhancement.objects.get(pk=third.json()["enhancement_id"]).ticket.sdp_id == "913"
+    assert "prepared statement lost" in caplog.text
+    assert post_webhook("acme", _created("914"), secret=result.secret, msg_id="q4").status_code == 202
+    assert Ticket.objects.filter(sdp_id__startswith="91").count() == 4
 
 
 def _created(sdp_id: str) -> dict[str, object]:
