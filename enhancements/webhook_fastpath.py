@@ -179,11 +179,13 @@ def store_new_ticket(*, ticket: Any, enhancement: Any, tenant_guard: dict[str, A
             cursor.execute(statement, params)
             row = cursor.fetchone()
     except ProgrammingError as error:
-        if getattr(error.__cause__, "sqlstate", None) != _NO_SUCH_PREPARED_STATEMENT or not _PREPARING[0]:
+        if getattr(error.__cause__, "sqlstate", None) not in _POOLED_PREPARED_STATEMENT or not _PREPARING[0]:
             raise
-        # The server lost what this connection prepared: a transaction-mode pooler without prepared statement
-        # support sends the execution to another server connection. Nothing was written (autocommit, one
-        # statement): store it unprepared, and prepare nothing more in this process.
+        # A transaction-mode pooler without prepared statement support hands this connection's statements to
+        # other server sessions: one that lost what this connection prepared (26000), or one where another
+        # client already prepared the same name (42P05; psycopg names them _pg3_0, _pg3_1, ... on every
+        # connection). Either way the Parse failed and nothing was written (autocommit, one statement): store
+        # it unprepared, and prepare nothing more in this process.
         _PREPARING[0] = False
         logger.warning("webhook store: prepared statement lost (a pooler?); storing unprepared from now on")
         with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
@@ -192,7 +194,8 @@ def store_new_ticket(*, ticket: Any, enhancement: Any, tenant_guard: dict[str, A
     return str(row[0]) if row else None
 
 
-_NO_SUCH_PREPARED_STATEMENT = "26000"  # invalid_sql_statement_name
+# invalid_sql_statement_name (the name is unknown here), duplicate_prepared_statement (taken here by another client)
+_POOLED_PREPARED_STATEMENT = frozenset({"26000", "42P05"})
 _PREPARING = [True]
 
 

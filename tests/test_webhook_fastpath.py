@@ -132,6 +132,26 @@ def test_a_prepared_statement_the_server_lost_is_stored_unprepared(make_tenant, 
     assert Ticket.objects.filter(sdp_id__startswith="91").count() == 4
 
 
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_name_another_client_prepared_on_the_server_session_is_stored_unprepared(
+    make_tenant, post_webhook, monkeypatch, caplog
+):
+    # Before: 42P05 (duplicate_prepared_statement) was re-raised and the webhook answered 503, again after
+    # every reconnect.
+    monkeypatch.setattr(webhook_fastpath, "_PREPARING", [True])
+    result = make_tenant("acme")
+    connection.ensure_connection()
+    # A transaction-mode pooler hands this client a server session on which another client (psycopg too, whose
+    # names are _pg3_0, _pg3_1, ... on every connection) already prepared its first statements.
+    for number in range(4):
+        connection.connection.pgconn.exec_(f"PREPARE _pg3_{number} AS SELECT 1".encode())
+    answer = post_webhook("acme", _created("921"), secret=result.secret, msg_id="r1")
+    assert answer.status_code == 202, answer.content
+    assert Ticket.objects.filter(sdp_id="921").count() == 1
+    assert "prepared statement lost" in caplog.text or not webhook_fastpath._PREPARING[0]
+
+
 def _created(sdp_id: str) -> dict[str, object]:
     return {**CREATED, "request": {**CREATED["request"], "id": sdp_id}}
 
