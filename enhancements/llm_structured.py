@@ -29,9 +29,12 @@ JSON: the note's and triage's schemas differ, and a grammar backend may take one
 `MODE_TTL` seconds, in Redis when REDIS_URL is set (every worker shares it) and in-process otherwise; the next
 call starts there, and an upgraded server is probed again from the top once the day is over. When a call found
 that no mode works (the response_formats refused or ignored, then no JSON object in the prompt mode twice),
-that is remembered as `NONE` for `NONE_TTL` seconds (an hour): the calls in that hour fail at once, without a
-request, to the labelled offline note (each note would otherwise cost up to six generations, which can take
-longer than ENHANCEMENT_STUCK_AFTER), and the endpoint is probed again after it.
+that is remembered as `PROMPT_UNPROVEN`: one ticket's answer may be prose for reasons of its own (a refusal, an
+injected "answer in prose"), so the next call tries the prompt mode once more. Only when that call gets no JSON
+object either is the endpoint remembered as `NONE` for `NONE_TTL` seconds (an hour): the calls in that hour fail
+at once, without a request, to the labelled offline note (each note would otherwise cost up to six generations,
+which can take longer than ENHANCEMENT_STUCK_AFTER), and the endpoint is probed again after it. Once the prompt
+mode has given JSON it is remembered as `prompt`, and its failing for one ticket is that ticket's.
 
 Content is read tolerantly (enhancements/llm_json.py): Markdown fences are stripped, the first balanced JSON
 object is taken from surrounding prose, raw newlines and tabs inside strings are accepted
@@ -70,6 +73,8 @@ MODES = ("json_schema", "json_object", "prompt")
 MODE_TTL = 24 * 3600
 NONE = "none"  # remembered when no mode works for an endpoint, model and schema
 NONE_TTL = 3600
+# Remembered when one call found no mode works: the next call tries the prompt mode once more before NONE.
+PROMPT_UNPROVEN = "prompt-unproven"
 
 # What a 400/422 says when the refused part is the output mode (vLLM, LM Studio, Azure, FastAPI-based gateways).
 _MODE_WORDS = re.compile(
@@ -165,7 +170,7 @@ def mode_remembered(*, base_url: str | None, model: str, schema: dict[str, Any])
             logger.warning("LLM mode: Redis did not answer (%s); using this process's memory", exc)
         else:
             mode = value.decode() if isinstance(value, bytes) else value
-            return mode if mode in (*MODES, NONE) else None
+            return mode if mode in (*MODES, NONE, PROMPT_UNPROVEN) else None
     with _local_lock:
         mode, expires = _local_modes.get(key, ("", 0.0))
     return mode if mode and expires > time.monotonic() else None
@@ -174,7 +179,7 @@ def mode_remembered(*, base_url: str | None, model: str, schema: dict[str, Any])
 def mode_remember(*, base_url: str | None, model: str, schema: dict[str, Any], mode: str) -> None:
     """Remember the output mode that worked for this endpoint, model and schema (MODE_TTL; NONE: NONE_TTL)."""
     key = _mode_key(base_url, model, schema)
-    ttl = NONE_TTL if mode == NONE else MODE_TTL
+    ttl = NONE_TTL if mode in (NONE, PROMPT_UNPROVEN) else MODE_TTL
     with _local_lock:
         _local_modes[key] = (mode, time.monotonic() + ttl)
     client = _redis()
@@ -341,7 +346,8 @@ def structured_complete(
             f"No structured-output mode worked on this endpoint for the {name} schema within the last "
             f"{NONE_TTL // 60} min; not asked again until then"
         )
-    modes = MODES[MODES.index(remembered) :] if remembered else MODES
+    unproven = remembered == PROMPT_UNPROVEN
+    modes = ("prompt",) if unproven else MODES[MODES.index(remembered) :] if remembered else MODES
     prompt_tokens = completion_tokens = requests = 0
     refused: list[str] = []
     for mode in modes:
@@ -378,11 +384,18 @@ def structured_complete(
             continue
         # No JSON twice in the prompt mode says the endpoint writes none only when this call saw a
         # response_format refused or ignored too; a remembered prompt mode failing twice is this ticket's.
-        if ignored == 2 and (mode != "prompt" or refused):
+        if ignored == 2 and (mode != "prompt" or refused or unproven):
             refused.append(f"{mode} {'gave no JSON object' if mode == 'prompt' else 'ignored'} twice: {last}")
             continue
         after = f" (after {'; '.join(refused)})" if refused else ""
         raise LLMError(f"The LLM answer ({mode} mode, asked twice): {last}{after}")
+    if not unproven:
+        # This ticket's answers may be prose for its own reasons: the next call tries the prompt mode once more.
+        mode_remember(base_url=base_url, model=model, schema=schema, mode=PROMPT_UNPROVEN)
+        raise LLMError(
+            f"No structured-output mode gave a JSON object for this ticket ({'; '.join(refused)}); the next call "
+            f"tries the prompt mode once more before the endpoint is given up for {NONE_TTL // 60} min"
+        )
     mode_remember(base_url=base_url, model=model, schema=schema, mode=NONE)
     logger.warning(
         "LLM %s at %s: no structured-output mode works for the %s schema; offline for %d min (%s)",

@@ -14,6 +14,7 @@ from enhancements.llm_structured import (
     MODE_TTL,
     NONE,
     NONE_TTL,
+    PROMPT_UNPROVEN,
     _mode_key,
     mode_remember,
     mode_remembered,
@@ -155,7 +156,21 @@ def test_when_no_mode_works_the_offline_note_is_used_and_says_why(tenant, post_w
     assert "no JSON object" in enhancement.error
     assert "json_schema unsupported" in enhancement.error and "Unrecognized request argument" in enhancement.error
     assert _modes(openai_fake) == ["json_schema", "json_object", "prompt", "prompt"]
-    assert _remembered() == NONE
+    # One ticket's prose may be its own (a refusal, an injected "answer in prose"): not yet "no mode works".
+    assert _remembered() == PROMPT_UNPROVEN
+
+
+def test_one_ticket_answered_in_prose_does_not_switch_the_llm_off_for_everyone(tenant, post_webhook, openai_fake):
+    # Before: the first ticket's prose remembered "none" for an hour, and every tenant's notes went offline.
+    openai_fake.set_kind("old-gateway")
+    openai_fake.set_response("I am sorry, I cannot help with this ticket.")
+    first = _process(post_webhook, tenant, "1")
+    assert first.provider == "offline" and "tries the prompt mode once more" in first.error
+    openai_fake.set_response(None)
+    second = _process(post_webhook, tenant, "2", subject="Printer offline on floor 2")
+    assert (second.provider, second.error) == ("openai", "")
+    assert _modes(openai_fake) == ["json_schema", "json_object", "prompt", "prompt", "prompt"]
+    assert _remembered() == "prompt"
 
 
 def test_when_no_mode_works_the_next_notes_go_straight_to_the_offline_note_for_an_hour(
@@ -166,8 +181,14 @@ def test_when_no_mode_works_the_next_notes_go_straight_to_the_offline_note_for_a
     first = _process(post_webhook, tenant, "1")
     assert (first.status, first.provider) == (Enhancement.Status.COMPLETED, "offline")
     assert "offline fallback" in first.note_html
-    assert "No structured-output mode works" in first.error and "not asked again for 60 min" in first.error
+    assert "No structured-output mode gave a JSON object" in first.error and "60 min" in first.error
     assert _modes(openai_fake) == ["json_schema"] * 2 + ["json_object"] * 2 + ["prompt"] * 2
+    assert _remembered() == PROMPT_UNPROVEN
+    # The next ticket tries the prompt mode once more; no JSON again: the endpoint is given up for the hour.
+    again = _process(post_webhook, tenant, "1b", subject="Mail bounces")
+    assert (again.status, again.provider) == (Enhancement.Status.COMPLETED, "offline")
+    assert "No structured-output mode works" in again.error and "not asked again for 60 min" in again.error
+    assert _modes(openai_fake)[6:] == ["prompt"] * 2
     assert _remembered() == NONE
     if settings.REDIS_URL:
         import redis
@@ -180,14 +201,14 @@ def test_when_no_mode_works_the_next_notes_go_straight_to_the_offline_note_for_a
     assert (second.status, second.provider) == (Enhancement.Status.COMPLETED, "offline")
     assert "offline fallback" in second.note_html and "Printer offline" in second.note_html
     assert "No structured-output mode worked" in second.error and "not asked again" in second.error
-    assert openai_fake.chat_requests() == 6  # not one request for the second note
+    assert openai_fake.chat_requests() == 8  # not one request for the third note
 
     # Once the memory is gone (the hour over, or cleared), the endpoint is probed again from the top.
     modes_forget()
     openai_fake.set_kind("openai")
     third = _process(post_webhook, tenant, "3")
     assert (third.provider, third.error) == ("openai", "")
-    assert _modes(openai_fake)[6:] == ["json_schema"]
+    assert _modes(openai_fake)[8:] == ["json_schema"]
 
 
 def test_a_remembered_prompt_mode_failing_for_one_ticket_is_not_no_mode_works(tenant, post_webhook, openai_fake):
