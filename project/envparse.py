@@ -26,14 +26,14 @@ def llm_prices(raw: str) -> dict[str, tuple[Decimal, Decimal]]:
     return prices
 
 
-def not_negative(name: str, value: int | str) -> Decimal:
-    """Return the value as a Decimal; raise when it is not a number or is negative (0 = unlimited)."""
+def not_negative(name: str, value: int | str, zero: str = "unlimited") -> Decimal:
+    """Return the value as a Decimal; raise when it is not a number or is negative (0 = `zero`)."""
     try:
         number = Decimal(str(value))
     except InvalidOperation:
         number = Decimal(-1)
     if not (number.is_finite() and number >= 0):
-        raise ImproperlyConfigured(f"{name} must be a number that is not negative (0 = unlimited), not {value!r}")
+        raise ImproperlyConfigured(f"{name} must be a number that is not negative (0 = {zero}), not {value!r}")
     return number
 
 

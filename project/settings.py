@@ -315,6 +315,9 @@ EMBEDDINGS_API_KEY = secret("EMBEDDINGS_API_KEY", "")
 EMBEDDINGS_TIMEOUT = env.float("EMBEDDINGS_TIMEOUT", default=0.0) or None
 if EMBEDDINGS_TIMEOUT is not None and EMBEDDINGS_TIMEOUT < 0:
     raise ImproperlyConfigured("EMBEDDINGS_TIMEOUT must be a positive number of seconds")
+# The tenants' semantic windows a process keeps (tickets/search/window.py): MB in all (0 = off), TTL in seconds.
+SEARCH_WINDOW_CACHE_MB = not_negative("SEARCH_WINDOW_CACHE_MB", env.str("SEARCH_WINDOW_CACHE_MB", "64"), "off")
+SEARCH_WINDOW_CACHE_TTL = not_negative("SEARCH_WINDOW_CACHE_TTL", env.str("SEARCH_WINDOW_CACHE_TTL", "60"), "always")
 SDP_ALLOW_INSECURE_URLS = env.bool("SDP_ALLOW_INSECURE_URLS", default=False)
 WEBHOOK_MAX_BYTES = env.int("WEBHOOK_MAX_BYTES", default=262144)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(WEBHOOK_MAX_BYTES, 2621440)
@@ -380,11 +383,7 @@ LOGGING = {
         "console": {"format": "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s %(enhancement_id)s] %(message)s"},
     },
     "handlers": {
-        "stderr": {
-            "class": "logging.StreamHandler",
-            "formatter": LOG_FORMAT,
-            "filters": ["context"],
-        }
+        "stderr": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
     },
     "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
     "loggers": {

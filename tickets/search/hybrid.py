@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 from django.db import DEFAULT_DB_ALIAS, close_old_connections, connection, connections
-from django.db.backends.base.base import BaseDatabaseWrapper
 
 from tickets import embeddings
 from tickets.models import Tenant, Ticket
-from tickets.search import languages, postgres, semantic, sqlite
+from tickets.search import languages, postgres, semantic, sqlite, window
 from tickets.search.terms import MIN_SCORE
 
 log = logging.getLogger(__name__)
@@ -47,18 +50,104 @@ CROSS_HIGH = 0.50
 # when it shares no other word.
 IDENTIFIER_WEIGHT = 0.5
 IDENTIFIER_MAX_TICKETS = 10  # the best matches of the query's identifiers that get the bonus
-# On PostgreSQL, outside a transaction, the hybrid search embeds the query and runs the semantic statement on a
-# helper thread (its own database connection, kept and reused like a request's: CONN_MAX_AGE) while the caller's
-# connection runs the lexical one, so their latencies overlap instead of adding up (docs/benchmarks.md, "Search
-# at scale"). At most OVERLAP_THREADS helpers, and as many extra connections, per process (docs/capacity.md).
-# Inside a transaction (an atomic block, every test's) a second connection would not see its uncommitted rows,
-# so the two run one after the other on the caller's connection; on SQLite too (the embedded default, small
-# histories, one writer: nothing to gain), and when OVERLAP_THREADS is 0 (bench/search_overlap.py compares).
+# On PostgreSQL, outside a transaction, the hybrid search hands the query's embedding and its semantic
+# neighbours to a helper thread (its own database connection, kept like a request's: CONN_MAX_AGE) while the
+# caller's connection runs the lexical statement, so the two overlap instead of adding up (docs/benchmarks.md,
+# "Search at scale"). The neighbours come from the tenant's window held in the process (window.py: a short
+# incremental read, then numpy) or, without it, from the semantic statement. At most OVERLAP_THREADS helpers, and
+# as many extra connections, per process (docs/capacity.md). Inside a transaction (an atomic block, every test's)
+# a second connection would not see its uncommitted rows, so everything runs one step after the other on the
+# caller's connection and without the window cache (the statement path); on SQLite (the embedded default, small
+# histories, one writer) and when OVERLAP_THREADS is 0 one after the other too, with the cache
+# (bench/search_overlap.py compares).
 OVERLAP_THREADS = 4
-_helpers: ThreadPoolExecutor | None = None
-_helpers_pid = 0
+
+
+class _Helpers:
+    """Daemon threads running jobs from one queue, each on its own database connection, which it closes once it
+    is past CONN_MAX_AGE even when no job comes (an executor's idle thread would hold it open for ever)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.idle = threading.Semaphore(0)
+        self.threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Return the future of fn(*args), run on a helper thread (a new one while all are busy, up to size)."""
+        future: Future = Future()
+        with self.lock:
+            if not self.idle.acquire(blocking=False) and len(self.threads) < self.size:
+                thread = threading.Thread(target=self._run, name=f"search-semantic-{len(self.threads)}", daemon=True)
+                self.threads.append(thread)
+                thread.start()
+        self.jobs.put((future, fn, args))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            wrapper = connections[DEFAULT_DB_ALIAS]
+            open_until = wrapper.close_at if wrapper.connection is not None else None
+            try:
+                job = self.jobs.get(timeout=None if open_until is None else max(0.0, open_until - time.monotonic()))
+            except queue.Empty:
+                close_old_connections()  # idle past CONN_MAX_AGE (or unusable): closed on its own thread
+                continue
+            if job is None:
+                break
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                close_old_connections()  # dropped when unusable or past CONN_MAX_AGE, like a request's
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to the caller, which re-raises it
+                    future.set_exception(exc)
+                finally:
+                    close_old_connections()
+            self.idle.release()
+        connections.close_all()
+
+    def shutdown(self) -> None:
+        """Stop the threads once their jobs are done; each closes its connection."""
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join()
+
+
+_helpers: _Helpers | None = None
 _helpers_lock = threading.Lock()
-_helper_connections: list[BaseDatabaseWrapper] = []  # the helpers' connection wrappers, closed by helpers_shutdown()
+
+
+def _forget_helpers_after_fork() -> None:
+    """In a forked child (qcluster's workers): no helper thread exists there, and the parent's helper connections
+    are the parent's (closing one from the child would end the parent's session): start afresh."""
+    global _helpers, _helpers_lock
+    _helpers, _helpers_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_helpers_after_fork)
+
+
+def _helper_pool() -> _Helpers:
+    """Return this process's helper threads."""
+    global _helpers
+    with _helpers_lock:
+        if _helpers is None:
+            _helpers = _Helpers(OVERLAP_THREADS)
+        return _helpers
+
+
+def helpers_shutdown() -> None:
+    """Stop this process's helper threads, which close their database connections, and drop the semantic windows
+    held (the test suite does after each test, so that nothing outlives its test database)."""
+    global _helpers
+    with _helpers_lock:
+        pool, _helpers = _helpers, None
+    if pool is not None:
+        pool.shutdown()
+    window.cache_clear()
 
 
 def _query_vector(text: str) -> np.ndarray | None:
@@ -72,41 +161,20 @@ def _query_vector(text: str) -> np.ndarray | None:
         return None
 
 
-def _helper_pool() -> ThreadPoolExecutor:
-    """Return this process's helper threads (new ones after a fork: the parent's threads are not in the child)."""
-    global _helpers, _helpers_pid
-    with _helpers_lock:
-        if _helpers is None or _helpers_pid != os.getpid():
-            _helpers = ThreadPoolExecutor(max_workers=OVERLAP_THREADS, thread_name_prefix="search-semantic")
-            _helpers_pid = os.getpid()
-        return _helpers
+Semantic = tuple[np.ndarray | None, dict[int, float], dict[int, bytes]]
 
 
-def helpers_shutdown() -> None:
-    """Stop this process's helper threads and close their database connections (the test suite does after each
-    test, so that no connection outlives its test database; a new search starts new helpers)."""
-    global _helpers
-    with _helpers_lock:
-        pool, _helpers = _helpers, None
-        if pool is not None:
-            pool.shutdown(wait=True)
-        for wrapper in _helper_connections:
-            if wrapper.connection is not None:  # its thread has ended: nothing else uses it
-                wrapper.connection.close()
-                wrapper.connection = None
-        _helper_connections.clear()
-
-
-def _near_on_helper(tenant: Tenant, vector: np.ndarray, limit: int, model: str) -> dict[int, float]:
-    """Return {id: cosine} of the `limit` nearest tickets to vector, on a helper thread."""
-    close_old_connections()  # the helper's connection, like a request's: dropped when unusable or past CONN_MAX_AGE
-    wrapper = connections[DEFAULT_DB_ALIAS]
-    if not any(known is wrapper for known in _helper_connections):
-        _helper_connections.append(wrapper)
-    try:
-        return semantic.candidates(tenant, vector, limit=limit, model=model)[0]
-    finally:
-        close_old_connections()
+def _semantic(tenant: Tenant, text: str, model: str, limit: int, cached: bool) -> Semantic:
+    """Return (the query's vector, {id: cosine} of its `limit` nearest tickets of the window, {id: stored vector}
+    of those when they came from the window cache), on this thread's connection."""
+    vector = _query_vector(text)
+    if vector is None:
+        return None, {}, {}
+    held = window.window_get(tenant_id=tenant.pk, model=model, dim=vector.shape[0]) if cached else None
+    if held is not None:
+        near, kept = window.nearest(held, vector, limit)
+        return vector, near, kept
+    return vector, semantic.candidates(tenant, vector, limit=limit, model=model)[0], {}
 
 
 def semantic_relevance(cosine: float, background: float | None = None, *, cross: bool = False) -> float:
@@ -145,44 +213,82 @@ def ticket_search_similar(
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if limit <= 0 or not text.strip():
         return []
-    search = postgres.similar if connection.vendor == "postgresql" else sqlite.similar
     model = embeddings.current_model()
+    found = _searched(tenant, text, limit, exclude_sdp_id, mode, model, bool(model) and window.enabled())
+    if found is None:
+        # A neighbour from the window cache is no longer what the database holds (reopened, re-embedded,
+        # deleted since the window was read): the window is read again and this search done without it.
+        window.forget(tenant_id=tenant.pk, model=model)
+        found = _searched(tenant, text, limit, exclude_sdp_id, mode, model, False)
+    return found or []
+
+
+def _lexical_only(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None) -> list[tuple[Ticket, float]]:
+    search = postgres.similar if connection.vendor == "postgresql" else sqlite.similar
+    # A ticket with neither subject nor description (an import's or a minimal event's, its SDP fetch pending or
+    # failed) says nothing a technician can compare: it is never offered as history.
+    return [
+        (ticket, round(min(score, 1.0), 4))
+        for ticket, score in search(tenant, text, limit, exclude_sdp_id)
+        if ticket.is_complete
+    ]
+
+
+def _searched(
+    tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, mode: str, model: str, cached: bool
+) -> list[tuple[Ticket, float]] | None:
+    """Return the search's results, or None when a neighbour the window cache gave turned out stale."""
+    if mode == "lexical" or not model:
+        return [] if mode == "semantic" else _lexical_only(tenant, text, limit, exclude_sdp_id)
     pool = max(limit, SEMANTIC_POOL)
-    overlapped = mode == "hybrid" and bool(model) and connection.vendor == "postgresql" and OVERLAP_THREADS > 0
-    vector = None if mode == "lexical" or not model else _query_vector(text)
-    if vector is not None and overlapped and not connection.in_atomic_block:
-        # The semantic statement on a helper's connection while the lexical one runs on ours; the vectors of the
-        # lexical candidates come with them.
-        future = _helper_pool().submit(_near_on_helper, tenant, vector, pool + 1, model)
-        lexical, identified, blobs = postgres.similar_ids_with_vectors(
-            tenant, text, max(limit, LEXICAL_POOL), exclude_sdp_id, IDENTIFIER_MAX_TICKETS, model
+    lexical_limit = max(limit, LEXICAL_POOL)
+    postgresql = connection.vendor == "postgresql"
+    lexical: list[tuple[int, float]] = []
+    identified: dict[int, float] = {}
+    rows: dict[int, Ticket] = {}  # tickets the lexical statement returned whole
+    blobs: dict[int, bytes] = {}
+    if mode == "hybrid" and postgresql and OVERLAP_THREADS > 0 and not connection.in_atomic_block:
+        # The semantic side on a helper's connection while the lexical statement runs on ours; the vectors of
+        # the lexical candidates come with them.
+        future = _helper_pool().submit(_semantic, tenant, text, model, pool + 1, cached)
+        lexical, identified, blobs, rows = postgres.similar_ids_with_vectors(
+            tenant, text, lexical_limit, exclude_sdp_id, IDENTIFIER_MAX_TICKETS, model
         )
+        vector, near, kept = future.result()
+        if vector is None:
+            return _lexical_only(tenant, text, limit, exclude_sdp_id)
         others = semantic.cosines(blobs, vector)
-        near = future.result()
-        cross = languages.other_language(tenant=tenant, text=text, ids=[*near, *others], model=model)
-        return _fused(tenant, limit, exclude_sdp_id, mode, pool, lexical, identified, near, others, cross)
-    if vector is None:
-        if mode == "semantic":
-            return []
-        # A ticket with neither subject nor description (an import's or a minimal event's, its SDP fetch pending
-        # or failed) says nothing a technician can compare: it is never offered as history.
-        return [
-            (ticket, round(min(score, 1.0), 4))
-            for ticket, score in search(tenant, text, limit, exclude_sdp_id)
-            if ticket.is_complete
-        ]
-    backend = postgres if connection.vendor == "postgresql" else sqlite
-    # The lexical matches and those of the query's identifiers in one statement (ids and scores only: no row is
-    # loaded before the final top `limit`), then the semantic candidates with the vectors of all of them in one more.
-    lexical, identified = (
-        backend.similar_ids(tenant, text, max(limit, LEXICAL_POOL), exclude_sdp_id, IDENTIFIER_MAX_TICKETS)
-        if mode == "hybrid"
-        else ([], {})
-    )
-    also = [*dict.fromkeys(pk for pk, _ in lexical), *identified]
-    near, others = semantic.candidates(tenant, vector, limit=pool + 1, model=model, also=also)
+    elif cached:
+        vector, near, kept = _semantic(tenant, text, model, pool + 1, True)
+        if vector is None:
+            return [] if mode == "semantic" else _lexical_only(tenant, text, limit, exclude_sdp_id)
+        if mode == "hybrid" and postgresql:
+            lexical, identified, blobs, rows = postgres.similar_ids_with_vectors(
+                tenant, text, lexical_limit, exclude_sdp_id, IDENTIFIER_MAX_TICKETS, model
+            )
+        elif mode == "hybrid":
+            lexical, identified = sqlite.similar_ids(
+                tenant, text, lexical_limit, exclude_sdp_id, IDENTIFIER_MAX_TICKETS
+            )
+            blobs = semantic.vectors_of(tenant, model, [*dict.fromkeys(pk for pk, _ in lexical), *identified])
+        others = semantic.cosines(blobs, vector)
+    else:
+        vector = _query_vector(text)
+        if vector is None:
+            return [] if mode == "semantic" else _lexical_only(tenant, text, limit, exclude_sdp_id)
+        backend = postgres if postgresql else sqlite
+        # The lexical matches and those of the query's identifiers in one statement (ids and scores only: no row
+        # is loaded before the final top `limit`), then the semantic candidates with the vectors of all of them.
+        if mode == "hybrid":
+            lexical, identified = backend.similar_ids(
+                tenant, text, lexical_limit, exclude_sdp_id, IDENTIFIER_MAX_TICKETS
+            )
+        also = [*dict.fromkeys(pk for pk, _ in lexical), *identified]
+        near, others = semantic.candidates(tenant, vector, limit=pool + 1, model=model, also=also)
+        kept = {}
     cross = languages.other_language(tenant=tenant, text=text, ids=[*near, *others], model=model)
-    return _fused(tenant, limit, exclude_sdp_id, mode, pool, lexical, identified, near, others, cross)
+    evidence = (lexical, identified, near, others, cross, kept, rows)
+    return _fused(tenant, limit, exclude_sdp_id, mode, pool, model, *evidence)
 
 
 def _fused(
@@ -191,17 +297,23 @@ def _fused(
     exclude_sdp_id: str | None,
     mode: str,
     pool: int,
+    model: str,
     lexical: list[tuple[int, float]],
     identified: dict[int, float],
     near: dict[int, float],
     others: dict[int, float],
     cross: set[int],
-) -> list[tuple[Ticket, float]]:
+    kept: dict[int, bytes],
+    rows: dict[int, Ticket],
+) -> list[tuple[Ticket, float]] | None:
     """Return the best `limit` tickets by fused score, given the candidates' lexical, identifier and semantic
-    evidence ({id: cosine} of the `pool` + 1 nearest, and of the others; `cross`: those in another language)."""
+    evidence ({id: cosine} of the `pool` + 1 nearest, and of the others; `cross`: those in another language) and
+    those already loaded (`rows`);
+    None when one of the nearest that came from the window cache (`kept`: {id: the vector it was scored with})
+    differs from its row."""
     lexical_scores = {pk: min(score, 1.0) for pk, score in lexical}
     background = min(near.values()) if len(near) > pool else None
-    near.update(others)
+    near = {**near, **others}
     if mode == "semantic":
         scores = {pk: semantic_relevance(cosine, background, cross=pk in cross) for pk, cosine in near.items()}
     else:
@@ -213,13 +325,30 @@ def _fused(
             scores[pk] = score
     floor = MIN_SCORE if mode == "hybrid" else SEMANTIC_FLOOR
     ranked = sorted(((pk, s) for pk, s in scores.items() if s >= floor), key=lambda pair: (-pair[1], -pair[0]))
-    tickets = Ticket.objects.filter(tenant=tenant).in_bulk([pk for pk, _ in ranked[: limit + 1]])
+    top = ranked[: limit + 1]
+    tickets = {pk: rows[pk] for pk, _ in top if pk in rows}
+    if len(tickets) < len(top):  # only the semantic candidates the lexical statement did not return
+        tickets.update(Ticket.objects.filter(tenant=tenant).in_bulk([pk for pk, _ in top if pk not in rows]))
+    for pk, _ in top:
+        if pk in kept and pk not in others and not _as_held(tickets.get(pk), model, kept[pk]):
+            return None
     found = [
         (tickets[pk], round(min(score, 1.0), 4))
-        for pk, score in ranked[: limit + 1]
+        for pk, score in top
         if pk in tickets and tickets[pk].sdp_id != exclude_sdp_id and tickets[pk].is_complete
     ]
     found.sort(
         key=lambda pair: (-pair[1], -(pair[0].resolved_at.timestamp() if pair[0].resolved_at else 0), -pair[0].pk)
     )
     return found[:limit]
+
+
+def _as_held(ticket: Ticket | None, model: str, vector: bytes) -> bool:
+    """Return whether the row is still the window cache's entry: resolved, embedded by model, the same vector."""
+    return (
+        ticket is not None
+        and ticket.is_resolved
+        and ticket.embedding_model == model
+        and ticket.embedding is not None
+        and bytes(ticket.embedding) == vector
+    )

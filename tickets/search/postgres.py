@@ -252,21 +252,42 @@ def similar_ids(
 
 def similar_ids_with_vectors(
     tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, identifiers: int, model: str
-) -> tuple[list[tuple[int, float]], dict[int, float], dict[int, bytes]]:
-    """Return similar_ids()'s two results and {id: vector} of those tickets embedded by model, in one statement
-    (for the hybrid search that runs the semantic statement at the same time, hybrid.py)."""
+) -> tuple[list[tuple[int, float]], dict[int, float], dict[int, bytes], dict[int, Ticket]]:
+    """Return similar_ids()'s two results, {id: vector} of those tickets embedded by model and {id: ticket} of
+    them all, in one statement (for the hybrid search that finds the semantic candidates at the same time,
+    hybrid.py: the tickets it returns that the lexical search found need no second fetch)."""
     with connection.cursor() as cursor:
         statement = _statement(cursor, tenant, text, limit, exclude_sdp_id, False, identifiers)
         if statement is None:
-            return [], {}, {}
+            return [], {}, {}, {}
         sql, params = statement
-        # The vectors of the few rows found, by key (their pages were just read by the scan), the tenant re-checked.
+        # The rows found, by key (their pages were just read by the scan), the tenant re-checked.
         cursor.execute(
-            f"SELECT top.id, top.score, top.ident, top.part, t.embedding FROM ({sql}) AS top"  # noqa: S608
-            " LEFT JOIN tickets_ticket AS t ON t.id = top.id AND t.tenant_id = %s AND t.embedding_model = %s",
-            [*params, tenant.pk, model],
+            f"SELECT top.id, top.score, top.ident, top.part, {_COLUMNS} FROM ({sql}) AS top"  # noqa: S608
+            " JOIN tickets_ticket AS t ON t.id = top.id AND t.tenant_id = %s",
+            [*params, tenant.pk],
         )
         rows = cursor.fetchall()
-    lexical = [(pk, float(score)) for pk, score, _, part, _ in rows if part == 0]
-    identified = {pk: min(float(ident), 1.0) for pk, _, ident, _, _ in rows if ident >= MIN_SCORE}
-    return lexical, identified, {pk: bytes(blob) for pk, _, _, _, blob in rows if blob is not None}
+    lexical = [(row[0], float(row[1])) for row in rows if row[3] == 0]
+    identified = {row[0]: min(float(row[2]), 1.0) for row in rows if row[2] >= MIN_SCORE}
+    tickets = {row[0]: _ticket(row[4:]) for row in rows}
+    blobs = {
+        pk: bytes(ticket.embedding)
+        for pk, ticket in tickets.items()
+        if ticket.embedding is not None and ticket.embedding_model == model
+    }
+    return lexical, identified, blobs, tickets
+
+
+_FIELDS = Ticket._meta.concrete_fields
+_COLUMNS = ", ".join(f't."{f.column}"' for f in _FIELDS)
+
+
+def _ticket(values: tuple) -> Ticket:
+    """Return the Ticket of a row of _COLUMNS, its values converted as the ORM converts them."""
+    converted = []
+    for field, value in zip(_FIELDS, values, strict=True):
+        for converter in field.get_db_converters(connection):
+            value = converter(value, field.get_col(Ticket._meta.db_table), connection)
+        converted.append(value)
+    return Ticket.from_db(connection.alias, [f.attname for f in _FIELDS], converted)

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 from django.db import connection
 
-from tickets import embeddings
 from tickets.models import Tenant, Ticket
 
 PREFILTER = 200  # codes kept by the Hamming scan for float re-scoring
 SCAN_ROWS = 10_000  # the most recently resolved tickets of a tenant whose codes a search scans
+_FIXED = float(2**32)  # rows_cosine's fixed point
+_CHUNK = 2048
 
 
 def _rows(sql: str, params: Sequence[Any]) -> list[tuple]:
@@ -34,12 +35,31 @@ def _rows(sql: str, params: Sequence[Any]) -> list[tuple]:
         return cursor.fetchall()
 
 
+def rows_cosine(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """Return the cosine of each stored int8 vector (a row of matrix) with the query vector, exactly the same
+    whichever rows are scored together (the window cache and this module's statements agree to the last bit).
+
+    The query is rounded to multiples of 2**-32 (an error under 1e-10 per component), so every product and
+    partial sum is an integer number of 2**-32 below 2**53 (up to 4096 dimensions), which float64 holds exactly:
+    the result does not depend on the order BLAS sums in, which changes with the number of rows (a float32
+    product differed in the last bit between 200 and 201 rows, enough to swap two tickets of the same text).
+    """
+    if not len(matrix):
+        return np.zeros(0, dtype=np.float64)
+    query = np.rint(np.asarray(vector, dtype=np.float64) * _FIXED)
+    out = np.empty(len(matrix), dtype=np.float64)
+    for start in range(0, len(matrix), _CHUNK):  # bounded temporaries for a large SQLite window
+        out[start : start + _CHUNK] = matrix[start : start + _CHUNK].astype(np.float64) @ query
+    return out / (127.0 * _FIXED)
+
+
 def _score(rows: list[tuple], vector: np.ndarray) -> dict[int, float]:
-    rows = [(pk, blob) for pk, blob in rows if blob is not None and len(blob) == vector.shape[0]]
+    dim = vector.shape[0]
+    rows = [(pk, bytes(blob)) for pk, blob in rows if blob is not None and len(blob) == dim]
     if not rows:
         return {}
-    matrix = embeddings.vectors_unpack([blob for _, blob in rows], vector.shape[0])
-    cosines = matrix @ vector
+    matrix = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.int8).reshape(len(rows), dim)
+    cosines = rows_cosine(matrix, vector)
     return {pk: float(c) for (pk, _), c in zip(rows, cosines, strict=True)}
 
 
@@ -82,6 +102,15 @@ def _sqlite_rows(tenant: Tenant, model: str, also: list[int]) -> list[tuple]:
         return window
     found = Ticket.objects.filter(tenant=tenant, pk__in=missing, embedding_model=model, is_resolved=True)
     return window + [(pk, blob, 0) for pk, blob in found.values_list("pk", "embedding")]
+
+
+def vectors_of(tenant: Tenant, model: str, ids: Sequence[int]) -> dict[int, bytes]:
+    """Return {id: stored vector} of those of the given tickets that are the tenant's, resolved and embedded by
+    model (the lexical candidates, from the whole history)."""
+    if not ids:
+        return {}
+    found = Ticket.objects.filter(tenant=tenant, pk__in=list(ids), embedding_model=model, is_resolved=True)
+    return {pk: bytes(blob) for pk, blob in found.values_list("pk", "embedding") if blob is not None}
 
 
 def candidates(

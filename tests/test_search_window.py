@@ -1,0 +1,195 @@
+"""The semantic window held in the process (tickets/search/window.py): the same results as the statement, fresh."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.utils import timezone
+
+from tests.processes import wait_for
+from tickets import embeddings
+from tickets.models import Ticket
+from tickets.search import hybrid, semantic, ticket_search_similar, window
+from tickets.services import ticket_bulk_upsert
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the cache serves committed rows only
+
+HISTORY = {
+    "usb": ("USB drive not recognised", "My memory stick does not show up."),
+    "excel": ("Excel file will not open", "The budget workbook gives an error when I open it."),
+    "monitor": ("Monitor flickers", "The external screen flickers when docked."),
+    "mfa": ("Outlook keeps prompting for password after MFA", "Credentials box pops up every few minutes."),
+    "toner": ("Printer toner low warning", "Replace the cartridge in the second floor printer."),
+    "vpn": ("VPN disconnects on hotel wifi", "GlobalProtect drops the tunnel."),
+    "battery": ("Laptop battery not charging", "Plugged in, not charging, the percentage drops."),
+    "battery-again": ("Laptop battery not charging", "Plugged in, not charging, the percentage drops."),
+    "camera": ("Teams camera not detected", "No camera found in Teams meetings."),
+    "code": ("Mapped drive not opening", "The S drive will not open, error 0x80070035."),
+    "only-code": ("Finance share unreachable", "Windows shows 0x80070035 for the finance share."),
+}
+QUERIES = [
+    "Computer says I'm unplugged from power\nIt is on the cable but the percentage keeps falling.",
+    "S drive will not open\nError 0x80070035 when I click the mapped drive.",
+    "The little window keeps asking who I am\nEvery few minutes Outlook wants my password again.",
+    "Screen goes on and off\nMy second display blinks when the laptop is in the dock.",
+]
+BATTERY = QUERIES[0]
+
+
+def _history(tenant, rows: dict[str, tuple[str, str]], days_ago: int = 1) -> None:
+    now = timezone.now()
+    items = [
+        (
+            sdp_id,
+            {
+                "subject": s,
+                "description": d,
+                "status": "Resolved",
+                "is_resolved": True,
+                "resolved_at": now - timedelta(days=days_ago, minutes=index),
+            },
+        )
+        for index, (sdp_id, (s, d)) in enumerate(rows.items())
+    ]
+    ticket_bulk_upsert(tenant=tenant, items=items, source=Ticket.Source.IMPORT)
+
+
+def _found(results: list[tuple[Ticket, float]]) -> list[tuple[str, float]]:
+    return [(ticket.sdp_id, score) for ticket, score in results]
+
+
+def _without_cache(settings, **kwargs) -> list[tuple[str, float]]:
+    held = settings.SEARCH_WINDOW_CACHE_MB
+    settings.SEARCH_WINDOW_CACHE_MB = 0
+    try:
+        return _found(ticket_search_similar(**kwargs))
+    finally:
+        settings.SEARCH_WINDOW_CACHE_MB = held
+
+
+def test_the_cached_window_gives_the_statements_results_to_the_last_bit(make_tenant, settings, monkeypatch):
+    # A prefilter of 4 codes: on PostgreSQL the Hamming ranking (ties by id) decides which vectors are scored.
+    monkeypatch.setattr(semantic, "PREFILTER", 4)
+    acme, other = make_tenant("acme").tenant, make_tenant("other").tenant
+    _history(acme, HISTORY)
+    _history(other, {"9": HISTORY["battery"]})
+    for tenant in (acme, other):
+        for mode in ("hybrid", "semantic"):
+            for text in QUERIES:
+                for exclude in (None, "battery"):
+                    kwargs = {"tenant": tenant, "text": text, "mode": mode, "exclude_sdp_id": exclude}
+                    cached = _found(ticket_search_similar(**kwargs))
+                    with transaction.atomic():  # a transaction never uses the cache: the statement path
+                        serial = _found(ticket_search_similar(**kwargs))
+                    assert cached == _without_cache(settings, **kwargs) == serial, (tenant.slug, mode, text)
+                    assert exclude not in [sdp_id for sdp_id, _ in cached]
+    assert window.cache_bytes() > 0
+    results = ticket_search_similar(tenant=acme, text=QUERIES[1])
+    assert [ticket.sdp_id for ticket, _ in results][:1] == ["code"]
+    # The tickets the lexical statement returned whole (PostgreSQL) are the rows the ORM loads.
+    fields = [f.attname for f in Ticket._meta.concrete_fields]
+    for ticket, _ in results:
+        stored = Ticket.objects.get(pk=ticket.pk)
+        assert [getattr(ticket, f) for f in fields] == [getattr(stored, f) for f in fields]
+    # The neighbours themselves: the same tickets, the same cosines, the same order (the two copies of a text
+    # tie, and the higher id wins in both).
+    model = embeddings.current_model()
+    for text in QUERIES:
+        vector = embeddings.text_embed([text])[0]
+        held = window.window_get(tenant_id=acme.pk, model=model, dim=vector.shape[0])
+        near, kept = window.nearest(held, vector, 6)
+        statement = semantic.candidates(acme, vector, limit=6, model=model)[0]
+        assert list(near.items()) == list(statement.items())
+        stored = dict(Ticket.objects.filter(pk__in=list(kept)).values_list("pk", "embedding"))
+        assert kept == {pk: bytes(blob) for pk, blob in stored.items()}
+
+
+def test_the_cached_window_follows_the_history(make_tenant, settings):
+    acme = make_tenant("acme").tenant
+    _history(acme, HISTORY, days_ago=10)
+    kwargs = {"tenant": acme, "text": BATTERY, "mode": "semantic"}
+
+    def same_as_statement() -> list[str]:
+        cached = _found(ticket_search_similar(**kwargs))
+        assert cached == _without_cache(settings, **kwargs)
+        return [sdp_id for sdp_id, _ in cached]
+
+    assert same_as_statement()[:2] == ["battery", "battery-again"]  # the same score: the later resolved first
+    assert window.cache_bytes() > 0
+    # Resolved a moment ago: found by the next search (the rows since the newest held are read every time).
+    _history(acme, {"new": HISTORY["battery"]}, days_ago=0)
+    assert same_as_statement()[0] == "new"
+    # Reopened, re-embedded from another text, deleted: the window still holds them until it is read again, but
+    # a search never returns them as they were (each neighbour returned is checked against its row).
+    Ticket.objects.filter(tenant=acme, sdp_id="new").update(is_resolved=False)
+    assert "new" not in same_as_statement()
+    usb = Ticket.objects.get(tenant=acme, sdp_id="usb")
+    Ticket.objects.filter(tenant=acme, sdp_id="battery-again").update(
+        embedding=usb.embedding, embedding_code=usb.embedding_code
+    )
+    assert same_as_statement()[0] == "battery"
+    Ticket.objects.filter(tenant=acme, sdp_id="battery").delete()
+    assert "battery" not in same_as_statement()
+    # A back-dated import is older than the newest ticket held: the full read after SEARCH_WINDOW_CACHE_TTL
+    # brings it in.
+    settings.SEARCH_WINDOW_CACHE_TTL = 0
+    _history(acme, {"old": HISTORY["battery"]}, days_ago=300)
+    assert same_as_statement()[0] == "old"
+
+
+def test_the_windows_held_stay_within_their_budget_and_not_in_a_transaction(make_tenant, settings, monkeypatch):
+    monkeypatch.setattr(semantic, "SCAN_ROWS", 10)
+    tenants = [make_tenant(slug).tenant for slug in ("acme", "globex", "initech")]
+    for tenant in tenants:
+        _history(tenant, HISTORY)
+    per_window = 10 * (256 + 256 // 8 + 17)
+    settings.SEARCH_WINDOW_CACHE_MB = 2.5 * per_window / 2**20  # room for two windows
+    for tenant in tenants:
+        ticket_search_similar(tenant=tenant, text=BATTERY)
+    held = list(window._windows)
+    assert [key[2] for key in held] == [tenants[1].pk, tenants[2].pk]  # the least recently used went
+    assert 0 < window.cache_bytes() <= settings.SEARCH_WINDOW_CACHE_MB * 2**20
+    window.cache_clear()
+    with transaction.atomic():
+        ticket_search_similar(tenant=tenants[0], text=BATTERY)
+    settings.SEARCH_WINDOW_CACHE_MB = 0
+    ticket_search_similar(tenant=tenants[0], text=BATTERY)
+    assert window.cache_bytes() == 0
+
+
+def test_a_forked_child_starts_without_the_parents_helpers_and_windows(make_tenant):
+    acme = make_tenant("acme").tenant
+    _history(acme, HISTORY)
+    before = _found(ticket_search_similar(tenant=acme, text=BATTERY))
+    assert window.cache_bytes() > 0
+    assert (hybrid._helpers is not None) == (connection.vendor == "postgresql")
+    pid = os.fork()
+    if pid == 0:  # the child touches no connection: it only reports what it inherited
+        os._exit(0 if hybrid._helpers is None and window.cache_bytes() == 0 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's helpers and their connections still work (the child closed none of them).
+    assert _found(ticket_search_similar(tenant=acme, text=BATTERY)) == before
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the helpers run on PostgreSQL only")
+def test_an_idle_helper_closes_its_connection_past_conn_max_age(make_tenant, monkeypatch):
+    acme = make_tenant("acme").tenant
+    _history(acme, HISTORY)
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 0.5)  # read when the helper connects
+
+    def others() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0]
+
+    assert ticket_search_similar(tenant=acme, text=BATTERY)
+    assert hybrid._helpers is not None and others() == 1  # the helper's connection, idle now
+    wait_for(lambda: others() == 0, timeout=10, what="the idle helper to close its connection", interval=0.1)
+    assert hybrid._helpers.threads[0].is_alive()
+    assert ticket_search_similar(tenant=acme, text=BATTERY)  # it connects again when a search comes

@@ -1,0 +1,226 @@
+"""The semantic window kept in the process: each tenant's most recent resolved tickets' codes and vectors.
+
+The hybrid search's nearest neighbours are then a numpy Hamming scan and re-scoring over arrays in memory (well
+under a millisecond for 10,000 tickets) instead of a second statement that competes with the lexical one for the
+database's cores (docs/benchmarks.md, "the semantic window in the process"). The database stays the truth:
+- every search first reads the rows resolved at or after the newest one held (an index range scan of migration
+  0011's window index, usually no row), so a ticket resolved a moment ago is found at once;
+- the whole window is read again SEARCH_WINDOW_CACHE_TTL seconds after it was loaded, which catches what the
+  incremental read cannot see (a back-dated import, a re-embedded or reopened ticket, a deletion);
+- the hybrid search re-checks each neighbour it returns against the row it fetches (hybrid.py) and searches again
+  without the cache when one differs, so a stale entry is never returned.
+Not used inside a transaction (its uncommitted rows are not what other searches see; the test suite and the
+retrieval report run in one) nor when SEARCH_WINDOW_CACHE_MB is 0. Windows are kept per (database, tenant,
+model), least recently used evicted past SEARCH_WINDOW_CACHE_MB; a process that forks starts its child empty.
+
+The neighbours are exactly those of the statement path (semantic.candidates): on PostgreSQL the PREFILTER nearest
+codes (ties by id) re-scored with their vectors, on SQLite every vector of the window, scored alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from django.conf import settings
+from django.db import connection
+
+from tickets.models import Ticket
+from tickets.search import semantic
+
+_NULL_KEY = np.iinfo(np.int64).min  # resolved_at NULL: last in the window's order, as NULLS LAST puts it
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ID_BITS = 54  # a Hamming distance and an id in one sortable int64 (ids below 2**54)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """One tenant's window for one model, in the statement's order (resolved_at descending, then id)."""
+
+    ids: np.ndarray  # int64
+    keys: np.ndarray  # int64 microseconds since the epoch of resolved_at (_NULL_KEY for NULL)
+    codes: np.ndarray  # the sign bits, packed (uint64 words when the dimension allows, else bytes); PostgreSQL only
+    vectors: np.ndarray  # int8 (rows, dim)
+    valid: np.ndarray  # bool: the stored vector has the model's dimension (others are in the window, never scored)
+    loaded_at: float  # time.monotonic() of the last full read
+    newest: int = dataclasses.field(init=False)
+    newest_ids: frozenset[int] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        newest = int(self.keys.max()) if len(self.keys) else _NULL_KEY
+        object.__setattr__(self, "newest", newest)
+        object.__setattr__(self, "newest_ids", frozenset(int(i) for i in self.ids[self.keys == newest]))
+
+    @property
+    def nbytes(self) -> int:
+        """Return the memory the arrays hold."""
+        return sum(a.nbytes for a in (self.ids, self.keys, self.codes, self.vectors, self.valid))
+
+
+_lock = threading.Lock()
+_windows: OrderedDict[tuple, Window] = OrderedDict()
+
+
+def _forget_all_after_fork() -> None:
+    global _lock, _windows
+    _lock, _windows = threading.Lock(), OrderedDict()
+
+
+os.register_at_fork(after_in_child=_forget_all_after_fork)
+
+
+def enabled() -> bool:
+    """Return whether searches on this thread's connection may use the cache (never inside a transaction)."""
+    return float(settings.SEARCH_WINDOW_CACHE_MB) > 0 and not connection.in_atomic_block
+
+
+def cache_clear() -> None:
+    """Drop every window this process holds."""
+    with _lock:
+        _windows.clear()
+
+
+def cache_bytes() -> int:
+    """Return the memory the windows this process holds take."""
+    with _lock:
+        return sum(w.nbytes for w in _windows.values())
+
+
+def _key(tenant_id: int, model: str, dim: int) -> tuple:
+    return (connection.alias, connection.settings_dict["NAME"], tenant_id, model, dim, semantic.SCAN_ROWS)
+
+
+def forget(*, tenant_id: int, model: str) -> None:
+    """Drop the tenant's windows of model (the next search reads them again)."""
+    prefix = _key(tenant_id, model, 0)[:4]
+    with _lock:
+        for key in [key for key in _windows if key[:4] == prefix]:
+            del _windows[key]
+
+
+def _micros(values: list) -> np.ndarray:
+    """Return the resolved_at values read (PostgreSQL: microseconds already; SQLite: Django's text) as keys."""
+    if connection.vendor == "postgresql":
+        return np.array([_NULL_KEY if v is None else v for v in values], dtype=np.int64)
+    # NaT is int64's minimum, the NULL key.
+    return np.array([v or "NaT" for v in values], dtype="datetime64[us]").astype(np.int64)
+
+
+def _read(tenant_id: int, model: str, dim: int, since: int | None) -> Window:
+    """Return the window's rows resolved at or after `since` (all of them when None), read now."""
+    table = Ticket._meta.db_table
+    params: list = [tenant_id, model]
+    newer = ""
+    if since is not None:
+        newer = " AND resolved_at >= %s"
+        params.append(connection.ops.adapt_datetimefield_value(_EPOCH + timedelta(microseconds=since)))
+    params.append(semantic.SCAN_ROWS)
+    postgresql = connection.vendor == "postgresql"
+    if postgresql:
+        # The window index of migration 0011, read index-only, in its order.
+        sql = (
+            "SELECT id, (extract(epoch FROM resolved_at) * 1000000)::bigint, embedding_code::text, embedding"  # noqa: S608
+            f" FROM {table} WHERE tenant_id = %s AND embedding_model = %s AND is_resolved"
+            f" AND embedding_code IS NOT NULL{newer} ORDER BY resolved_at DESC NULLS LAST, id DESC LIMIT %s"
+        )
+    else:
+        sql = (
+            f"SELECT id, resolved_at, NULL, embedding FROM {table} WHERE tenant_id = %s"  # noqa: S608
+            f" AND embedding_model = %s AND is_resolved AND embedding IS NOT NULL{newer}"
+            " ORDER BY resolved_at IS NULL, resolved_at DESC, id DESC LIMIT %s"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    if postgresql:
+        rows = [row for row in rows if len(row[2]) == dim]
+    blobs = [bytes(row[3]) if row[3] is not None else b"" for row in rows]
+    valid = np.array([len(b) == dim for b in blobs], dtype=bool)
+    vectors = np.frombuffer(b"".join(b if len(b) == dim else bytes(dim) for b in blobs), dtype=np.int8)
+    codes = np.zeros((len(rows), 0), dtype=np.uint8)
+    if postgresql:
+        # The codes as PostgreSQL prints a bit string ("0110..."), all of the model's dimension (the statement
+        # could not compare codes of two lengths either).
+        bits = np.frombuffer("".join(row[2] for row in rows).encode(), dtype=np.uint8).reshape(len(rows), dim)
+        codes = np.packbits(bits == ord("1"), axis=1)
+        codes = codes.view(np.uint64) if codes.shape[1] % 8 == 0 else codes
+    return Window(
+        ids=np.array([row[0] for row in rows], dtype=np.int64),
+        keys=_micros([row[1] for row in rows]),
+        codes=codes,
+        vectors=vectors.reshape(len(rows), dim),
+        valid=valid,
+        loaded_at=time.monotonic(),
+    )
+
+
+def _merged(held: Window, new: Window) -> Window:
+    """Return the held window with the rows read since its newest one, in order, cut to SCAN_ROWS."""
+    fresh = ~((new.keys == held.newest) & np.isin(new.ids, list(held.newest_ids)))
+    if not fresh.any():
+        return held
+    keep = ~np.isin(held.ids, new.ids[fresh])  # a ticket resolved again moves to the front
+    parts = [(new, fresh), (held, keep)]
+    ids = np.concatenate([w.ids[m] for w, m in parts])
+    keys = np.concatenate([w.keys[m] for w, m in parts])
+    order = np.lexsort((ids, keys))[::-1][: semantic.SCAN_ROWS]
+    return Window(
+        ids=ids[order],
+        keys=keys[order],
+        codes=np.concatenate([w.codes[m] for w, m in parts])[order],
+        vectors=np.concatenate([w.vectors[m] for w, m in parts])[order],
+        valid=np.concatenate([w.valid[m] for w, m in parts])[order],
+        loaded_at=held.loaded_at,
+    )
+
+
+def window_get(*, tenant_id: int, model: str, dim: int) -> Window | None:
+    """Return the tenant's window brought up to date on this thread's connection, or None when it would not fit
+    in SEARCH_WINDOW_CACHE_MB (the statement path is then used)."""
+    budget = float(settings.SEARCH_WINDOW_CACHE_MB) * 1024 * 1024
+    per_row = dim + dim // 8 + 17
+    if semantic.SCAN_ROWS * per_row > budget:
+        return None
+    key = _key(tenant_id, model, dim)
+    with _lock:
+        held = _windows.get(key)
+    if held is None or time.monotonic() - held.loaded_at >= float(settings.SEARCH_WINDOW_CACHE_TTL):
+        window = _read(tenant_id, model, dim, None)
+    elif held.newest == _NULL_KEY:  # empty, or no resolution time known: nothing to read "since"
+        window = dataclasses.replace(_read(tenant_id, model, dim, None), loaded_at=held.loaded_at)
+    else:
+        window = _merged(held, _read(tenant_id, model, dim, held.newest))
+    with _lock:
+        _windows[key] = window
+        _windows.move_to_end(key)
+        total = sum(w.nbytes for w in _windows.values())
+        while total > budget and len(_windows) > 1:
+            total -= _windows.popitem(last=False)[1].nbytes
+    return window
+
+
+def nearest(window: Window, vector: np.ndarray, limit: int) -> tuple[dict[int, float], dict[int, bytes]]:
+    """Return ({id: cosine} of the window's `limit` nearest tickets to vector, best first, as
+    semantic.candidates finds them on this database, {id: stored vector} of those)."""
+    if connection.vendor == "postgresql":
+        query = np.packbits(np.asarray(vector) > 0)
+        query = query.view(np.uint64) if window.codes.dtype == np.uint64 else query
+        distance = np.bitwise_count(window.codes ^ query).sum(axis=1, dtype=np.int64)
+        prefilter = max(semantic.PREFILTER, limit)
+        rows = np.arange(len(window.ids))
+        if len(rows) > prefilter:
+            # ORDER BY bit_count(code # query), id LIMIT prefilter: one unique key per row.
+            rows = np.argpartition((distance << _ID_BITS) | window.ids, prefilter - 1)[:prefilter]
+        rows = rows[window.valid[rows]]
+    else:
+        rows = np.flatnonzero(window.valid)
+    cosines = semantic.rows_cosine(window.vectors[rows], vector)
+    order = np.lexsort((-window.ids[rows], -cosines))[:limit]
+    picked = rows[order]
+    near = {int(pk): float(c) for pk, c in zip(window.ids[picked], cosines[order], strict=True)}
+    return near, {int(pk): window.vectors[row].tobytes() for pk, row in zip(window.ids[picked], picked, strict=True)}
