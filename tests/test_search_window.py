@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 
 import pytest
@@ -138,6 +139,23 @@ def test_the_cached_window_follows_the_history(make_tenant, settings):
     settings.SEARCH_WINDOW_CACHE_TTL = 0
     _history(acme, {"old": HISTORY["battery"]}, days_ago=300)
     assert same_as_statement()[0] == "old"
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the helpers run on PostgreSQL only")
+def test_a_window_past_its_ttl_is_read_again_on_a_helper_while_searches_go_on(make_tenant, settings):
+    acme = make_tenant("acme").tenant
+    _history(acme, HISTORY, days_ago=10)
+    settings.SEARCH_WINDOW_CACHE_TTL = 1.0
+    kwargs = {"tenant": acme, "text": BATTERY, "mode": "hybrid"}
+    assert ticket_search_similar(**kwargs)
+    ((key, first),) = window._windows.items()
+    _history(acme, {"old": HISTORY["battery"]}, days_ago=300)  # back-dated: only a full read sees it
+    time.sleep(1.05)
+    ticket_search_similar(**kwargs)  # past the TTL: served from the window held, read again on a helper
+    wait_for(lambda: window._windows[key].loaded_at > first.loaded_at, timeout=10, what="the window read again")
+    assert not window._reloading
+    assert "old" in [t.sdp_id for t, _ in ticket_search_similar(**kwargs)]
+    assert _found(ticket_search_similar(**kwargs)) == _without_cache(settings, **kwargs)
 
 
 def test_the_windows_held_stay_within_their_budget_and_not_in_a_transaction(make_tenant, settings, monkeypatch):

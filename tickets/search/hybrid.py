@@ -164,13 +164,16 @@ def _query_vector(text: str) -> np.ndarray | None:
 Semantic = tuple[np.ndarray | None, dict[int, float], dict[int, bytes]]
 
 
-def _semantic(tenant: Tenant, text: str, model: str, limit: int, cached: bool) -> Semantic:
+def _semantic(tenant: Tenant, text: str, model: str, limit: int, cached: bool, helper: bool = False) -> Semantic:
     """Return (the query's vector, {id: cosine} of its `limit` nearest tickets of the window, {id: stored vector}
-    of those when they came from the window cache), on this thread's connection."""
+    of those when they came from the window cache), on this thread's connection (a helper's: the window's full
+    re-read may go to another helper)."""
     vector = _query_vector(text)
     if vector is None:
         return None, {}, {}
-    held = window.window_get(tenant_id=tenant.pk, model=model, dim=vector.shape[0]) if cached else None
+    later = _helper_pool().submit if helper else None
+    dim = vector.shape[0]
+    held = window.window_get(tenant_id=tenant.pk, model=model, dim=dim, later=later) if cached else None
     if held is not None:
         near, kept = window.nearest(held, vector, limit)
         return vector, near, kept
@@ -250,7 +253,7 @@ def _searched(
     if mode == "hybrid" and postgresql and OVERLAP_THREADS > 0 and not connection.in_atomic_block:
         # The semantic side on a helper's connection while the lexical statement runs on ours; the vectors of
         # the lexical candidates come with them.
-        future = _helper_pool().submit(_semantic, tenant, text, model, pool + 1, cached)
+        future = _helper_pool().submit(_semantic, tenant, text, model, pool + 1, cached, True)
         lexical, identified, blobs, rows = postgres.similar_ids_with_vectors(
             tenant, text, lexical_limit, exclude_sdp_id, IDENTIFIER_MAX_TICKETS, model
         )
