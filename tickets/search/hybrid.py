@@ -248,7 +248,7 @@ def _searched(
     postgresql = connection.vendor == "postgresql"
     lexical: list[tuple[int, float]] = []
     identified: dict[int, float] = {}
-    rows: dict[int, Ticket] = {}  # tickets the lexical statement returned whole
+    rows: dict[int, tuple] = {}  # tickets the lexical statement returned whole (postgres.row_ticket)
     blobs: dict[int, bytes] = {}
     if mode == "hybrid" and postgresql and OVERLAP_THREADS > 0 and not connection.in_atomic_block:
         # The semantic side on a helper's connection while the lexical statement runs on ours; the vectors of
@@ -307,7 +307,7 @@ def _fused(
     others: dict[int, float],
     cross: set[int],
     kept: dict[int, bytes],
-    rows: dict[int, Ticket],
+    rows: dict[int, tuple],
 ) -> list[tuple[Ticket, float]] | None:
     """Return the best `limit` tickets by fused score, given the candidates' lexical, identifier and semantic
     evidence ({id: cosine} of the `pool` + 1 nearest, and of the others; `cross`: those in another language) and
@@ -329,7 +329,7 @@ def _fused(
     floor = MIN_SCORE if mode == "hybrid" else SEMANTIC_FLOOR
     ranked = sorted(((pk, s) for pk, s in scores.items() if s >= floor), key=lambda pair: (-pair[1], -pair[0]))
     top = ranked[: limit + 1]
-    tickets = {pk: rows[pk] for pk, _ in top if pk in rows}
+    tickets = {pk: postgres.row_ticket(rows[pk]) for pk, _ in top if pk in rows}
     if len(tickets) < len(top):  # only the semantic candidates the lexical statement did not return
         tickets.update(Ticket.objects.filter(tenant=tenant).in_bulk([pk for pk, _ in top if pk not in rows]))
     for pk, _ in top:

@@ -252,10 +252,11 @@ def similar_ids(
 
 def similar_ids_with_vectors(
     tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None, identifiers: int, model: str
-) -> tuple[list[tuple[int, float]], dict[int, float], dict[int, bytes], dict[int, Ticket]]:
-    """Return similar_ids()'s two results, {id: vector} of those tickets embedded by model and {id: ticket} of
-    them all, in one statement (for the hybrid search that finds the semantic candidates at the same time,
-    hybrid.py: the tickets it returns that the lexical search found need no second fetch)."""
+) -> tuple[list[tuple[int, float]], dict[int, float], dict[int, bytes], dict[int, tuple]]:
+    """Return similar_ids()'s two results, {id: vector} of those tickets embedded by model and {id: row} of them
+    all (row_ticket() makes it a Ticket), in one statement (for the hybrid search that finds the semantic
+    candidates at the same time, hybrid.py: the tickets it returns that the lexical search found need no second
+    fetch)."""
     with connection.cursor() as cursor:
         statement = _statement(cursor, tenant, text, limit, exclude_sdp_id, False, identifiers)
         if statement is None:
@@ -270,21 +271,19 @@ def similar_ids_with_vectors(
         rows = cursor.fetchall()
     lexical = [(row[0], float(row[1])) for row in rows if row[3] == 0]
     identified = {row[0]: min(float(row[2]), 1.0) for row in rows if row[2] >= MIN_SCORE}
-    tickets = {row[0]: _ticket(row[4:]) for row in rows}
-    blobs = {
-        pk: bytes(ticket.embedding)
-        for pk, ticket in tickets.items()
-        if ticket.embedding is not None and ticket.embedding_model == model
-    }
-    return lexical, identified, blobs, tickets
+    blobs = {row[0]: bytes(row[_EMBEDDING]) for row in rows if row[_EMBEDDING] is not None and row[_MODEL] == model}
+    return lexical, identified, blobs, {row[0]: row[4:] for row in rows}
 
 
 _FIELDS = Ticket._meta.concrete_fields
 _COLUMNS = ", ".join(f't."{f.column}"' for f in _FIELDS)
+_EMBEDDING = 4 + [f.attname for f in _FIELDS].index("embedding")
+_MODEL = 4 + [f.attname for f in _FIELDS].index("embedding_model")
 
 
-def _ticket(values: tuple) -> Ticket:
-    """Return the Ticket of a row of _COLUMNS, its values converted as the ORM converts them."""
+def row_ticket(values: tuple) -> Ticket:
+    """Return the Ticket of a row similar_ids_with_vectors returned, its values converted as the ORM does (built
+    only for the tickets the search returns)."""
     converted = []
     for field, value in zip(_FIELDS, values, strict=True):
         for converter in field.get_db_converters(connection):
