@@ -87,6 +87,9 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.RunPython(_search_sql.run({"postgresql": PG_FORWARD}), _search_sql.run({"postgresql": PG_BACKWARD})),
+        # Reversed, the AlterField below rebuilds the SQLite table again (dropping the FTS5 triggers): this step's
+        # reverse runs after it and re-creates them.
+        migrations.RunPython(migrations.RunPython.noop, _search_sql.run({"sqlite": _search_sql.SQLITE_TRIGGERS})),
         migrations.AlterField(
             model_name="ticket",
             name="tenant",
