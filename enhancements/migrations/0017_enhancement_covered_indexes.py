@@ -8,10 +8,31 @@ replaced by a partial one over reviewed rows only (a user's deletion, which sets
 
 import django.db.models.deletion
 from django.conf import settings
+from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations, models
 
 
+class AddIndexConcurrentlyOnPostgres(AddIndexConcurrently):
+    """CREATE INDEX CONCURRENTLY on PostgreSQL, so webhooks keep inserting during the build; a plain index elsewhere."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+        else:
+            migrations.AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+        else:
+            migrations.AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+
+
 class Migration(migrations.Migration):
+    # CREATE INDEX CONCURRENTLY cannot run in a transaction; each step below is one statement (dropping an index
+    # takes its lock for a moment only).
+    atomic = False
+
     dependencies = [
         ("enhancements", "0016_triage_outcome_review_rejected"),
         ("tickets", "0012_ticket_search_document_resolved_only"),
@@ -41,7 +62,7 @@ class Migration(migrations.Migration):
                 to="tickets.tenant",
             ),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrentlyOnPostgres(
             model_name="enhancement",
             index=models.Index(
                 condition=models.Q(("reviewed_by__isnull", False)),
