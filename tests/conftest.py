@@ -15,6 +15,7 @@ from tests.fakes.sdp import FakeServiceDesk
 from tests.signing import sign_webhook_meta
 from tests.triage_helpers import Northwind, northwind_create
 from tickets.search.hybrid import helpers_shutdown
+from tickets.search.languages import history_languages_forget
 from tickets.services import TenantResult, tenant_create_or_update
 
 
@@ -28,9 +29,11 @@ def _test_settings(settings: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def _search_helpers_closed() -> Iterator[None]:
-    """Close the hybrid search's helper connections after each test (none may outlive the test database)."""
+    """Close the hybrid search's helper connections after each test (none may outlive the test database), and
+    forget the per-process caches keyed by primary keys, which a rolled-back SQLite test database reuses."""
     yield
     helpers_shutdown()
+    history_languages_forget()
 
 
 @pytest.fixture

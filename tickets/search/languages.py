@@ -37,6 +37,12 @@ def _history_languages(tenant: Tenant) -> frozenset[str]:
     return languages
 
 
+def history_languages_forget() -> None:
+    """Forget every tenant's cached history languages (the next search reads them again)."""
+    with _lock:
+        _known.clear()
+
+
 def other_language(*, tenant: Tenant, text: str, ids: Iterable[int], model: str = embeddings.LOCAL_MODEL) -> set[int]:
     """Return the ids (of the tenant's tickets) whose recorded language is known and differs from the text's.
 
