@@ -242,3 +242,34 @@ def test_batched_language_detection_answers_as_classify_does():
     assert [texts_language(texts[i : i + 7]) for i in pages] == [one_by_one[i : i + 7] for i in pages]
     assert {"en", "de", "fr", "es", "nl"} <= set(one_by_one) and "" in one_by_one
     assert texts_language([]) == []
+
+
+# What LOCAL_MODEL's vectors are made of: the wheel's token vectors and the stop-word lists whose directions are
+# projected out. A change to either (an upgraded wordllama or stop-words) changes every vector without changing
+# the model's name, so stored and new vectors would be compared as if alike: rename LOCAL_MODEL (the sweep and
+# reembed_tickets then re-embed every stored ticket) and update these fingerprints.
+LOCAL_INPUTS = {"weights": "c2c596675fd628bc", "stop_words": "7e0ff75172ef50a7"}
+
+
+def test_the_local_models_name_changes_with_what_its_vectors_are_made_of():
+    import hashlib
+
+    import wordllama
+    from stop_words import get_stop_words
+    from wordllama import WordLlama
+
+    model = WordLlama.load(
+        config="l2_supercat", dim=256, cache_dir=Path(wordllama.__file__).parent, disable_download=True
+    )
+    weights = np.ascontiguousarray(np.asarray(model.embedding, dtype=np.float32)).tobytes()
+    words = hashlib.sha256()
+    for language in embeddings.LANGUAGE_FREE:
+        words.update(language.encode() + b"\0" + "\n".join(get_stop_words(language)).encode() + b"\0")
+    found = {"weights": hashlib.sha256(weights).hexdigest()[:16], "stop_words": words.hexdigest()[:16]}
+    assert found == LOCAL_INPUTS, f"the local model's inputs changed: rename {embeddings.LOCAL_MODEL!r} ({found})"
+    assert embeddings.LOCAL_MODEL.endswith("-nolang")
+
+
+def test_the_wheels_model_without_the_projection_has_its_own_name():
+    plain = embeddings.LocalProvider(language_free=False)
+    assert plain.model != embeddings.LOCAL_MODEL and embeddings.LocalProvider().model == embeddings.LOCAL_MODEL

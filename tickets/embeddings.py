@@ -95,6 +95,8 @@ class LocalProvider:
         matrix = np.asarray(wl.embedding, dtype=np.float32)
         if language_free:  # what LOCAL_MODEL names; without, the wheel's model as it is (bench/semantic_quality.py)
             matrix = _language_free(matrix, self._word_ids)
+        else:
+            self.model = LOCAL_MODEL.removesuffix("-nolang")
         # One zero row past the vocabulary: padding points there and adds nothing to a sum.
         self._matrix = np.vstack([matrix, np.zeros((1, matrix.shape[1]), dtype=np.float32)])
         self._pad = self._matrix.shape[0] - 1
