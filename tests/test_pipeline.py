@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from django_q.models import OrmQ, Schedule
 
 from enhancements import tasks
 from enhancements.models import Enhancement
-from enhancements.services import enhancement_sweep
+from enhancements.services import enhancement_enqueue, enhancement_sweep
 from tests.fakes.fixtures import servicedesk_fixture
 from tickets.models import Asset, Ticket
 from tickets.services import ticket_upsert
@@ -327,3 +328,33 @@ def test_llm_timeout_falls_back(tenant, post_webhook, openai_fake, settings):
     openai_fake.fail_next(3, "timeout", delay=1.0)
     enhancement = _run(_webhook(post_webhook, tenant))
     assert enhancement.provider == "offline" and enhancement.status == "completed"
+
+
+def test_the_enqueued_package_is_the_one_async_task_pushes():
+    """The webhook pushes the task without django_q's async_task; the cluster must read the same package."""
+    from django_q.signing import SignedPackage
+    from django_q.tasks import async_task
+
+    from enhancements.services.pipeline import TASK_PROCESS, _broker
+
+    broker = _broker()
+    broker.delete_queue()
+
+    def pushed() -> dict:
+        ((_, package),) = broker.dequeue()
+        broker.delete_queue()
+        return SignedPackage.loads(package)
+
+    assert enhancement_enqueue(enhancement_id="0b0e7c9e-0000-4000-8000-000000000001") is True
+    ours = pushed()
+    async_task(TASK_PROCESS, "0b0e7c9e-0000-4000-8000-000000000001", task_name=ours["name"], broker=broker)
+    theirs = pushed()
+
+    assert ours.keys() == theirs.keys()
+    assert {k: v for k, v in ours.items() if k not in {"id", "started"}} == {
+        k: v for k, v in theirs.items() if k not in {"id", "started"}
+    }
+    assert ours["name"] == "enhance-0b0e7c9e-0000-4000-8000-000000000001"
+    assert re.fullmatch(r"[0-9a-f]{32}", ours["id"]) and re.fullmatch(r"[0-9a-f]{32}", theirs["id"])
+    assert type(ours["started"]) is type(theirs["started"]) and ours["started"].tzinfo is not None
+    assert abs(theirs["started"] - ours["started"]) < timedelta(seconds=60)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,12 +48,37 @@ def _broker() -> Broker:
     return get_broker()
 
 
+def _push(*, func: str, arg: str, name: str) -> None:
+    """Push one task as django_q's async_task would, without its per-call work the webhook does not need.
+
+    The package is the one the cluster reads: the same task dict (id, name, func, args, kwargs, started and the
+    configured ack_failure), signed and pickled by django_q's own SignedPackage, pushed by the broker. What is
+    left out is async_task's humanhash of the id (the name is given), its INFO "Enqueued" line per call and the
+    kwargs juggling: about a third of the webhook's enqueue CPU (docs/benchmarks.md, "Webhook load"). With
+    Q_SYNC or a result cache configured, async_task itself runs (tests, development)."""
+    from django_q.conf import Conf
+
+    if Conf.SYNC or Conf.CACHED:
+        from django_q.tasks import async_task
+
+        async_task(func, arg, task_name=name, broker=_broker())
+        return
+    from django_q.signals import pre_enqueue
+    from django_q.signing import SignedPackage
+
+    task: dict[str, Any] = {"id": uuid.uuid4().hex, "name": name, "func": func, "args": (arg,)}
+    if Conf.ACK_FAILURES:
+        task["ack_failure"] = Conf.ACK_FAILURES
+    task["kwargs"] = {}
+    task["started"] = timezone.now()
+    pre_enqueue.send(sender="django_q", task=task)
+    _broker().enqueue(SignedPackage.dumps(task))
+
+
 def enhancement_enqueue(*, enhancement_id: str) -> bool:
     """Hand the enhancement to the task queue; return False (and leave it to the sweep) on failure."""
-    from django_q.tasks import async_task
-
     try:
-        async_task(TASK_PROCESS, str(enhancement_id), task_name=f"enhance-{enhancement_id}", broker=_broker())
+        _push(func=TASK_PROCESS, arg=str(enhancement_id), name=f"enhance-{enhancement_id}")
         return True
     except Exception:
         # The row is the truth: a broker outage must not lose or fail the webhook. The sweep
