@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import datetime, timedelta
 
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 from enhancements import webhook_fastpath
 from enhancements.models import Enhancement
@@ -231,3 +233,61 @@ def test_the_plain_storable_check_never_skips_what_the_full_walk_would_change_or
 def test_the_common_body_skips_the_walk_and_hostile_numbers_do_not():
     assert json_loads_checked(json.dumps(CREATED).encode())[1]
     assert not json_loads_checked(b'{"a": 1e400}')[1] and not json_loads_checked(rb'{"a": "\u0000"}')[1]
+
+
+def _same_param(field: object, ours: object, django: object) -> bool:
+    if hasattr(django, "obj") and hasattr(django, "dumps"):  # psycopg's Jsonb, with Django's encoder
+        return type(ours) is type(django) and ours.obj == django.obj and ours.dumps == django.dumps  # type: ignore[attr-defined]
+    if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False) or field.name == "id":  # type: ignore[attr-defined]
+        # timezone.now() and uuid4(): a fresh value each time, of the same type and kind.
+        if isinstance(django, datetime):
+            return (
+                isinstance(ours, datetime)
+                and ours.tzinfo == django.tzinfo
+                and abs(ours - django) < timedelta(seconds=60)
+            )
+        return type(ours) is type(django) and len(str(ours)) == len(str(django))
+    return type(ours) is type(django) and ours == django
+
+
+_ROWS = [
+    CREATED["request"],
+    servicedesk_fixture("webhook__request_created_minimal")["request"],
+    {
+        "id": "7",
+        "subject": "Écran noir — 画面が真っ暗 🙈",
+        "description": "<p>naïve <b>ünïcode</b></p>",
+        "x": [1.5, None],
+    },
+    {"id": "8", "subject": None, "description": None, "priority": None, "requester": {"name": "", "email_id": None}},
+    {"id": "9", "created_time": {"value": "1700000000000"}, "resolved_time": {"value": ""}, "deep": {"a": {"b": [{}]}}},
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("request_body", _ROWS)
+@pytest.mark.parametrize("delivery_id", [None, "msg_2ZkP", "ü-id"])
+def test_the_store_parameters_are_the_ones_django_prepares(tenant, request_body, delivery_id):
+    """The store builds its parameters without model instances; they must be exactly Django's for the same row."""
+    from tickets.sdp.mapping import ticket_fields_from_sdp
+
+    rows = [
+        (Ticket, {"tenant_id": tenant.tenant.pk, "sdp_id": str(request_body["id"]), "source": Ticket.Source.WEBHOOK,
+                  "raw": request_body, **ticket_fields_from_sdp(request_body)}),
+        (Enhancement, {"tenant_id": tenant.tenant.pk, "delivery_id": delivery_id, "request_id": "rq-1",
+                       "enqueued_at": timezone.now()}),
+    ]  # fmt: skip
+    for model, values in rows:
+        webhook_fastpath._insert(model(**values))  # the SQL of this shape is compiled
+        assert webhook_fastpath._plain_params(model, values, connection) is not None  # no instance on this path
+        sql, params, columns = webhook_fastpath._plain_insert(model, values)
+        django_sql, django_params, django_columns = webhook_fastpath._insert(model(**values))
+        assert (sql, columns) == (django_sql, django_columns)
+        fields = webhook_fastpath._FIELDS[model]
+        assert len(params) == len(django_params) == len(fields)
+        different = [f.name for f, a, b in zip(fields, params, django_params, strict=True) if not _same_param(f, a, b)]
+        assert different == []
+    # A row that is not plain (a field given by name with an instance) goes the instance way, with the same result.
+    values = {"tenant": tenant.tenant, "sdp_id": "10", "raw": {}}
+    assert webhook_fastpath._plain_params(Ticket, values, connection) is None
+    assert webhook_fastpath._plain_insert(Ticket, values)[2] == webhook_fastpath._insert(Ticket(**values))[2]

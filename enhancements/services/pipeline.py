@@ -114,19 +114,19 @@ def enhancement_create_from_webhook(
         if webhook_fast_path_available():
             # One statement for the common case, a new ticket (enhancements/webhook_fastpath.py).
             pk = store_new_ticket(
-                ticket=Ticket(
-                    tenant=tenant,
-                    sdp_id=sdp_id,
-                    source=Ticket.Source.WEBHOOK,
-                    raw=request,
+                ticket={
+                    "tenant_id": tenant.pk,
+                    "sdp_id": sdp_id,
+                    "source": Ticket.Source.WEBHOOK,
+                    "raw": request,
                     **ticket_fields_from_sdp(request),
-                ),
-                enhancement=Enhancement(
-                    tenant=tenant,
-                    delivery_id=delivery_id or None,
-                    request_id=request_id[:64],
-                    enqueued_at=timezone.now(),
-                ),
+                },
+                enhancement={
+                    "tenant_id": tenant.pk,
+                    "delivery_id": delivery_id or None,
+                    "request_id": request_id[:64],
+                    "enqueued_at": timezone.now(),
+                },
                 tenant_guard=tenant_guard,
             )
             if pk is None and tenant_guard is not None:
