@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection
 
 from enhancements.models import Enhancement
@@ -220,6 +221,51 @@ def test_rate_limit_answers_429_with_retry_after(make_tenant, post_webhook):
     _error(response, "rate_limited", 429)
     assert 1 <= int(response["Retry-After"]) <= 60
     assert not Ticket.objects.filter(sdp_id="3").exists()
+
+
+def _rate_key(tenant_pk: int) -> str:
+    if time.time() % 60 > 50:  # not across a minute's end: the counter is per minute
+        time.sleep(61 - time.time() % 60)
+    return f"webhook-rate:{tenant_pk}:{int(time.time() // 60)}"
+
+
+@pytest.mark.skipif(not django_settings.REDIS_URL, reason="leases need the shared counter (REDIS_URL)")
+def test_a_generous_limit_takes_places_from_redis_a_lease_at_a_time(make_tenant, post_webhook):
+    import redis
+
+    from enhancements import webhooks
+
+    result = make_tenant("acme")
+    limit = webhooks.LEASE_SHARE * 4  # 4 places per lease
+    Tenant.objects.filter(slug="acme").update(rate_limit_per_minute=limit)
+    webhooks._leases.clear()
+    server = redis.Redis.from_url(django_settings.REDIS_URL)
+    key = _rate_key(result.tenant.pk)
+    for request_id in ("1", "2", "3", "4", "5"):
+        assert post_webhook("acme", {"request": {"id": request_id}}, secret=result.secret).status_code == 202
+    assert int(server.get(key)) == 8  # two round trips for five calls, not five
+
+    # Near the limit every call still has its own place: the lease past the limit admits only what fits.
+    webhooks._leases.clear()
+    server.set(key, limit - 2)
+    answers = [post_webhook("acme", {"request": {"id": f"n{i}"}}, secret=result.secret) for i in range(4)]
+    assert [a.status_code for a in answers] == [202, 202, 429, 429]
+    assert Ticket.objects.filter(sdp_id__startswith="n").count() == 2
+
+
+@pytest.mark.skipif(not django_settings.REDIS_URL, reason="REDIS_URL is not set")
+def test_an_ordinary_limit_counts_every_call_in_redis(make_tenant, post_webhook):
+    import redis
+
+    from enhancements import webhooks
+
+    result = make_tenant("acme")
+    Tenant.objects.filter(slug="acme").update(rate_limit_per_minute=600)
+    webhooks._leases.clear()
+    key = _rate_key(result.tenant.pk)
+    for request_id in ("1", "2", "3"):
+        assert post_webhook("acme", {"request": {"id": request_id}}, secret=result.secret).status_code == 202
+    assert int(redis.Redis.from_url(django_settings.REDIS_URL).get(key)) == 3
 
 
 @pytest.mark.django_db(transaction=True)
