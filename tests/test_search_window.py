@@ -6,6 +6,7 @@ import os
 import time
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from django.db import connection, transaction
 from django.utils import timezone
@@ -211,3 +212,22 @@ def test_an_idle_helper_closes_its_connection_past_conn_max_age(make_tenant, mon
     wait_for(lambda: others() == 0, timeout=20, what="the idle helper to close its connection", interval=0.1)
     assert hybrid._helpers.threads[0].is_alive()
     assert ticket_search_similar(tenant=acme, text=BATTERY)  # it connects again when a search comes
+
+
+def test_the_prefilter_of_long_codes_is_the_statements_order():
+    # A 1536-dimension model's Hamming distances pass 511, where distance and id packed in one int64 overflowed
+    # and the farthest rows sorted first (before: 0 of the true nearest 21 in the window's top 21).
+    from tickets.search.window import prefiltered
+
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 2, size=(3000, 1536), dtype=np.uint8)
+    query = rng.integers(0, 2, size=1536, dtype=np.uint8)
+    codes[:50] = query ^ (rng.random((50, 1536)) < 0.05)  # 50 near ones
+    ids = rng.permutation(10**6)[:3000].astype(np.int64)
+    distance = (codes != query).sum(axis=1).astype(np.int64)
+    assert distance.max() > 511
+    expected = sorted(range(3000), key=lambda row: (distance[row], ids[row]))[:200]
+    assert set(prefiltered(distance, ids, 200).tolist()) == set(expected)
+    short = distance % 257  # a 256-bit code's distances: the packed key
+    expected = sorted(range(3000), key=lambda row: (short[row], ids[row]))[:200]
+    assert set(prefiltered(short, ids, 200).tolist()) == set(expected)

@@ -208,12 +208,18 @@ def window_get(
         reload = later is not None and ttl <= age < 2 * ttl and key not in _reloading
         if reload:
             _reloading.add(key)
-    if held is None or age >= 2 * ttl or (age >= ttl and later is None):
-        window = _read(tenant_id, model, dim, None)
-    elif held.newest == _NULL_KEY:  # empty, or no resolution time known: nothing to read "since"
-        window = dataclasses.replace(_read(tenant_id, model, dim, None), loaded_at=held.loaded_at)
-    else:
-        window = _merged(held, _read(tenant_id, model, dim, held.newest))
+    try:
+        if held is None or age >= 2 * ttl or (age >= ttl and later is None):
+            window = _read(tenant_id, model, dim, None)
+        elif held.newest == _NULL_KEY:  # empty, or no resolution time known: nothing to read "since"
+            window = dataclasses.replace(_read(tenant_id, model, dim, None), loaded_at=held.loaded_at)
+        else:
+            window = _merged(held, _read(tenant_id, model, dim, held.newest))
+    except BaseException:
+        if reload:  # the reload was never handed over: the next search past the TTL may start one again
+            with _lock:
+                _reloading.discard(key)
+        raise
     _store(key, window, budget)
     if reload and later is not None:
         later(lambda: _reload(key, tenant_id, model, dim, budget))
@@ -240,6 +246,17 @@ def _reload(key: tuple, tenant_id: int, model: str, dim: int, budget: float) -> 
             _reloading.discard(key)
 
 
+def prefiltered(distance: np.ndarray, ids: np.ndarray, prefilter: int) -> np.ndarray:
+    """Return the rows of ORDER BY bit_count(code # query), id LIMIT prefilter (in no particular order)."""
+    if len(ids) <= prefilter:
+        return np.arange(len(ids))
+    if int(distance.max(initial=0)) < 1 << (63 - _ID_BITS):
+        # Distance and id in one int64 key, unique per row (a 256-bit code's distance is at most 256).
+        return np.argpartition((distance << _ID_BITS) | ids, prefilter - 1)[:prefilter]
+    # Longer codes (a 1536-dimension model's): the packed key would overflow, so sort by both.
+    return np.lexsort((ids, distance))[:prefilter]
+
+
 def nearest(window: Window, vector: np.ndarray, limit: int) -> tuple[dict[int, float], dict[int, bytes]]:
     """Return ({id: cosine} of the window's `limit` nearest tickets to vector, best first, as
     semantic.candidates finds them on this database, {id: stored vector} of those)."""
@@ -247,11 +264,7 @@ def nearest(window: Window, vector: np.ndarray, limit: int) -> tuple[dict[int, f
         query = np.packbits(np.asarray(vector) > 0)
         query = query.view(np.uint64) if window.codes.dtype == np.uint64 else query
         distance = np.bitwise_count(window.codes ^ query).sum(axis=1, dtype=np.int64)
-        prefilter = max(semantic.PREFILTER, limit)
-        rows = np.arange(len(window.ids))
-        if len(rows) > prefilter:
-            # ORDER BY bit_count(code # query), id LIMIT prefilter: one unique key per row.
-            rows = np.argpartition((distance << _ID_BITS) | window.ids, prefilter - 1)[:prefilter]
+        rows = prefiltered(distance, window.ids, max(semantic.PREFILTER, limit))
         rows = rows[window.valid[rows]]
     else:
         rows = np.flatnonzero(window.valid)
