@@ -80,23 +80,38 @@ LEASE_MAX = 64
 LEASE_SHARE = 10_000
 _leases: dict[int, tuple[int, int, int]] = {}  # tenant pk -> (minute, next place, last place leased)
 _leases_lock = threading.Lock()
+_refill_lock = threading.Lock()
 
 
 def _place(tenant_pk: int, limit: int) -> int:
     """Return this call's place in the tenant's current minute (1 = the first call of the minute)."""
     window = int(time.time() // 60)
     size = max(1, min(LEASE_MAX, limit // LEASE_SHARE)) if settings.REDIS_URL else 1
-    if size > 1:
-        with _leases_lock:
-            minute, place, last = _leases.get(tenant_pk, (-1, 0, -1))
-            if minute == window and place <= last:
-                _leases[tenant_pk] = (minute, place + 1, last)
-                return place
-    top = _count(f"webhook-rate:{tenant_pk}:{window}", size)
-    if size > 1:
+    if size == 1:
+        return _count(f"webhook-rate:{tenant_pk}:{window}")
+    place = _leased(tenant_pk, window)
+    if place is not None:
+        return place
+    # One refill at a time per process: threads that found the lease used up wait for it, then take from the
+    # new lease instead of each leasing (and all but one stranding) a range of their own.
+    with _refill_lock:
+        place = _leased(tenant_pk, window)
+        if place is not None:
+            return place
+        top = _count(f"webhook-rate:{tenant_pk}:{window}", size)
         with _leases_lock:
             _leases[tenant_pk] = (window, top - size + 2, top)
     return top - size + 1
+
+
+def _leased(tenant_pk: int, window: int) -> int | None:
+    """Take the next place of the process's lease for this tenant and minute, if one is left."""
+    with _leases_lock:
+        minute, place, last = _leases.get(tenant_pk, (-1, 0, -1))
+        if minute == window and place <= last:
+            _leases[tenant_pk] = (minute, place + 1, last)
+            return place
+    return None
 
 
 def _rate_limited(tenant: Tenant, counts: dict[int, int]) -> int | None:

@@ -10,6 +10,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
+from enhancements import webhooks
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.sdp import FakeServiceDesk
 from tests.signing import sign_webhook_meta
@@ -34,6 +35,7 @@ def _search_helpers_closed() -> Iterator[None]:
     yield
     helpers_shutdown()
     history_languages_forget()
+    webhooks._leases.clear()
 
 
 @pytest.fixture
