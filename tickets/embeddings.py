@@ -184,7 +184,15 @@ def _language_free(matrix: np.ndarray, word_ids: Any) -> np.ndarray:
         ids = [i for word in get_stop_words(language) for i in word_ids(word)]
         directions.append(matrix[ids].mean(axis=0) - mean)
     basis, _ = np.linalg.qr(np.array(directions, dtype=np.float64).T)
-    return (matrix - (matrix @ basis) @ basis.T).astype(np.float32)
+    # In place, a block of rows at a time, in float32: the whole-matrix float64 products peaked at +157 MB per
+    # process while the model loaded, which a 768 MB worker container with two processes loading at once (a
+    # recycled worker's successor) could not hold: the kernel killed one, and Django-Q's task queue deadlocked.
+    projected = np.array(matrix, dtype=np.float32)
+    basis32 = basis.astype(np.float32)
+    for start in range(0, len(projected), 4096):
+        block = projected[start : start + 4096]
+        block -= (block @ basis32) @ basis32.T
+    return projected
 
 
 class OpenAIProvider:
