@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from tests.search_helpers import FILLER
 from tickets.evaluation import (
     retrieval_evaluate_queries,
     retrieval_load_history,
@@ -57,18 +58,6 @@ def test_retrieval_quality_per_kind_lexical_semantic_hybrid():
     assert hybrid["other_language"].recall5 >= lexical["other_language"].recall5 + 0.08
     assert report["semantic"]["other_language"].recall5 >= 0.24
     assert hybrid["all"].recall5 > lexical["all"].recall5 and hybrid["all"].recall5 > report["semantic"]["all"].recall5
-
-
-FILLER = {
-    "usb": ("USB drive not recognised", "My memory stick does not show up."),
-    "excel": ("Excel file will not open", "The budget workbook gives an error when I open it."),
-    "monitor": ("Monitor flickers", "The external screen flickers when docked."),
-    "mfa": ("Outlook keeps prompting for password after MFA", "Credentials box pops up every few minutes."),
-    "toner": ("Printer toner low warning", "Replace the cartridge in the second floor printer."),
-    "vpn": ("VPN disconnects on hotel wifi", "GlobalProtect drops the tunnel."),
-    "battery": ("Laptop battery not charging", "Plugged in, not charging, the percentage drops."),
-    "camera": ("Teams camera not detected", "No camera found in Teams meetings."),
-}
 
 
 def test_a_paraphrase_finds_what_the_words_alone_miss(make_tenant):

@@ -12,6 +12,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from tests.processes import wait_for
+from tests.search_helpers import FILLER
 from tickets import embeddings
 from tickets.models import Ticket
 from tickets.search import hybrid, semantic, ticket_search_similar, window
@@ -20,15 +21,8 @@ from tickets.services import ticket_bulk_upsert
 pytestmark = pytest.mark.django_db(transaction=True)  # the cache serves committed rows only
 
 HISTORY = {
-    "usb": ("USB drive not recognised", "My memory stick does not show up."),
-    "excel": ("Excel file will not open", "The budget workbook gives an error when I open it."),
-    "monitor": ("Monitor flickers", "The external screen flickers when docked."),
-    "mfa": ("Outlook keeps prompting for password after MFA", "Credentials box pops up every few minutes."),
-    "toner": ("Printer toner low warning", "Replace the cartridge in the second floor printer."),
-    "vpn": ("VPN disconnects on hotel wifi", "GlobalProtect drops the tunnel."),
-    "battery": ("Laptop battery not charging", "Plugged in, not charging, the percentage drops."),
+    **FILLER,
     "battery-again": ("Laptop battery not charging", "Plugged in, not charging, the percentage drops."),
-    "camera": ("Teams camera not detected", "No camera found in Teams meetings."),
     "code": ("Mapped drive not opening", "The S drive will not open, error 0x80070035."),
     "only-code": ("Finance share unreachable", "Windows shows 0x80070035 for the finance share."),
 }
