@@ -15,8 +15,9 @@ is unsupported":
 - HTTP 200 under `json_schema` or `json_object` whose content is not one JSON object (prose, Markdown fences,
   an empty answer) twice in a row: the server took a mode it does not honour. (Once is asked again in the same
   mode, so one odd answer from a server that does honour it does not change the endpoint's mode for a day.)
-Anything else keeps today's rules (project/retry.py): timeouts, 429 and 5xx are retried by the openai client
-and then fail the call; other 4xx fail it; a JSON object that fails the schema is asked for once more in the
+Anything else keeps today's rules (project/retry.py): timeouts, 429 and 5xx are retried twice
+(enhancements/llm_client.py, by the openai SDK's rules, every request through the shared budget) and then fail
+the call; other 4xx fail it; a JSON object that fails the schema is asked for once more in the
 same mode, then fails it. A failed call is the caller's offline fallback, labelled with the reason.
 
 Only the error's message fields are read for those words (OpenAI's `error.message` and `error.param`, a top-level
@@ -30,13 +31,12 @@ Content is read tolerantly (enhancements/llm_json.py): Markdown fences are strip
 object is taken from surrounding prose, raw newlines and tabs inside strings are accepted
 (`json.loads(strict=False)`), a JSON object sent as a JSON string is unwrapped; then the value is made
 storable (`tickets.storable.storable_json`: NaN, Infinity and numbers beyond float range become null, NUL
-characters are removed) and validated against the schema. Every request goes through the shared budget
-(enhancements/llm_budget.py) and one cached client per (base URL, key, timeout).
+characters are removed) and validated against the schema. Every request sent, each retry included, goes
+through the shared budget (enhancements/llm_budget.py) and one cached client per (base URL, key, timeout).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -47,6 +47,7 @@ import openai
 from django.conf import settings
 
 from enhancements import llm_budget
+from enhancements.llm_client import chat_complete, openai_client
 from enhancements.llm_json import json_document, json_extract, schema_instruction
 from enhancements.llm_modes import (  # noqa: F401 (re-exported: the callers' and tests' names)
     MODE_TTL,
@@ -98,40 +99,6 @@ class StructuredResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     requests: int = 0
-
-
-# --- clients ----------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=8)
-def openai_client(base_url: str | None, api_key: str, timeout: float) -> openai.OpenAI:
-    """Return one client per endpoint, key and timeout for this process.
-
-    Building a client loads the CA bundle into a new SSL context, which cost most of a task's CPU when done
-    per enhancement (docs/benchmarks.md, "Drain").
-    """
-    return openai.OpenAI(
-        api_key=api_key or "not-set",
-        base_url=base_url,
-        timeout=timeout,
-        # The client retries timeouts, 429 (honouring Retry-After) and 5xx with backoff (layer 2 of
-        # project/retry.py).
-        max_retries=2,
-        # Every 429 also pauses the budget that all processes share (enhancements/llm_budget.py).
-        http_client=openai.DefaultHttpxClient(
-            event_hooks={"response": [functools.partial(_share_retry_after, base_url, api_key)]}
-        ),
-    )
-
-
-def _share_retry_after(base_url: str | None, api_key: str, response: Any) -> None:
-    if response.status_code != 429:
-        return
-    headers = response.headers
-    try:
-        seconds = float(headers.get("retry-after-ms") or 0) / 1000 or float(headers.get("retry-after") or 1)
-    except ValueError:
-        seconds = 1.0
-    logger.warning("the LLM provider answered 429; pausing the shared budget for %.1fs", seconds)
-    llm_budget.pause(base_url=base_url, api_key=api_key, seconds=min(seconds, 60.0))
 
 
 # --- the call ---------------------------------------------------------------------------------------------------
@@ -189,24 +156,21 @@ def _request(
     elif mode == "json_object":
         extra["response_format"] = {"type": "json_object"}
     reserved = llm_budget.estimate_tokens(len(system) + len(user))
-    # Waits while the deployment's shared budget is spent; raises BudgetExhausted past LLM_BUDGET_MAX_WAIT.
-    llm_budget.reserve(base_url=base_url, api_key=api_key, tokens=reserved)
     try:
-        response = client.chat.completions.create(
+        # Waits while the deployment's shared budget is spent; raises BudgetExhausted past LLM_BUDGET_MAX_WAIT.
+        response = chat_complete(
+            client, base_url=base_url, api_key=api_key, tokens=reserved,
             model=model,
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
             temperature=temperature,
             **extra,
-        )
+        )  # fmt: skip
     except openai.APIStatusError as exc:
-        llm_budget.settle(base_url=base_url, api_key=api_key, reserved=reserved, used=0)
         detail = f"HTTP {exc.status_code}: {str(exc.message)[:300]}"
         if mode != "prompt" and _is_mode_refusal(exc):
             raise _Unsupported(detail) from exc
         raise LLMError(f"The LLM call failed: {exc.__class__.__name__}: {detail}") from exc
     except openai.OpenAIError as exc:
-        # A timeout or a dropped connection keeps its reservation as spent: the provider bills a request that
-        # completed on its side; the budget drains it within the minute (tests/test_llm_budget.py).
         raise LLMError(f"The LLM call failed: {exc.__class__.__name__}: {exc}") from exc
     usage = getattr(response, "usage", None)
     llm_budget.settle(base_url=base_url, api_key=api_key, reserved=reserved, used=getattr(usage, "total_tokens", None))

@@ -7,8 +7,11 @@ Four layers retry, from the innermost (shortest waits) to the outermost (longest
    10 s (longer waits go back to the caller). A POST is repeated only when SDP certainly did not act on it
    (429, throttled, connection refused); an unclear outcome (timeout, 5xx) is the caller's to check. A 401
    with a Zoho refresh token renews the access token once and repeats the call (`tickets/sdp/auth.py`).
-2. **The OpenAI client** (`enhancements/llm_structured.py`, for the note and triage): the `openai` package
-   retries timeouts, 429 (honouring `Retry-After`) and 5xx twice with its own exponential backoff; an answer
+2. **The OpenAI client** (`enhancements/llm_client.py`, `chat_complete`, for the note and triage): timeouts,
+   connection errors, 408, 409, 429 (honouring `Retry-After`, not retried past 120 s) and 5xx are retried twice
+   with `backoff_delay(base=0.5, cap=8)` (the errors the `openai` package retries itself; its own `max_retries`
+   is off): every request sent, each retry included, first reserves its place in the shared budget, so a retry
+   that finds it full waits there like a first request (past `LLM_BUDGET_MAX_WAIT`: layer 4's deferral); an answer
    that fails the schema is asked for once more; a server that refuses the output mode (a 400/422 naming it)
    or twice answers no JSON object under it is asked in the next mode (json_schema -> json_object -> prompt),
    never on a timeout, 429 or 5xx; then the offline provider writes the note (labelled as a fallback), so the

@@ -138,15 +138,42 @@ def test_a_timed_out_call_counts_its_estimate_and_a_refused_one_gives_it_back(op
     settings.LLM_TIMEOUT = 0.3
     settings.LLM_REQUESTS_PER_MINUTE, settings.LLM_TOKENS_PER_MINUTE = 0, 6000  # 100 tokens a second, 1 s burst
     settings.LLM_BUDGET_MAX_WAIT = 0
-    openai_fake.fail_next(3, failure, delay=1.0)  # the client's two retries included
-    with pytest.raises(LLMError):
-        structured_complete(system="Answer.", user="x" * 400, schema={"type": "object"}, name="t", model="fake-model")
+    openai_fake.fail_next(3, failure, delay=1.0)
+    call = {"system": "Answer.", "user": "x" * 400, "schema": {"type": "object"}, "name": "t", "model": "fake-model"}
     estimate = llm_budget.estimate_tokens(len("Answer.") + 400)  # json_schema mode: no schema in the prompt
     key = {"base_url": settings.OPENAI_BASE_URL, "api_key": settings.OPENAI_API_KEY}
     if failure == 401:
+        with pytest.raises(LLMError):
+            structured_complete(**call)
         llm_budget.reserve(**key, tokens=100)  # settled to nothing: the whole burst is free again
         return
+    # The retry of the timed-out request needs its own place, and the first one's estimate is still spent.
+    with pytest.raises(llm_budget.BudgetExhausted):
+        structured_complete(**call)
+    assert len(openai_fake.requests_log) == 1
     with pytest.raises(llm_budget.BudgetExhausted) as caught:
         llm_budget.reserve(**key, tokens=100)
     # Still spent: the estimate (less the time since) stands between this reservation and the burst.
     assert 0 < caught.value.retry_after <= estimate / 100
+
+
+@pytest.mark.parametrize("failure", [500, 429])
+def test_every_request_a_retried_call_sends_takes_its_place_in_the_budget(openai_fake, settings, failure):
+    # Two failures then an answer: three requests reach the provider, so three places are spent. One request a
+    # minute with a burst of three minutes holds exactly three (the seconds the test takes drain almost none).
+    from enhancements.llm_structured import structured_complete
+
+    settings.LLM_REQUESTS_PER_MINUTE, settings.LLM_TOKENS_PER_MINUTE = 1, 0
+    settings.LLM_BUDGET_BURST_SECONDS = 180
+    settings.LLM_BUDGET_MAX_WAIT = 0
+    openai_fake.fail_next(2, failure, retry_after=0.1 if failure == 429 else None)
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    result = structured_complete(system="Answer.", user="x" * 400, schema=schema, name="t", model="fake-model")
+    assert result.output["answer"] and result.requests == 1  # one ask of the call, its retries are not asks
+    sent = [r for r in openai_fake.requests_log if r.path.endswith("/chat/completions")]
+    assert len(sent) == 3
+
+    key = {"base_url": settings.OPENAI_BASE_URL, "api_key": settings.OPENAI_API_KEY}
+    with pytest.raises(llm_budget.BudgetExhausted) as caught:
+        llm_budget.reserve(**key, tokens=100)  # a fourth request has no room: the retries were counted
+    assert caught.value.retry_after > 30
