@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from enhancements.models import Enhancement
 from enhancements.triage import tasks
@@ -247,6 +250,38 @@ def test_a_person_changing_the_field_during_an_unclear_write_wins(northwind, pos
     assert decision.outcome == Outcome.HUMAN_SET and "unclear" in decision.reason
     assert sdp.requests["555001"]["group"] == {"name": "DESK"}
     assert len(puts_to(sdp)) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "outcome", "said"),
+    [
+        (TriageMode.OFF, Outcome.REJECTED, "not written: its triage was switched off while the write waited"),
+        (TriageMode.SUGGEST, Outcome.SUGGESTED, "kept as a suggestion, not written: it was switched to suggest-only"),
+        (TriageMode.APPLY, Outcome.LOW_CONFIDENCE, "not written: its confidence"),  # below the new threshold
+    ],
+)
+def test_a_retried_write_reads_the_fields_setting_again(northwind, post_webhook, mode, outcome, said):
+    # The same rules as an approval of held writes (tests/test_triage_review.py), at every attempt.
+    tenant, sdp = northwind.tenant, northwind.sdp
+    modes_set(tenant, priority=TriageMode.OFF, technician=TriageMode.OFF)
+    enhancement = webhook_enhancement(post_webhook, northwind)
+    triage_decide(enhancement=enhancement)
+    assert decisions_of(enhancement)["group"].confidence < 1.0  # a threshold of 100% is above it
+    sdp.fail_next(status=500, method="PUT")
+    assert tasks.apply_decisions(str(enhancement.pk)) == {"retry": 2}
+
+    # Between the failed attempt and the retry, a lead changes the group's setting.
+    triage_setting_update(tenant=tenant, field="group", mode=mode, threshold=1.0)
+    TriageDecision.objects.filter(enhancement=enhancement).update(
+        next_attempt_at=None, created_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert triage_sweep() == 1
+
+    decisions = decisions_of(enhancement)
+    assert decisions["group"].outcome == outcome and said in decisions["group"].reason
+    assert "group" not in sdp.requests["555001"]
+    assert decisions["category"].outcome == Outcome.APPLIED  # still on apply: written by the retry
+    assert [set(update["changes"]) for update in sdp.updates["555001"]] == [{"category", "subcategory"}]
 
 
 def test_deciding_twice_does_not_touch_a_written_field(northwind, post_webhook):

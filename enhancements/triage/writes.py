@@ -3,6 +3,8 @@
 - Every write records the previous value and the reason; the PUT carries an update reason naming Ticket
   Enhancer. The decision is marked before the call, so after an unclear outcome the next attempt reads the
   request first: our value there means done (no second write), a person's value means leave it.
+- Every attempt, a retry too, reads the field's setting again, as an approval does for held writes: switched off
+  means dropped, suggest-only kept as a suggestion, a threshold raised above the confidence not written.
 - Undo writes the previous value back (unless a person changed the field since) and adds a note saying so.
 """
 
@@ -22,7 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from enhancements.triage.choices import Choices, choices_for
-from enhancements.triage.decide import DEFAULT_THRESHOLD, _is_unset, triage_enqueue_apply, triage_settings_list
+from enhancements.triage.decide import _is_unset, triage_enqueue_apply, triage_settings_list
 from enhancements.triage.models import TriageDecision, TriageField, TriageMode, TriageSetting
 from project.retry import backoff_delay
 from tickets.sdp.auth import servicedesk_client
@@ -95,6 +97,14 @@ def _apply(enhancement_id: str) -> dict[str, int]:
                     _finish(decision, Outcome.APPLIED, decision.reason, written_at=now)
                     counts[Outcome.APPLIED] = counts.get(Outcome.APPLIED, 0) + 1
                     continue
+                if stopped := _setting_now(decision, settings_[decision.field], waiting=_waiting(decision)):
+                    # Read again at every attempt, as at approval: a lead may have changed it since triage.
+                    outcome, why = stopped
+                    if TriageDecision.objects.filter(pk=decision.pk, outcome=Outcome.PENDING).update(
+                        outcome=outcome, reason=Concat(F("reason"), Value(f" Then {why}"[:1000]))
+                    ):
+                        counts[outcome] = counts.get(outcome, 0) + 1
+                    continue
                 if not _is_unset(current, settings_[decision.field]):
                     why = (
                         f"Left alone: a person set “{current}” while our earlier write's outcome was unclear."
@@ -115,7 +125,7 @@ def _apply(enhancement_id: str) -> dict[str, int]:
                 if decision.field == TriageField.CATEGORY:
                     sub_ok = (
                         decision.subvalue
-                        and (decision.sub_confidence or 0) >= (decision.threshold or DEFAULT_THRESHOLD)
+                        and (decision.sub_confidence or 0) >= settings_[decision.field].threshold
                         and choices.allows("subcategory", decision.subvalue, category=decision.value)
                         and not _current(request, "subcategory")
                     )
@@ -281,20 +291,23 @@ class ReleaseResult:
         return " ".join(filter(None, [queued, *self.not_written]))
 
 
-def _setting_now(decision: TriageDecision, setting: TriageSetting) -> tuple[str, str] | None:
-    """Return (outcome, why) when the field's current setting no longer lets the held write go; None if it does."""
+def _waiting(decision: TriageDecision) -> str:
+    return "the write waited for its retry" if decision.attempts else "the write waited to be sent"
+
+
+def _setting_now(
+    decision: TriageDecision, setting: TriageSetting, *, waiting: str = "the note waited for review"
+) -> tuple[str, str] | None:
+    """Return (outcome, why) when the field's current setting no longer lets the write go; None if it does."""
     if setting.mode == TriageMode.OFF:
-        return Outcome.REJECTED, "not written: its triage was switched off while the note waited for review."
+        return Outcome.REJECTED, f"not written: its triage was switched off while {waiting}."
     if setting.mode == TriageMode.SUGGEST:
-        return (
-            Outcome.SUGGESTED,
-            "kept as a suggestion, not written: it was switched to suggest-only while the note waited.",
-        )
+        return Outcome.SUGGESTED, f"kept as a suggestion, not written: it was switched to suggest-only while {waiting}."
     confidence = decision.confidence or 0.0
     if confidence < setting.threshold:
         return Outcome.LOW_CONFIDENCE, (
             f"not written: its confidence {confidence:.0%} is below the threshold {setting.threshold:.0%} set "
-            "while the note waited."
+            f"while {waiting}."
         )
     return None
 
