@@ -9,6 +9,7 @@ a first request, and raises BudgetExhausted past LLM_BUDGET_MAX_WAIT.
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import logging
 import time
@@ -54,13 +55,17 @@ def _retry_after(headers: Any) -> float | None:
             return float(headers[name]) / divisor
         except (KeyError, ValueError):
             continue
-    return None
+    try:  # an HTTP date (RFC 9110), which the SDK honoured too
+        return email.utils.parsedate_to_datetime(headers["retry-after"]).timestamp() - time.time()
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _share_retry_after(base_url: str | None, api_key: str, response: Any) -> None:
     if response.status_code != 429:
         return
-    seconds = _retry_after(response.headers) or 1.0
+    seconds = _retry_after(response.headers)
+    seconds = 1.0 if seconds is None else seconds
     logger.warning("the LLM provider answered 429; pausing the shared budget for %.1fs", seconds)
     llm_budget.pause(base_url=base_url, api_key=api_key, seconds=min(seconds, 60.0))
 
