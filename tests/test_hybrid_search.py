@@ -231,3 +231,63 @@ def test_outside_a_transaction_postgres_runs_the_semantic_statement_on_a_helper_
     hybrid.helpers_shutdown()
     assert hybrid._helpers is None
     assert helpers is None or not any(thread.is_alive() for thread in helpers.threads)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the helpers run on PostgreSQL only")
+@pytest.mark.django_db(transaction=True)
+def test_a_helper_stuck_in_the_database_does_not_hang_the_search_which_answers_lexically(
+    make_tenant, monkeypatch, caplog
+):
+    import logging
+    import threading
+
+    from django.db import transaction
+    from django.db.backends.signals import connection_created
+
+    from tests.processes import wait_for
+    from tickets.search import hybrid
+
+    acme = make_tenant("acme").tenant
+    _history(acme, FILLER)
+    text = "Computer says I'm unplugged from power\nIt is on the cable but the percentage keeps falling."
+    with transaction.atomic():  # one connection, no helper: the hybrid results
+        hybrid_results = ticket_search_similar(tenant=acme, text=text)
+    lexical_results = ticket_search_similar(tenant=acme, text=text, mode="lexical")
+    assert _ids(hybrid_results)[:1] == ["battery"] and hybrid_results != lexical_results
+    monkeypatch.setattr(hybrid, "HELPER_DB_WAIT", 0.5)
+    sleep = "SELECT pg_sleep(120)"
+    stuck = threading.Event()
+    stuck.set()
+    caller = threading.get_ident()
+
+    def hang(execute, sql, params, many, context):  # the helper's first statement waits on the server first
+        if stuck.is_set():
+            stuck.clear()
+            execute(sleep, None, False, context)
+        return execute(sql, params, many, context)
+
+    def on_connect(sender, connection, **kwargs) -> None:
+        if threading.get_ident() != caller:  # a helper thread's own connection
+            connection.execute_wrappers.append(hang)
+
+    connection_created.connect(on_connect)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tickets.search.hybrid"):
+            found = ticket_search_similar(tenant=acme, text=text)
+        assert found == lexical_results  # the lexical answer, not a hang (nor an exception)
+        assert "took over 0.5 s on its helper thread" in caplog.text
+
+        def cancelled() -> bool:  # the helper is still in pg_sleep on the server: end it
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND query = %s AND pid <> pg_backend_pid()",
+                    [sleep],
+                )
+                return cursor.fetchall() == [(True,)]
+
+        wait_for(cancelled, timeout=30, what="the helper's pg_sleep")
+        # The helper whose statement was cancelled answers the next searches again.
+        assert ticket_search_similar(tenant=acme, text=text) == hybrid_results
+    finally:
+        connection_created.disconnect(on_connect)

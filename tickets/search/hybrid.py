@@ -14,9 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, close_old_connections, connection, connections
 
 from tickets import embeddings
@@ -61,6 +63,15 @@ IDENTIFIER_MAX_TICKETS = 10  # the best matches of the query's identifiers that 
 # histories, one writer) and when OVERLAP_THREADS is 0 one after the other too, with the cache
 # (bench/search_overlap.py compares).
 OVERLAP_THREADS = 4
+# How long the caller waits for its helper's semantic part before it answers with the lexical results alone (as when
+# the query's embedding fails), logging a warning: HELPER_DB_WAIT for the helper's reads (the window's incremental
+# read, about 1 ms at 1M tickets; a full read 30-60 ms; the semantic statement 4-5 ms: docs/benchmarks.md), plus,
+# with a remote embeddings provider, its request timeout (EMBEDDINGS_TIMEOUT, else LLM_TIMEOUT) for the query's
+# embedding; the local model embeds in milliseconds and is loaded on the caller's thread first. No statement
+# timeout is configured to derive the reads' share from, so it is a constant two orders of magnitude above the
+# slowest read measured: a helper past it is stuck (a hung connection, a lock), not slow. It goes on on its own
+# thread, its answer unused.
+HELPER_DB_WAIT = 5.0
 
 
 class _Helpers:
@@ -226,6 +237,29 @@ def ticket_search_similar(
     return found or []
 
 
+def _helper_wait() -> float:
+    """Return how many seconds the caller waits for its helper's semantic part (HELPER_DB_WAIT)."""
+    if settings.EMBEDDINGS_PROVIDER != "openai":
+        return HELPER_DB_WAIT
+    return HELPER_DB_WAIT + float(settings.EMBEDDINGS_TIMEOUT or settings.LLM_TIMEOUT)
+
+
+def _helper_result(future: Future, tenant: Tenant) -> Semantic:
+    """Return the helper's semantic part, or no vector (lexical results only) when it is not done in time."""
+    wait = _helper_wait()
+    try:
+        return future.result(timeout=wait)
+    except FutureTimeout:
+        future.cancel()  # not started yet (every helper busy): it never runs
+        log.warning(
+            "the semantic part of a search of tenant %s took over %.1f s on its helper thread (stuck connection?):"
+            " answering with the lexical results only",
+            tenant.pk,
+            wait,
+        )
+        return None, {}, {}
+
+
 def _lexical_only(tenant: Tenant, text: str, limit: int, exclude_sdp_id: str | None) -> list[tuple[Ticket, float]]:
     search = postgres.similar if connection.vendor == "postgresql" else sqlite.similar
     # A ticket with neither subject nor description (an import's or a minimal event's, its SDP fetch pending or
@@ -253,11 +287,12 @@ def _searched(
     if mode == "hybrid" and postgresql and OVERLAP_THREADS > 0 and not connection.in_atomic_block:
         # The semantic side on a helper's connection while the lexical statement runs on ours; the vectors of
         # the lexical candidates come with them.
+        embeddings.provider()  # the local model loaded here (seconds, once per process), not within the wait
         future = _helper_pool().submit(_semantic, tenant, text, model, pool + 1, cached, True)
         lexical, identified, blobs, rows = postgres.similar_ids_with_vectors(
             tenant, text, lexical_limit, exclude_sdp_id, IDENTIFIER_MAX_TICKETS, model
         )
-        vector, near, kept = future.result()
+        vector, near, kept = _helper_result(future, tenant)
         if vector is None:
             return _lexical_only(tenant, text, limit, exclude_sdp_id)
         others = semantic.cosines(blobs, vector)
