@@ -1,4 +1,4 @@
-"""Management commands an operator types: create_tenant, setup_demo and send_webhook."""
+"""Management commands an operator types: create_tenant, setup_demo, send_webhook and retrieval_report."""
 
 from __future__ import annotations
 
@@ -168,3 +168,29 @@ def test_the_sqlite_file_and_its_directory_are_owner_only(tmp_path):
             assert stat.S_IMODE(var.stat().st_mode) == 0o700, oct(var.stat().st_mode)
         for sidecar in var.glob("db.sqlite3-*"):
             assert stat.S_IMODE(sidecar.stat().st_mode) & 0o077 == 0, sidecar
+
+
+@pytest.mark.django_db
+def test_retrieval_report_on_a_database_not_migrated_says_to_migrate():
+    from django.db.migrations.recorder import MigrationRecorder
+
+    # The newest tickets migration is recorded as not applied (the test's transaction rolls it back).
+    newest = MigrationRecorder.Migration.objects.filter(app="tickets").order_by("-name").first()
+    MigrationRecorder.Migration.objects.filter(pk=newest.pk).delete()
+    with pytest.raises(CommandError, match=rf"not migrated .*tickets\.{newest.name}\): run `python manage.py migrate`"):
+        call_command("retrieval_report", stdout=StringIO())
+
+
+def test_retrieval_report_on_an_empty_database_exits_non_zero_without_a_traceback(tmp_path):
+    empty = tmp_path / "empty.sqlite3"  # nothing migrated, no table at all
+    result = subprocess.run(
+        [sys.executable, "manage.py", "retrieval_report"],
+        cwd=BASE_DIR,
+        env=process_env(DATABASE_URL=f"sqlite:///{empty}"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "this database is not migrated" in result.stderr and "run `python manage.py migrate` first" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

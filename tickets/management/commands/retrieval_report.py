@@ -7,7 +7,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection
+from django.db import DatabaseError, connection
+from django.db.migrations.executor import MigrationExecutor
 
 from tickets.evaluation import (
     ARTICLE_FILE,
@@ -17,6 +18,20 @@ from tickets.evaluation import (
     retrieval_render_markdown,
 )
 from tickets.search import MODES
+
+
+def _require_migrated() -> None:
+    """Raise CommandError unless every migration is applied to this database (the set is loaded into its tables)."""
+    try:
+        executor = MigrationExecutor(connection)
+        pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError as exc:
+        raise CommandError(f"cannot read this database's migrations ({exc}); check DATABASE_URL") from exc
+    if pending:
+        raise CommandError(
+            f"this database is not migrated ({len(pending)} migration(s) not applied, the first"
+            f" {pending[0][0].app_label}.{pending[0][0].name}): run `python manage.py migrate` first"
+        )
 
 
 class Command(BaseCommand):
@@ -44,6 +59,7 @@ class Command(BaseCommand):
         self, *args: Any, directory: str, modes: str, misses: bool, calibrate_articles: bool, **options: Any
     ) -> None:
         path = Path(directory)
+        _require_migrated()
         if calibrate_articles:
             if not (path / ARTICLE_FILE).is_file():
                 raise CommandError(f"{path} has no {ARTICLE_FILE}")
