@@ -14,9 +14,10 @@ from django.utils import timezone
 from tests.processes import wait_for
 from tests.search_helpers import FILLER
 from tickets import embeddings
+from tickets.indexing import ticket_embed_pending, ticket_index
 from tickets.models import Ticket
 from tickets.search import hybrid, semantic, ticket_search_similar, window
-from tickets.services import ticket_bulk_upsert
+from tickets.services import ticket_bulk_upsert, ticket_upsert
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the cache serves committed rows only
 
@@ -115,7 +116,7 @@ def test_the_cached_window_follows_the_history(make_tenant, settings):
 
     assert same_as_statement()[:2] == ["battery", "battery-again"]  # the same score: the later resolved first
     assert window.cache_bytes() > 0
-    # Resolved a moment ago: found by the next search (the rows since the newest held are read every time).
+    # Resolved a moment ago: found by the next search (the rows written since the last read are read every time).
     _history(acme, {"new": HISTORY["battery"]}, days_ago=0)
     assert same_as_statement()[0] == "new"
     # Reopened, re-embedded from another text, deleted: the window still holds them until it is read again, but
@@ -129,11 +130,47 @@ def test_the_cached_window_follows_the_history(make_tenant, settings):
     assert same_as_statement()[0] == "battery"
     Ticket.objects.filter(tenant=acme, sdp_id="battery").delete()
     assert "battery" not in same_as_statement()
-    # A back-dated import is older than the newest ticket held: the full read after SEARCH_WINDOW_CACHE_TTL
-    # brings it in.
-    settings.SEARCH_WINDOW_CACHE_TTL = 0
+    # A back-dated import is older than the newest ticket held, but written now: the next search finds it.
     _history(acme, {"old": HISTORY["battery"]}, days_ago=300)
     assert same_as_statement()[0] == "old"
+    # A row written without updated_at (a raw UPDATE) is not seen by the incremental read: the full read after
+    # SEARCH_WINDOW_CACHE_TTL brings it in.
+    _history(acme, {"older": HISTORY["battery"]}, days_ago=200)
+    Ticket.objects.filter(tenant=acme, sdp_id="older").update(updated_at=timezone.now() - timedelta(days=200))
+    assert "older" not in [sdp_id for sdp_id, _ in _found(ticket_search_similar(**kwargs))]
+    settings.SEARCH_WINDOW_CACHE_TTL = 0
+    assert same_as_statement()[0] == "older"
+
+
+def test_a_ticket_embedded_after_a_later_resolved_one_was_read_is_found_by_the_next_search(make_tenant, settings):
+    acme = make_tenant("acme").tenant
+    _history(acme, HISTORY, days_ago=10)
+    kwargs = {"tenant": acme, "text": BATTERY, "mode": "semantic"}
+
+    def same_as_statement() -> list[str]:
+        cached = _found(ticket_search_similar(**kwargs))
+        assert cached == _without_cache(settings, **kwargs)
+        return [sdp_id for sdp_id, _ in cached]
+
+    assert "excel" not in same_as_statement() and window.cache_bytes() > 0
+    # Two tickets resolved ten days ago are edited into the battery problem (their embeddings cleared for the
+    # sweep), then a ticket resolved today is read by a search: it is the newest the window holds.
+    for sdp_id in ("excel", "toner"):
+        ticket_upsert(
+            tenant=acme,
+            sdp_id=sdp_id,
+            fields={"subject": HISTORY["battery"][0], "description": HISTORY["battery"][1]},
+            source=Ticket.Source.WEBHOOK,
+        )
+    _history(acme, {"new": HISTORY["camera"]}, days_ago=0)
+    assert "excel" not in same_as_statement()
+    # The worker re-embeds one, the sweep the other: both are older than the newest held, and the next search has
+    # them (before, the incremental read took only rows resolved after the newest held: they waited for the full
+    # re-read, up to SEARCH_WINDOW_CACHE_TTL, and the window meanwhile held their old vectors).
+    ticket_index(ticket=Ticket.objects.get(tenant=acme, sdp_id="excel"))
+    assert "excel" in same_as_statement()[:3]
+    assert ticket_embed_pending(tenant=acme) == 1
+    assert {"excel", "toner"} <= set(same_as_statement()[:4])
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the helpers run on PostgreSQL only")
@@ -144,7 +181,9 @@ def test_a_window_past_its_ttl_is_read_again_on_a_helper_while_searches_go_on(ma
     kwargs = {"tenant": acme, "text": BATTERY, "mode": "hybrid"}
     assert ticket_search_similar(**kwargs)
     ((key, first),) = window._windows.items()
-    _history(acme, {"old": HISTORY["battery"]}, days_ago=300)  # back-dated: only a full read sees it
+    _history(acme, {"old": HISTORY["battery"]}, days_ago=300)
+    # Written without updated_at (a raw UPDATE): only a full read sees it.
+    Ticket.objects.filter(tenant=acme, sdp_id="old").update(updated_at=timezone.now() - timedelta(days=300))
     time.sleep(1.05)
     ticket_search_similar(**kwargs)  # past the TTL: served from the window held, read again on a helper
     wait_for(lambda: window._windows[key].loaded_at > first.loaded_at, timeout=10, what="the window read again")
@@ -158,7 +197,7 @@ def test_the_windows_held_stay_within_their_budget_and_not_in_a_transaction(make
     tenants = [make_tenant(slug).tenant for slug in ("acme", "globex", "initech")]
     for tenant in tenants:
         _history(tenant, HISTORY)
-    per_window = 10 * (256 + 256 // 8 + 17)
+    per_window = 10 * (256 + 256 // 8 + 25)
     settings.SEARCH_WINDOW_CACHE_MB = 2.5 * per_window / 2**20  # room for two windows
     for tenant in tenants:
         ticket_search_similar(tenant=tenant, text=BATTERY)

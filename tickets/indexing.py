@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db.models import Q
+from django.utils import timezone
 
 from tickets import embeddings
 from tickets.language import text_language, texts_language
@@ -88,11 +89,13 @@ def ticket_embed_pending(
             break
         last_id = batch[-1].pk
         embedded = embeddings.embed_texts([_text(t) for t in batch])
+        now = timezone.now()  # stamped as the batch is written: the search's window reads rows by updated_at
         for ticket, item in zip(batch, embedded, strict=True):
             ticket.language = ticket.language or text_language(_text(ticket))
             for key, value in item.fields().items():
                 setattr(ticket, key, value)
-        Ticket.objects.bulk_update(batch, ["language", *EMBEDDING_FIELDS], batch_size=batch_size)
+            ticket.updated_at = now
+        Ticket.objects.bulk_update(batch, ["language", *EMBEDDING_FIELDS, "updated_at"], batch_size=batch_size)
         done += len(batch)
         if progress is not None:
             progress(len(batch))
@@ -122,7 +125,8 @@ def ticket_index(*, ticket: Ticket) -> Ticket:
                 setattr(ticket, key, value)
             changed += EMBEDDING_FIELDS
     if changed and ticket.pk:
-        Ticket.objects.filter(pk=ticket.pk).update(**{key: getattr(ticket, key) for key in changed})
+        ticket.updated_at = timezone.now()  # the search's window reads rows by updated_at (tickets/search/window.py)
+        Ticket.objects.filter(pk=ticket.pk).update(**{key: getattr(ticket, key) for key in [*changed, "updated_at"]})
     return ticket
 
 

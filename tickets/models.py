@@ -169,6 +169,12 @@ class Ticket(models.Model):
             models.Index(fields=["tenant", "is_resolved"], name="ticket_tenant_resolved"),
             # The repeated-problem cue looks up a requester's recent tickets.
             models.Index(fields=["tenant", "requester_email", "created_at"], name="ticket_tenant_requester"),
+            # The semantic window's incremental read: its rows written since (tickets/search/window.py).
+            models.Index(
+                fields=["tenant", "updated_at"],
+                condition=Q(is_resolved=True, embedding_code__isnull=False),
+                name="ticket_window_written",
+            ),
         ]
         ordering = ["-sdp_created_at", "-id"]
 

@@ -3,11 +3,13 @@
 The hybrid search's nearest neighbours are then a numpy Hamming scan and re-scoring over arrays in memory (well
 under a millisecond for 10,000 tickets) instead of a second statement that competes with the lexical one for the
 database's cores (docs/benchmarks.md, "the semantic window in the process"). The database stays the truth:
-- every search first reads the rows resolved at or after the newest one held (an index range scan of migration
-  0011's window index, usually no row), so a ticket resolved a moment ago is found at once;
+- every search first reads the window's rows written (`updated_at`) since its previous read began, less
+  WRITE_SKEW (an index range scan of migration 0013's index, usually no row), and puts them in their place by
+  resolution time: a ticket resolved a moment ago, and one embedded or re-embedded after a later-resolved one (the
+  sweep's backlog, an import that embeds late, a back-dated import), is found by the next search;
 - the whole window is read again SEARCH_WINDOW_CACHE_TTL seconds after it was loaded (on a helper thread while
-  searches go on, window_get), which catches what the incremental read cannot see (a back-dated import, a
-  re-embedded or reopened ticket, a deletion);
+  searches go on, window_get), which catches what the incremental read cannot see: a ticket that left the window
+  (reopened, deleted, embedded by another model) and a row written without `updated_at` (a raw UPDATE);
 - the hybrid search re-checks each neighbour it returns against the row it fetches (hybrid.py) and searches again
   without the cache when one differs, so a stale entry is never returned.
 Not used inside a transaction (its uncommitted rows are not what other searches see; the test suite and the
@@ -32,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 from tickets.models import Ticket
 from tickets.search import semantic
@@ -41,6 +44,14 @@ log = logging.getLogger(__name__)
 _NULL_KEY = np.iinfo(np.int64).min  # resolved_at NULL: last in the window's order, as NULLS LAST puts it
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ID_BITS = 54  # a Hamming distance and an id in one sortable int64 (ids below 2**54)
+# The incremental read goes back this far before the previous read began: `updated_at` is stamped by the writer's
+# clock before its statement runs, and the row is seen only once its transaction commits. Every writer of a
+# window's columns stamps it just before a statement committed at once or with its page (ticket_upsert,
+# ticket_bulk_upsert, indexing's embedding writes: milliseconds to a few hundred); the rest of the margin is for
+# the clocks of two hosts. A write committed later than that is caught by the full re-read. The rows written in the
+# margin are read again by each search (none while nothing is written; during an import, those of its last
+# seconds, of the window's range only).
+WRITE_SKEW = timedelta(seconds=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,18 +64,18 @@ class Window:
     vectors: np.ndarray  # int8 (rows, dim)
     valid: np.ndarray  # bool: the stored vector has the model's dimension (others are in the window, never scored)
     loaded_at: float  # time.monotonic() of the last full read
-    newest: int = dataclasses.field(init=False)
-    newest_ids: frozenset[int] = dataclasses.field(init=False)
+    since: datetime  # the next incremental read's `updated_at` bound: the last read's start, less WRITE_SKEW
+    by_id: np.ndarray | None = None  # the rows in id order (computed when not given)
 
     def __post_init__(self) -> None:
-        newest = int(self.keys.max()) if len(self.keys) else _NULL_KEY
-        object.__setattr__(self, "newest", newest)
-        object.__setattr__(self, "newest_ids", frozenset(int(i) for i in self.ids[self.keys == newest]))
+        if self.by_id is None:
+            object.__setattr__(self, "by_id", np.argsort(self.ids, kind="stable"))
 
     @property
     def nbytes(self) -> int:
         """Return the memory the arrays hold."""
-        return sum(a.nbytes for a in (self.ids, self.keys, self.codes, self.vectors, self.valid))
+        arrays = (self.ids, self.keys, self.codes, self.vectors, self.valid, self.by_id)
+        return sum(a.nbytes for a in arrays if a is not None)
 
 
 _lock = threading.Lock()
@@ -118,14 +129,19 @@ def _micros(values: list) -> np.ndarray:
     return np.array([v or "NaT" for v in values], dtype="datetime64[us]").astype(np.int64)
 
 
-def _read(tenant_id: int, model: str, dim: int, since: int | None) -> Window:
-    """Return the window's rows resolved at or after `since` (all of them when None), read now."""
+def _read(tenant_id: int, model: str, dim: int, since: datetime | None = None, oldest: int | None = None) -> Window:
+    """Return the window's rows written at or after `since` (all of them when None), read now; of those, only the
+    ones resolved at or after the key `oldest` (those before it would fall out of a full window)."""
+    began = timezone.now() - WRITE_SKEW
     table = Ticket._meta.db_table
     params: list = [tenant_id, model]
     newer = ""
     if since is not None:
-        newer = " AND resolved_at >= %s"
-        params.append(connection.ops.adapt_datetimefield_value(_EPOCH + timedelta(microseconds=since)))
+        newer = " AND updated_at >= %s"
+        params.append(connection.ops.adapt_datetimefield_value(since))
+        if oldest is not None and oldest != _NULL_KEY:
+            newer += " AND resolved_at >= %s"
+            params.append(connection.ops.adapt_datetimefield_value(_EPOCH + timedelta(microseconds=oldest)))
     params.append(semantic.SCAN_ROWS)
     postgresql = connection.vendor == "postgresql"
     if postgresql:
@@ -163,15 +179,32 @@ def _read(tenant_id: int, model: str, dim: int, since: int | None) -> Window:
         vectors=vectors.reshape(len(rows), dim),
         valid=valid,
         loaded_at=time.monotonic(),
+        since=began,
+    )
+
+
+def _as_held(held: Window, new: Window) -> np.ndarray:
+    """Return, for each row read, whether the held window has it as read (the same place, code and vector)."""
+    if not len(held.ids) or not len(new.ids):
+        return np.zeros(len(new.ids), dtype=bool)
+    assert held.by_id is not None
+    at = held.by_id[np.minimum(np.searchsorted(held.ids[held.by_id], new.ids), len(held.ids) - 1)]
+    return (
+        (held.ids[at] == new.ids)
+        & (held.keys[at] == new.keys)
+        & (held.valid[at] == new.valid)
+        & (held.vectors[at] == new.vectors).all(axis=1)
+        & (held.codes[at] == new.codes).all(axis=1)
     )
 
 
 def _merged(held: Window, new: Window) -> Window:
-    """Return the held window with the rows read since its newest one, in order, cut to SCAN_ROWS."""
-    fresh = ~((new.keys == held.newest) & np.isin(new.ids, list(held.newest_ids)))
+    """Return the held window with the rows read since (each replacing its held version), in order, cut to
+    SCAN_ROWS."""
+    fresh = ~_as_held(held, new)  # a row read again within WRITE_SKEW, unchanged, costs no merge
     if not fresh.any():
-        return held
-    keep = ~np.isin(held.ids, new.ids[fresh])  # a ticket resolved again moves to the front
+        return dataclasses.replace(held, since=new.since)
+    keep = ~np.isin(held.ids, new.ids[fresh])  # a ticket written again moves to its new place, with its new vector
     parts = [(new, fresh), (held, keep)]
     ids = np.concatenate([w.ids[m] for w, m in parts])
     keys = np.concatenate([w.keys[m] for w, m in parts])
@@ -183,6 +216,7 @@ def _merged(held: Window, new: Window) -> Window:
         vectors=np.concatenate([w.vectors[m] for w, m in parts])[order],
         valid=np.concatenate([w.valid[m] for w, m in parts])[order],
         loaded_at=held.loaded_at,
+        since=new.since,
     )
 
 
@@ -198,7 +232,7 @@ def window_get(
     it was the p95 of the benchmark.
     """
     budget = float(settings.SEARCH_WINDOW_CACHE_MB) * 1024 * 1024
-    if semantic.SCAN_ROWS * (dim + dim // 8 + 17) > budget:
+    if semantic.SCAN_ROWS * (dim + dim // 8 + 25) > budget:  # the vector, the code, id, key, valid, by_id
         return None
     key = _key(tenant_id, model, dim)
     ttl = float(settings.SEARCH_WINDOW_CACHE_TTL)
@@ -210,11 +244,10 @@ def window_get(
             _reloading.add(key)
     try:
         if held is None or age >= 2 * ttl or (age >= ttl and later is None):
-            window = _read(tenant_id, model, dim, None)
-        elif held.newest == _NULL_KEY:  # empty, or no resolution time known: nothing to read "since"
-            window = dataclasses.replace(_read(tenant_id, model, dim, None), loaded_at=held.loaded_at)
+            window = _read(tenant_id, model, dim)
         else:
-            window = _merged(held, _read(tenant_id, model, dim, held.newest))
+            full = len(held.ids) >= semantic.SCAN_ROWS
+            window = _merged(held, _read(tenant_id, model, dim, held.since, int(held.keys[-1]) if full else None))
     except BaseException:
         if reload:  # the reload was never handed over: the next search past the TTL may start one again
             with _lock:
@@ -238,7 +271,7 @@ def _store(key: tuple, window: Window, budget: float) -> None:
 def _reload(key: tuple, tenant_id: int, model: str, dim: int, budget: float) -> None:
     """Read the window again in full and keep it (rows merged meanwhile are read again by the next search)."""
     try:
-        _store(key, _read(tenant_id, model, dim, None), budget)
+        _store(key, _read(tenant_id, model, dim), budget)
     except Exception:  # the held window stays; the next search past twice the TTL reads it itself
         log.exception("reading the semantic window of tenant %s again failed", tenant_id)
     finally:
