@@ -18,7 +18,7 @@ import logging
 import re
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, ProgrammingError, connection, connections, models
+from django.db import DEFAULT_DB_ALIAS, OperationalError, ProgrammingError, connection, connections, models
 from django.db.models import sql
 from django.utils import timezone
 
@@ -263,9 +263,7 @@ def store_new_ticket(
     guard_params = list(tenant_guard.values()) if tenant_guard else []
     statement, params = _nulls_inlined(statement, [*guard_params, *ticket_params, *enhancement_params])
     try:
-        with _store_cursor() as cursor:
-            cursor.execute(statement, params)
-            row = cursor.fetchone()
+        row = _fetch_one(statement, params)
     except ProgrammingError as error:
         if getattr(error.__cause__, "sqlstate", None) not in _POOLED_PREPARED_STATEMENT or not _PREPARING[0]:
             raise
@@ -280,6 +278,43 @@ def store_new_ticket(
             cursor.execute(statement, params)
             row = cursor.fetchone()
     return str(row[0]) if row else None
+
+
+def _fetch_one(statement: str, params: list[Any]) -> Any:
+    """Run the store on the process's connection and return its row.
+
+    On a connection kept from an earlier request (CONN_MAX_AGE) the store is the webhook's first statement, and
+    it is its own health check: Django's CONN_HEALTH_CHECKS would send a `SELECT 1` before it, a blocking round
+    trip per webhook (docs/benchmarks.md, "One round trip per webhook"). If the kept connection turns out dead
+    (the server restarted, or a firewall or pooler dropped it while idle), the store runs once more on a new
+    connection, as Django's check would have done before it; a database that is down still fails the second
+    attempt, and the webhook answers 503. (Should the connection die after the server committed but before the
+    answer arrived, the second attempt finds the ticket stored and the webhook answers "duplicate"; the first
+    attempt's row is queued, and the sweep enqueues it.)"""
+    conn: Any = connections[DEFAULT_DB_ALIAS]  # health_check_* are not in django-stubs
+    check_skipped = conn.connection is not None and conn.health_check_enabled and not conn.health_check_done
+    if check_skipped:
+        conn.health_check_done = True
+    try:
+        return _execute(statement, params)
+    except OperationalError:
+        if not (check_skipped and _connection_lost(conn)):
+            raise
+    logger.warning("webhook store: the kept database connection was dead; storing on a new one")
+    conn.close()
+    return _execute(statement, params)
+
+
+def _execute(statement: str, params: list[Any]) -> Any:
+    with _store_cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchone()
+
+
+def _connection_lost(conn: Any) -> bool:
+    """Return whether the driver's connection is closed (psycopg closes it when the server or network drops it)."""
+    raw = conn.connection
+    return raw is None or bool(raw.closed) or bool(getattr(raw, "broken", False))
 
 
 # invalid_sql_statement_name (the name is unknown here), duplicate_prepared_statement (taken here by another client)

@@ -454,7 +454,12 @@ def test_redis_down_webhooks_still_accepted_and_processed_once_it_returns(tmp_pa
         assert (status, body["redis"], body["database"]) == (503, "unreachable", "connected")
         status, _, body = r.stack.request("GET", "/api/v1/ready")
         assert (status, body.get("broker")) == (503, "unreachable")
-        assert Enhancement.objects.filter(pk__in=ids, enqueued_at__isnull=True).count() == 3
+        # The web process's pusher thread found Redis down and left the rows to the sweep.
+        r.wait(
+            lambda: Enhancement.objects.filter(pk__in=ids, enqueued_at__isnull=True).count() == 3,
+            10,
+            "the rows marked for the sweep",
+        )
         time.sleep(2)
         private_redis.start()
         # The scheduled sweep (no restart, no help) enqueues the rows the broker never got.

@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from enhancements.models import Enhancement
+from enhancements.services.pushing import BatchPusher
 from enhancements.webhook_fastpath import StaleTenant, store_new_ticket
 from tickets.models import Tenant, Ticket
 from tickets.sdp.mapping import ticket_fields_from_sdp
@@ -48,21 +49,15 @@ def _broker() -> Broker:
     return get_broker()
 
 
-def _push(*, func: str, arg: str, name: str) -> None:
-    """Push one task as django_q's async_task would, without its per-call work the webhook does not need.
+def _package(*, func: str, arg: str, name: str) -> bytes:
+    """Return the signed package of one task, as django_q's async_task would build it, without its per-call
+    work the webhook does not need.
 
     The package is the one the cluster reads: the same task dict (id, name, func, args, kwargs, started and the
-    configured ack_failure), signed and pickled by django_q's own SignedPackage, pushed by the broker. What is
-    left out is async_task's humanhash of the id (the name is given), its INFO "Enqueued" line per call and the
-    kwargs juggling: about a third of the webhook's enqueue CPU (docs/benchmarks.md, "Webhook load"). With
-    Q_SYNC or a result cache configured, async_task itself runs (tests, development)."""
+    configured ack_failure), signed and pickled by django_q's own SignedPackage. What is left out is
+    async_task's humanhash of the id (the name is given), its INFO "Enqueued" line per call and the kwargs
+    juggling: about a third of the webhook's enqueue CPU (docs/benchmarks.md, "Webhook load")."""
     from django_q.conf import Conf
-
-    if Conf.SYNC or Conf.CACHED:
-        from django_q.tasks import async_task
-
-        async_task(func, arg, task_name=name, broker=_broker())
-        return
     from django_q.signals import pre_enqueue
     from django_q.signing import SignedPackage
 
@@ -72,20 +67,65 @@ def _push(*, func: str, arg: str, name: str) -> None:
     task["kwargs"] = {}
     task["started"] = timezone.now()
     pre_enqueue.send(sender="django_q", task=task)
-    _broker().enqueue(SignedPackage.dumps(task))
+    return SignedPackage.dumps(task)
+
+
+def _push(*, enhancement_ids: list[str]) -> None:
+    """Push the enhancements' tasks: with the Redis broker in one round trip (one RPUSH of every package), with
+    another broker one enqueue each. With Q_SYNC or a result cache configured, async_task itself runs (tests,
+    development)."""
+    from django_q.brokers.redis_broker import Redis as RedisBroker
+    from django_q.conf import Conf
+
+    if Conf.SYNC or Conf.CACHED:
+        from django_q.tasks import async_task
+
+        for pk in enhancement_ids:
+            async_task(TASK_PROCESS, pk, task_name=f"enhance-{pk}", broker=_broker())
+        return
+    packages = [_package(func=TASK_PROCESS, arg=pk, name=f"enhance-{pk}") for pk in enhancement_ids]
+    broker = _broker()
+    if isinstance(broker, RedisBroker):
+        broker.connection.rpush(broker.list_key, *packages)
+        return
+    for package in packages:
+        broker.enqueue(package)
+
+
+def enhancement_enqueue_many(*, enhancement_ids: list[str]) -> int:
+    """Hand the enhancements to the task queue (one round trip with Redis); return how many were handed over:
+    all, or none on failure, when they are left to the sweep."""
+    try:
+        _push(enhancement_ids=[str(pk) for pk in enhancement_ids])
+        return len(enhancement_ids)
+    except Exception:
+        # The row is the truth: a broker outage must not lose or fail the webhook. The sweep
+        # enqueues rows whose enqueued_at is empty.
+        logger.exception("could not enqueue enhancements %s; the sweep will pick them up", ", ".join(enhancement_ids))
+        Enhancement.objects.filter(pk__in=enhancement_ids, status=Enhancement.Status.QUEUED).update(enqueued_at=None)
+        return 0
 
 
 def enhancement_enqueue(*, enhancement_id: str) -> bool:
     """Hand the enhancement to the task queue; return False (and leave it to the sweep) on failure."""
-    try:
-        _push(func=TASK_PROCESS, arg=str(enhancement_id), name=f"enhance-{enhancement_id}")
-        return True
-    except Exception:
-        # The row is the truth: a broker outage must not lose or fail the webhook. The sweep
-        # enqueues rows whose enqueued_at is empty.
-        logger.exception("could not enqueue enhancement %s; the sweep will pick it up", enhancement_id)
-        Enhancement.objects.filter(pk=enhancement_id, status=Enhancement.Status.QUEUED).update(enqueued_at=None)
-        return False
+    return enhancement_enqueue_many(enhancement_ids=[str(enhancement_id)]) == 1
+
+
+def _push_batch(enhancement_ids: list[str]) -> None:
+    enhancement_enqueue_many(enhancement_ids=enhancement_ids)
+
+
+_PUSHER = BatchPusher(name="enhancement-pusher", send=_push_batch)
+
+
+def enhancement_enqueue_soon(*, enhancement_id: str) -> None:
+    """Hand a committed enhancement to the task queue from this process's pusher thread (with Q_SYNC: now)."""
+    from django_q.conf import Conf
+
+    if Conf.SYNC:
+        enhancement_enqueue(enhancement_id=enhancement_id)
+        return
+    _PUSHER.submit(str(enhancement_id))
 
 
 # --- creation ---------------------------------------------------------------------------------
@@ -132,7 +172,9 @@ def enhancement_create_from_webhook(
             if pk is None and tenant_guard is not None:
                 raise StaleTenant("the tenant changed, or the ticket exists")
             if pk is not None:
-                enhancement_enqueue(enhancement_id=pk)
+                # Pushed by the process's pusher thread, with whatever else has come in meanwhile: the request
+                # thread answers without a broker round trip of its own (enhancements/services/pushing.py).
+                enhancement_enqueue_soon(enhancement_id=pk)
                 return WebhookOutcome(enhancement_id=pk, duplicate=False)
         with transaction.atomic():
             ticket = Ticket.objects.filter(tenant=tenant, sdp_id=sdp_id).first()

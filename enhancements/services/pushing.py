@@ -1,0 +1,96 @@
+"""A thread per process that hands committed rows' ids to a sender in batches, off the request threads.
+
+The webhook answers once its row is committed (the row is the truth); pushing the row's task to the broker only
+tells a worker now rather than at the next sweep. On the request thread that push was a blocking Redis round trip
+per webhook, and under load each blocking call gives up the GIL and waits to get it back: about a sixth of a web
+worker's CPU per webhook (docs/benchmarks.md, "The queue push off the request thread"). Here the request thread
+puts the id in a queue and answers; one thread per process sends everything that has come in meanwhile, so a
+burst costs one round trip per batch.
+
+What a process holds here and has not sent is not lost when the process dies: the rows are committed, queued,
+with enqueued_at set, and the sweep enqueues them after ENHANCEMENT_DEAD_AFTER (nothing waiting in the broker)
+or ENHANCEMENT_STUCK_AFTER. On a normal exit (gunicorn's graceful stop, max_requests recycling) the rest is sent
+first, from atexit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from django.db import connections
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class BatchPusher:
+    """Send what submit() was given, in order, at most batch_max ids per call of send, from one daemon thread."""
+
+    def __init__(self, *, name: str, send: Callable[[list[str]], Any], batch_max: int = 256) -> None:
+        self.name = name
+        self.send = send
+        self.batch_max = batch_max
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+        atexit.register(self.stop)
+
+    def _reset(self) -> None:
+        # In a forked child: the parent's thread does not exist here, and what it holds is the parent's to send.
+        self._pending: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, item: str) -> None:
+        """Queue item for the next batch; start the thread on first use in this process."""
+        self._pending.put(item)
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                    thread.start()
+                    self._thread = thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Send what is queued and stop the thread (called at exit); what is submitted later starts a new one."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._pending.put(_STOP)
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning("%s: still sending after %.0f s; the sweep enqueues what is left", self.name, timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch: list[str] = []
+            item = self._pending.get()
+            while item is not _STOP:
+                batch.append(item)
+                if len(batch) >= self.batch_max:
+                    break
+                try:
+                    item = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._send(batch)
+            if item is _STOP:
+                return
+
+    def _send(self, batch: list[str]) -> None:
+        try:
+            self.send(batch)
+        except Exception:
+            # The sender leaves failures to the sweep itself; this only keeps the thread alive if it cannot.
+            logger.exception("%s: could not send %d ids; the sweep enqueues them", self.name, len(batch))
+        finally:
+            # A connection this thread opened (the sender's failure path marks rows) is not closed by any request.
+            connections.close_all()

@@ -1,0 +1,159 @@
+"""The webhook's round trips: the queue push leaves the request thread, and the store is its own health check."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+from django_q.brokers import get_broker
+from django_q.signals import pre_enqueue
+from django_q.signing import SignedPackage
+
+from enhancements.models import Enhancement
+from enhancements.services.pipeline import TASK_PROCESS
+from enhancements.services.pushing import BatchPusher
+from tests.fakes.fixtures import servicedesk_fixture
+from tests.signing import sign_webhook_meta
+from tickets.models import Ticket
+
+CREATED = servicedesk_fixture("webhook__request_created")
+needs_postgres_and_redis = pytest.mark.skipif(
+    connection.vendor != "postgresql" or not settings.REDIS_URL,
+    reason="the one-statement store and the Redis broker are the PostgreSQL + Redis run's",
+)
+
+
+def _wait(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+# --- the pusher itself ------------------------------------------------------------------------------------
+def test_ids_that_come_in_while_a_batch_is_sent_go_together_in_the_next_one() -> None:
+    sent: list[list[str]] = []
+    first_sent, release = threading.Event(), threading.Event()
+
+    def send(batch: list[str]) -> None:
+        sent.append(batch)
+        first_sent.set()
+        release.wait(10)
+
+    pusher = BatchPusher(name="test-pusher", send=send, batch_max=3)
+    pusher.submit("a")
+    assert first_sent.wait(10)
+    for item in "bcde":
+        pusher.submit(item)
+    release.set()
+    _wait(lambda: sum(map(len, sent)) == 5, 10, "every id sent")
+    assert sent == [["a"], ["b", "c", "d"], ["e"]]  # in order, at most batch_max per call
+    pusher.stop()
+
+
+def test_stop_sends_what_is_queued_and_a_failing_send_does_not_stop_the_thread() -> None:
+    sent: list[str] = []
+
+    def send(batch: list[str]) -> None:
+        if "boom" in batch:
+            raise RuntimeError("the sender failed")
+        time.sleep(0.05)
+        sent.extend(batch)
+
+    pusher = BatchPusher(name="test-pusher", send=send, batch_max=1)
+    for item in ("boom", "x", "y", "z"):
+        pusher.submit(item)
+    pusher.stop()  # what an exiting process's atexit does
+    assert sent == ["x", "y", "z"]
+    pusher.submit("after")  # a submit after stop starts a thread again
+    pusher.stop()
+    assert sent[-1] == "after"
+
+
+# --- through the webhook ----------------------------------------------------------------------------------
+@pytest.fixture
+def pushed_from() -> Iterator[list[str]]:
+    """Record the thread each task is pushed from (django_q's pre_enqueue signal)."""
+    names: list[str] = []
+
+    def record(sender: Any, task: dict[str, Any], **kwargs: Any) -> None:
+        names.append(threading.current_thread().name)
+
+    pre_enqueue.connect(record)
+    yield names
+    pre_enqueue.disconnect(record)
+
+
+def _wsgi_post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """POST through project.wsgi as gunicorn calls it: the request cycle's connection handling included (the test
+    client leaves close_old_connections out)."""
+    from project.wsgi import application
+
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "127.0.0.1",
+        "REMOTE_ADDR": "127.0.0.1", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False, **headers,
+    }  # fmt: skip
+    status: list[str] = []
+    result = application(environ, lambda line, _headers, _exc=None: status.append(line))
+    content = b"".join(result)
+    result.close()
+    return int(status[0].split()[0]), json.loads(content)
+
+
+def _created(sdp_id: str, secret: str) -> tuple[int, dict[str, Any]]:
+    body = json.dumps({**CREATED, "request": {**CREATED["request"], "id": sdp_id}}).encode()
+    return _wsgi_post("/webhook/servicedesk/acme/", body, sign_webhook_meta(secret, body, msg_id=f"m-{sdp_id}"))
+
+
+@needs_postgres_and_redis
+@pytest.mark.django_db(transaction=True)
+def test_webhooks_are_pushed_by_the_pusher_thread_as_the_packages_the_cluster_reads(make_tenant, pushed_from):
+    secret = make_tenant("acme").secret
+    broker = get_broker()
+    broker.delete_queue()
+    answers = [_created(f"93{n}", secret) for n in range(5)]
+    assert [status for status, _ in answers] == [202] * 5
+    expected = [(TASK_PROCESS, (body["enhancement_id"],)) for _, body in answers]
+    queued = redis.Redis.from_url(settings.REDIS_URL)
+
+    def tasks() -> list[tuple[str, tuple[str, ...]]]:
+        return [(t["func"], t["args"]) for t in map(SignedPackage.loads, queued.lrange(broker.list_key, 0, -1))]
+
+    _wait(lambda: tasks() == expected, 10, "the five tasks in the broker, in order")
+    assert set(pushed_from) == {"enhancement-pusher"}  # never from the request thread
+
+
+@needs_postgres_and_redis
+@pytest.mark.django_db(transaction=True)
+def test_a_kept_connection_the_server_dropped_is_replaced_and_the_webhook_stored_once(make_tenant, caplog):
+    secret = make_tenant("acme").secret
+    assert _created("941", secret)[0] == 202  # the tenant is cached; the connection is kept (CONN_MAX_AGE)
+    connection.ensure_connection()
+    backend = connection.connection.info.backend_pid
+    dsn = connection.connection.info.dsn
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [backend])
+        _wait(
+            lambda: not other.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [backend]).fetchone(),
+            10,
+            "the backend to exit",
+        )
+    # No SELECT 1 before the store: the store itself finds the connection dead and runs once more on a new one.
+    status, body = _created("942", secret)
+    assert status == 202, body
+    assert "kept database connection was dead" in caplog.text
+    assert Ticket.objects.filter(sdp_id="942").count() == 1
+    assert Enhancement.objects.filter(ticket__sdp_id="942").count() == 1
