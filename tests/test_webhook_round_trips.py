@@ -80,6 +80,16 @@ def test_stop_sends_what_is_queued_and_a_failing_send_does_not_stop_the_thread()
     assert sent[-1] == "after"
 
 
+def test_ids_a_moment_apart_share_a_batch_and_stop_does_not_wait_for_the_moment() -> None:
+    sent: list[list[str]] = []
+    pusher = BatchPusher(name="test-pusher", send=sent.append, linger=30.0)
+    for item in ("a", "b", "c"):
+        pusher.submit(item)
+        time.sleep(0.01)
+    pusher.stop(timeout=5)  # sends at once: a stop that waited out the 30 s linger would leave nothing sent
+    assert sent == [["a", "b", "c"]]
+
+
 # --- through the webhook ----------------------------------------------------------------------------------
 @pytest.fixture
 def pushed_from() -> Iterator[list[str]]:

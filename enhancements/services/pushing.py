@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,12 +32,16 @@ _STOP = object()
 
 
 class BatchPusher:
-    """Send what submit() was given, in order, at most batch_max ids per call of send, from one daemon thread."""
+    """Send what submit() was given, in order, from one daemon thread: at most batch_max ids per call of send,
+    gathered for up to linger seconds after the first."""
 
-    def __init__(self, *, name: str, send: Callable[[list[str]], Any], batch_max: int = 256) -> None:
+    def __init__(
+        self, *, name: str, send: Callable[[list[str]], Any], batch_max: int = 256, linger: float = 0.02
+    ) -> None:
         self.name = name
         self.send = send
         self.batch_max = batch_max
+        self.linger = linger
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
         atexit.register(self.stop)
@@ -72,12 +77,17 @@ class BatchPusher:
         while True:
             batch: list[str] = []
             item = self._pending.get()
+            # Gather for up to linger seconds after the first id (less when the batch fills or stop() is called):
+            # at a few hundred webhooks a second per process, ids come milliseconds apart, and sending each at
+            # once would cost a round trip per webhook again.
+            deadline = time.monotonic() + self.linger
             while item is not _STOP:
                 batch.append(item)
-                if len(batch) >= self.batch_max:
+                left = deadline - time.monotonic()
+                if len(batch) >= self.batch_max or left <= 0:
                     break
                 try:
-                    item = self._pending.get_nowait()
+                    item = self._pending.get(timeout=left)
                 except queue.Empty:
                     break
             if batch:
