@@ -20,7 +20,8 @@ from django.views.decorators.csrf import csrf_exempt
 from enhancements import ratelimit, services, signatures, updates
 from enhancements.metrics import count_webhook_answers
 from enhancements.models import Enhancement
-from enhancements.webhook_fastpath import StaleTenant, plainly_valid
+from enhancements.webhook_checks import plainly_valid
+from enhancements.webhook_fastpath import StaleTenant
 from project.errors import DB_RETRY_AFTER_SECONDS, error_response
 from tickets import history
 from tickets.models import Tenant, field_max_lengths

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from enhancements import webhook_fastpath
 from enhancements.models import Enhancement
-from enhancements.webhook_fastpath import plainly_valid
+from enhancements.webhook_checks import plainly_valid
 from tests.fakes.fixtures import SERVICEDESK_FIXTURES, servicedesk_fixture
 from tickets.models import Tenant, Ticket
 from tickets.sdp.schema import WebhookSerializer
