@@ -16,6 +16,8 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, OperationalError, ProgrammingError, connection, connections, models
 from django.db.models import sql
 from django.utils import timezone
+from psycopg import sql as pgsql
+from psycopg.types.json import Jsonb
 
 from tickets.models import Tenant
 
@@ -79,6 +81,9 @@ _SAME_AS_GIVEN: tuple[tuple[type, tuple[type, ...]], ...] = (
     (models.BooleanField, (bool, type(None))),
 )
 _PREP_METHODS = ("get_db_prep_save", "get_db_prep_value", "get_prep_value", "to_python")
+# Callable defaults that only make an empty container (a fresh one per instance, so instances share nothing): the
+# prepared parameter is only ever sent, never changed, so it is prepared once like a constant default.
+_FRESH_EMPTY = (dict, list)
 
 
 def _same_as_given(field: Any) -> tuple[type, ...]:
@@ -105,7 +110,7 @@ def _plan(model: Any, conn: Any) -> _Plan | None:
             plan.append((field, _NOW, None, ()))
         elif pre_save not in _PLAIN_PRE_SAVE:
             return _remember(key, None)
-        elif field.has_default() and callable(field.default):
+        elif field.has_default() and callable(field.default) and field.default not in _FRESH_EMPTY:
             plan.append((field, _CALLABLE_DEFAULT, None, _same_as_given(field)))
         else:
             constant = field.get_db_prep_save(field.get_default(), connection=conn)
@@ -151,6 +156,21 @@ def _plain_params(model: type, values: dict[str, Any], conn: Any) -> list[Any] |
             # DateTimeField.pre_save(add=True) with auto_now / auto_now_add: timezone.now() (one per field there).
             params.append(field.get_db_prep_save(now, connection=conn))
     return params if used == len(values) else None
+
+
+def _defaulted(model: type, names: tuple[str, ...], conn: Any) -> tuple[bool, ...]:
+    """Return, per parameter of the model's INSERT, whether it is a constant default when the names are given
+    (the same value on every row of this shape, so the statement can carry it as a literal)."""
+    key = (model, conn.alias, names)
+    mask = _DEFAULTED.get(key)
+    if mask is None:
+        plan = _plan(model, conn)
+        mask = tuple(how == _CONSTANT and f.attname not in names for f, how, _, _ in plan) if plan else ()
+        _DEFAULTED[key] = mask
+    return mask
+
+
+_DEFAULTED: dict[tuple[type, str, tuple[str, ...]], tuple[bool, ...]] = {}
 
 
 def _plain_insert(model: type, values: dict[str, Any]) -> tuple[str, list[Any], list[str]]:
@@ -211,9 +231,18 @@ def store_new_ticket(
     statement = _statement(ticket_sql, enhancement_sql, columns, list(tenant_guard) if tenant_guard else None)
     if statement is None:
         return None  # not the single-row shape expected: the ORM path stores it
-    del enhancement_params[columns.index("ticket_id")]
+    position = columns.index("ticket_id")
+    del enhancement_params[position]
     guard_params = list(tenant_guard.values()) if tenant_guard else []
-    statement, params = _nulls_inlined(statement, [*guard_params, *ticket_params, *enhancement_params])
+    conn = connections[DEFAULT_DB_ALIAS]
+    enhancement_defaulted = list(_defaulted(Enhancement, tuple(enhancement), conn) or [False] * len(columns))
+    del enhancement_defaulted[position]
+    defaulted = (
+        *([False] * len(guard_params)),
+        *(_defaulted(Ticket, tuple(ticket), conn) or [False] * len(ticket_params)),
+        *enhancement_defaulted,
+    )
+    statement, params = _values_inlined(statement, [*guard_params, *ticket_params, *enhancement_params], defaulted)
     try:
         row = _fetch_one(statement, params)
     except ProgrammingError as error:
@@ -319,13 +348,21 @@ def _preparing_cursor_class() -> Any:
     return PreparingCursor
 
 
-def _nulls_inlined(statement: str, params: list[Any]) -> tuple[str, list[Any]]:
-    """Return the statement with NULL written in place of each None parameter, and the other parameters.
+def _values_inlined(statement: str, params: list[Any], defaulted: tuple[bool, ...]) -> tuple[str, list[Any]]:
+    """Return the statement with NULL written in place of each None parameter and each constant default written as
+    its literal, and the parameters left.
 
     psycopg's client-side binding sends a None as the literal NULL anyway, so the text PostgreSQL receives is the
     same; but psycopg caches the parsing of a statement only up to 50 parameters (MAX_CACHED_STATEMENT_PARAMS), and
-    this one has about 60, most of them None, so without this it re-parses the statement on every webhook."""
-    mask = tuple(value is None for value in params)
+    this one has about 60, most of them None, so without this it re-parses the statement on every webhook. The
+    enhancement's constant defaults (status, trigger, counters, empty JSON, ...) are the same on every row: as
+    literals in the prepared statement they are no longer adapted and sent on every webhook (docs/benchmarks.md,
+    "One round trip per webhook"). A literal is psycopg's own quoting of the prepared value, and only plain ones
+    (text without backslashes, integers, booleans, JSON) are inlined; the others stay parameters."""
+    mask = tuple(
+        "N" if value is None else "C" if inline and _inlinable(value) else "P"
+        for value, inline in zip(params, defaulted, strict=True)
+    )
     key = (statement, mask)
     text = _STATEMENTS.get(key)
     if text is None:
@@ -333,7 +370,27 @@ def _nulls_inlined(statement: str, params: list[Any]) -> tuple[str, list[Any]]:
         if len(pieces) != len(params) + 1:
             return statement, params  # a literal %s somewhere: leave the statement alone
         text = pieces[0] + "".join(
-            ("NULL" if null else "%s") + piece for null, piece in zip(mask, pieces[1:], strict=True)
+            _placeholder(kind, value) + piece for kind, value, piece in zip(mask, params, pieces[1:], strict=True)
         )
         _STATEMENTS[key] = text
-    return text, [value for value in params if value is not None]
+    return text, [value for value, kind in zip(params, mask, strict=True) if kind == "P"]
+
+
+def _inlinable(value: Any) -> bool:
+    if isinstance(value, bool | int):
+        return True
+    if isinstance(value, str):
+        return "\\" not in value
+    return isinstance(value, Jsonb) and "\\" not in _literal(value)
+
+
+def _placeholder(kind: str, value: Any) -> str:
+    if kind == "N":
+        return "NULL"
+    if kind == "C":
+        return _literal(value).replace("%", "%%")  # the statement still goes through psycopg's %s conversion
+    return "%s"
+
+
+def _literal(value: Any) -> str:
+    return pgsql.Literal(value).as_string(None)

@@ -167,3 +167,30 @@ def test_a_kept_connection_the_server_dropped_is_replaced_and_the_webhook_stored
     assert "kept database connection was dead" in caplog.text
     assert Ticket.objects.filter(sdp_id="942").count() == 1
     assert Enhancement.objects.filter(ticket__sdp_id="942").count() == 1
+
+
+# --- constant defaults as literals ------------------------------------------------------------------------
+@needs_postgres_and_redis
+@pytest.mark.django_db(transaction=True)
+def test_constant_defaults_written_as_literals_store_what_the_orm_stores(make_tenant):
+    secret = make_tenant("acme").secret
+    status, body = _created("951", secret)
+    assert status == 202
+    fast = Enhancement.objects.get(pk=body["enhancement_id"])
+    orm = Enhancement.objects.create(tenant=fast.tenant, ticket=fast.ticket, trigger=Enhancement.Trigger.RERUN)
+    skip = {"id", "ticket", "trigger", "delivery_id", "request_id", "enqueued_at", "created_at"}
+    names = [f.attname for f in Enhancement._meta.concrete_fields if f.name not in skip]
+    orm.refresh_from_db()
+    assert {n: getattr(fast, n) for n in names} == {n: getattr(orm, n) for n in names}
+
+
+@needs_postgres_and_redis
+@pytest.mark.django_db
+def test_an_inlined_literal_keeps_quotes_and_percent_signs_and_the_other_values_stay_parameters():
+    from enhancements.webhook_fastpath import _values_inlined
+
+    text, params = _values_inlined("SELECT %s, %s, %s", ["it's 50% \\ off", "it's 50%", 7], (True, True, False))
+    assert params == ["it's 50% \\ off", 7]  # a backslash is never inlined
+    with connection.cursor() as cursor:
+        cursor.execute(text, params)
+        assert cursor.fetchone() == ("it's 50% \\ off", "it's 50%", 7)
