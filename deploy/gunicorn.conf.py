@@ -35,9 +35,11 @@ timeout = _int("GUNICORN_TIMEOUT", 30)
 # Kubernetes sends SIGTERM, then SIGKILL after terminationGracePeriodSeconds (60 s in the manifests).
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 25)
 keepalive = 5
-# Recycle workers now and then so a slow leak cannot grow without bound.
-max_requests = _int("GUNICORN_MAX_REQUESTS", 2000)
-max_requests_jitter = 200
+# Recycle workers now and then so a slow leak cannot grow without bound; not often: starting a worker costs about
+# 3 s of CPU (Django, the admin, openai, numpy), which every 2,000 requests was more CPU than the webhooks
+# themselves under a storm (docs/benchmarks.md, "One round trip per webhook").
+max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
+max_requests_jitter = max_requests // 10
 # The root filesystem is read-only in Kubernetes; the heartbeat files live in memory when possible.
 # (Gunicorn creates them with mkstemp and unlinks them at once: no predictable names.)
 _SHM = "/dev/shm"  # noqa: S108 - gunicorn's documented choice for worker_tmp_dir
