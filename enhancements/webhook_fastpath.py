@@ -73,11 +73,11 @@ _PLAIN_PRE_SAVE = (models.Field.pre_save, models.DateTimeField.pre_save, models.
 
 # Fields whose get_db_prep_save returns a value of these exact types unchanged (none of the four methods
 # overridden): the webhook's row is mostly text, and calling Django's chain for each value was most of the cost of
-# its parameters. The test comparing them with Django's covers every field of both rows.
+# its parameters. (Not integers: Django adapts them to psycopg's Int4/Int8.) The test comparing them with
+# Django's, type included, covers every field of both rows.
 _SAME_AS_GIVEN: tuple[tuple[type, tuple[type, ...]], ...] = (
     (models.CharField, (str, type(None))),
     (models.TextField, (str, type(None))),
-    (models.IntegerField, (int, type(None))),
     (models.BooleanField, (bool, type(None))),
 )
 _PREP_METHODS = ("get_db_prep_save", "get_db_prep_value", "get_prep_value", "to_python")
@@ -160,12 +160,16 @@ def _plain_params(model: type, values: dict[str, Any], conn: Any) -> list[Any] |
 
 def _defaulted(model: type, names: tuple[str, ...], conn: Any) -> tuple[bool, ...]:
     """Return, per parameter of the model's INSERT, whether it is a constant default when the names are given
-    (the same value on every row of this shape, so the statement can carry it as a literal)."""
+    (the same value on every row of this shape) that the statement can carry as a literal."""
     key = (model, conn.alias, names)
     mask = _DEFAULTED.get(key)
     if mask is None:
         plan = _plan(model, conn)
-        mask = tuple(how == _CONSTANT and f.attname not in names for f, how, _, _ in plan) if plan else ()
+        mask = (
+            tuple(how == _CONSTANT and f.attname not in names and _inlinable(c) for f, how, c, _ in plan)
+            if plan
+            else ()
+        )
         _DEFAULTED[key] = mask
     return mask
 
@@ -270,8 +274,8 @@ def _fetch_one(statement: str, params: list[Any]) -> Any:
     (the server restarted, or a firewall or pooler dropped it while idle), the store runs once more on a new
     connection, as Django's check would have done before it; a database that is down still fails the second
     attempt, and the webhook answers 503. (Should the connection die after the server committed but before the
-    answer arrived, the second attempt finds the ticket stored and the webhook answers "duplicate"; the first
-    attempt's row is queued, and the sweep enqueues it.)"""
+    answer arrived, the second attempt finds the ticket stored and the webhook answers "duplicate", pushing the
+    row of that same delivery if it still waits: enhancement_create_from_webhook.)"""
     conn: Any = connections[DEFAULT_DB_ALIAS]  # health_check_* are not in django-stubs
     check_skipped = conn.connection is not None and conn.health_check_enabled and not conn.health_check_done
     if check_skipped:
@@ -360,8 +364,7 @@ def _values_inlined(statement: str, params: list[Any], defaulted: tuple[bool, ..
     "One round trip per webhook"). A literal is psycopg's own quoting of the prepared value, and only plain ones
     (text without backslashes, integers, booleans, JSON) are inlined; the others stay parameters."""
     mask = tuple(
-        "N" if value is None else "C" if inline and _inlinable(value) else "P"
-        for value, inline in zip(params, defaulted, strict=True)
+        "N" if value is None else "C" if inline else "P" for value, inline in zip(params, defaulted, strict=True)
     )
     key = (statement, mask)
     text = _STATEMENTS.get(key)

@@ -335,8 +335,9 @@ def test_the_enqueued_package_is_the_one_async_task_pushes():
     from django_q.signing import SignedPackage
     from django_q.tasks import async_task
 
-    from enhancements.services.pipeline import TASK_PROCESS, _broker
+    from enhancements.services.pipeline import _PUSHER, TASK_PROCESS, _broker
 
+    _PUSHER.stop()  # an earlier test's webhook task, still on the pusher thread, must not land in this queue
     broker = _broker()
     broker.delete_queue()
 

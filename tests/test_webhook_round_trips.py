@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection
+from django.db import OperationalError, connection
 from django_q.brokers import get_broker
 from django_q.signals import pre_enqueue
 from django_q.signing import SignedPackage
@@ -25,6 +25,7 @@ from enhancements.services.pushing import BatchPusher
 from tests.fakes.fixtures import servicedesk_fixture
 from tests.signing import sign_webhook_meta
 from tickets.models import Ticket
+from tickets.sdp.mapping import ticket_fields_from_sdp
 
 CREATED = servicedesk_fixture("webhook__request_created")
 needs_postgres_and_redis = pytest.mark.skipif(
@@ -45,12 +46,13 @@ def test_ids_that_come_in_while_a_batch_is_sent_go_together_in_the_next_one() ->
     sent: list[list[str]] = []
     first_sent, release = threading.Event(), threading.Event()
 
-    def send(batch: list[str]) -> None:
+    def send(batch: list[str]) -> bool:
         sent.append(batch)
         first_sent.set()
         release.wait(10)
+        return True
 
-    pusher = BatchPusher(name="test-pusher", send=send, batch_max=3)
+    pusher = BatchPusher(name="test-pusher", send=send, give_up=print, batch_max=3)
     pusher.submit("a")
     assert first_sent.wait(10)
     for item in "bcde":
@@ -64,13 +66,14 @@ def test_ids_that_come_in_while_a_batch_is_sent_go_together_in_the_next_one() ->
 def test_stop_sends_what_is_queued_and_a_failing_send_does_not_stop_the_thread() -> None:
     sent: list[str] = []
 
-    def send(batch: list[str]) -> None:
+    def send(batch: list[str]) -> bool:
         if "boom" in batch:
             raise RuntimeError("the sender failed")
         time.sleep(0.05)
         sent.extend(batch)
+        return True
 
-    pusher = BatchPusher(name="test-pusher", send=send, batch_max=1)
+    pusher = BatchPusher(name="test-pusher", send=send, give_up=print, batch_max=1)
     for item in ("boom", "x", "y", "z"):
         pusher.submit(item)
     pusher.stop()  # what an exiting process's atexit does
@@ -82,12 +85,43 @@ def test_stop_sends_what_is_queued_and_a_failing_send_does_not_stop_the_thread()
 
 def test_ids_a_moment_apart_share_a_batch_and_stop_does_not_wait_for_the_moment() -> None:
     sent: list[list[str]] = []
-    pusher = BatchPusher(name="test-pusher", send=sent.append, linger=30.0)
+    pusher = BatchPusher(name="test-pusher", send=lambda batch: sent.append(batch) or True, give_up=print, linger=30.0)
     for item in ("a", "b", "c"):
         pusher.submit(item)
         time.sleep(0.01)
     pusher.stop(timeout=5)  # sends at once: a stop that waited out the 30 s linger would leave nothing sent
     assert sent == [["a", "b", "c"]]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread is made to die
+def test_after_a_failed_send_what_queued_meanwhile_is_given_up_at_once_and_a_dead_thread_is_replaced() -> None:
+    sent: list[str] = []
+    given_up: list[list[str]] = []
+    failing, queued = threading.Event(), threading.Event()
+
+    def send(batch: list[str]) -> bool:
+        if batch == ["die"]:
+            raise SystemExit  # ends the thread (not an Exception)
+        if batch == ["down"]:
+            failing.set()
+            queued.wait(10)  # the broker's timeout, while webhooks keep coming
+            return False
+        sent.extend(batch)
+        return True
+
+    pusher = BatchPusher(name="test-pusher", send=send, give_up=given_up.append, batch_max=2)
+    pusher.submit("down")
+    assert failing.wait(10)
+    for item in ("a", "b", "c", "d", "e"):
+        pusher.submit(item)
+    queued.set()
+    _wait(lambda: bool(given_up), 10, "the give-up")
+    assert given_up == [["a", "b", "c", "d", "e"]] and sent == []  # one call, not a timeout per batch
+    pusher.submit("die")
+    _wait(lambda: not pusher._thread or not pusher._thread.is_alive(), 10, "the thread to end")
+    pusher.submit("after")  # starts a new thread
+    _wait(lambda: sent == ["after"], 10, "the new thread to send")
+    pusher.stop()
 
 
 # --- through the webhook ----------------------------------------------------------------------------------
@@ -182,15 +216,81 @@ def test_constant_defaults_written_as_literals_store_what_the_orm_stores(make_te
     names = [f.attname for f in Enhancement._meta.concrete_fields if f.name not in skip]
     orm.refresh_from_db()
     assert {n: getattr(fast, n) for n in names} == {n: getattr(orm, n) for n in names}
+    # The ticket's defaults too: the webhook's row against one the ORM makes from the same fields.
+    ticket = Ticket.objects.get(pk=fast.ticket_id)
+    twin = Ticket.objects.create(
+        tenant=ticket.tenant,
+        sdp_id="951-orm",
+        source=ticket.source,
+        raw=ticket.raw,
+        **ticket_fields_from_sdp(ticket.raw),
+    )
+    twin.refresh_from_db()
+    skip = {"id", "sdp_id", "created_at", "updated_at", "search_document"}
+    names = [f.attname for f in Ticket._meta.concrete_fields if f.name not in skip]
+    assert {n: getattr(ticket, n) for n in names} == {n: getattr(twin, n) for n in names}
+
+
+@needs_postgres_and_redis
+@pytest.mark.django_db(transaction=True)
+def test_the_store_sends_only_what_varies_as_parameters(make_tenant):
+    secret = make_tenant("acme").secret
+    assert _created("952", secret)[0] == 202  # the tenant is cached from here on
+    seen: list[tuple[str, Any]] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        assert _created("953", secret)[0] == 202
+    ((sql, params),) = [(sql, params) for sql, params in seen if sql.startswith("WITH g AS")]
+    assert "'queued'" in sql and "'{}'::jsonb" in sql  # the constant defaults are literals
+    # The cached tenant's 6 guard values, the ticket's given fields, the enhancement's id and given fields (39 + 6
+    # before the literals).
+    assert len(params) == 28
 
 
 @needs_postgres_and_redis
 @pytest.mark.django_db
 def test_an_inlined_literal_keeps_quotes_and_percent_signs_and_the_other_values_stay_parameters():
-    from enhancements.webhook_fastpath import _values_inlined
+    from enhancements.webhook_fastpath import _inlinable, _store_cursor, _values_inlined
 
-    text, params = _values_inlined("SELECT %s, %s, %s", ["it's 50% \\ off", "it's 50%", 7], (True, True, False))
-    assert params == ["it's 50% \\ off", 7]  # a backslash is never inlined
-    with connection.cursor() as cursor:
+    assert not _inlinable("a \\ b")  # a backslash is never inlined (its meaning depends on the server's settings)
+    assert _inlinable("it's 50%") and _inlinable(0) and _inlinable(False)
+    text, params = _values_inlined("SELECT %s, %s, %s", ["it's 50%", "kept", None], (True, False, False))
+    assert params == ["kept"] and text == "SELECT 'it''s 50%%', %s, NULL"
+    with _store_cursor() as cursor:  # the store's own (preparing) cursor
         cursor.execute(text, params)
-        assert cursor.fetchone() == ("it's 50% \\ off", "it's 50%", 7)
+        assert cursor.fetchone() == ("it's 50%", "kept", None)
+
+
+@needs_postgres_and_redis
+@pytest.mark.django_db(transaction=True)
+def test_a_store_whose_answer_was_lost_after_the_commit_is_answered_duplicate_and_its_row_still_pushed(make_tenant):
+    secret = make_tenant("acme").secret
+    assert _created("961", secret)[0] == 202  # the tenant is cached; the connection is kept
+    broker = get_broker()
+    broker.delete_queue()
+    dropped: list[str] = []
+
+    def commit_then_drop(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        if sql.startswith("WITH g AS") and not dropped:
+            # The server committed the store; the connection then dies before its answer is read.
+            dropped.append(sql)
+            context["connection"].connection.close()
+            raise OperationalError("server closed the connection unexpectedly")
+        return result
+
+    with connection.execute_wrapper(commit_then_drop):
+        status, body = _created("962", secret)
+    assert dropped and (status, body["status"]) == (200, "duplicate"), body
+    row = Enhancement.objects.get(pk=body["enhancement_id"])
+    assert (row.ticket.sdp_id, row.status) == ("962", "queued")
+    queued = redis.Redis.from_url(settings.REDIS_URL)
+
+    def pushed() -> list[tuple[str, ...]]:
+        return [SignedPackage.loads(raw)["args"] for raw in queued.lrange(broker.list_key, 0, -1)]
+
+    _wait(lambda: (str(row.pk),) in pushed(), 10, "the stored row's task in the broker")

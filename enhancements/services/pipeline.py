@@ -111,11 +111,18 @@ def enhancement_enqueue(*, enhancement_id: str) -> bool:
     return enhancement_enqueue_many(enhancement_ids=[str(enhancement_id)]) == 1
 
 
-def _push_batch(enhancement_ids: list[str]) -> None:
-    enhancement_enqueue_many(enhancement_ids=enhancement_ids)
+def _push_batch(enhancement_ids: list[str]) -> bool:
+    return enhancement_enqueue_many(enhancement_ids=enhancement_ids) == len(enhancement_ids)
 
 
-_PUSHER = BatchPusher(name="enhancement-pusher", send=_push_batch)
+def _leave_to_the_sweep(enhancement_ids: list[str]) -> None:
+    """After a failed push: the ids queued meanwhile are not tried one batch at a time, each waiting out the
+    broker's timeout, but left to the sweep in one UPDATE."""
+    logger.warning("broker unavailable: %d more enhancements left to the sweep", len(enhancement_ids))
+    Enhancement.objects.filter(pk__in=enhancement_ids, status=Enhancement.Status.QUEUED).update(enqueued_at=None)
+
+
+_PUSHER = BatchPusher(name="enhancement-pusher", send=_push_batch, give_up=_leave_to_the_sweep)
 
 
 def enhancement_enqueue_soon(*, enhancement_id: str) -> None:
@@ -191,9 +198,15 @@ def enhancement_create_from_webhook(
                 )
             else:
                 existing = Enhancement.objects.filter(ticket=ticket, trigger=Enhancement.Trigger.WEBHOOK)
-                earlier = existing.values_list("pk", flat=True).first()
+                earlier = existing.values_list("pk", "status", "delivery_id").first()
                 if earlier:
-                    return WebhookOutcome(enhancement_id=str(earlier), duplicate=True)
+                    earlier_pk, status, stored_delivery = earlier
+                    if delivery_id and stored_delivery == delivery_id and status == Enhancement.Status.QUEUED:
+                        # The same delivery again, its row still waiting: the first store may have committed
+                        # without a push (its answer lost with the connection, or the web process killed before
+                        # its pusher sent it). Pushing again is harmless: the claim runs the row once.
+                        transaction.on_commit(lambda: enhancement_enqueue_soon(enhancement_id=str(earlier_pk)))
+                    return WebhookOutcome(enhancement_id=str(earlier_pk), duplicate=True)
                 ticket_merge_webhook(ticket=ticket, request=request)
             enhancement = Enhancement.objects.create(
                 tenant=tenant,

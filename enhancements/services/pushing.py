@@ -2,10 +2,10 @@
 
 The webhook answers once its row is committed (the row is the truth); pushing the row's task to the broker only
 tells a worker now rather than at the next sweep. On the request thread that push was a blocking Redis round trip
-per webhook, and under load each blocking call gives up the GIL and waits to get it back: about a sixth of a web
-worker's CPU per webhook (docs/benchmarks.md, "The queue push off the request thread"). Here the request thread
+per webhook, and under load each blocking call gives up the GIL and waits to get it back. Here the request thread
 puts the id in a queue and answers; one thread per process sends everything that has come in meanwhile, so a
-burst costs one round trip per batch.
+burst costs one round trip per batch (docs/benchmarks.md, "One round trip per webhook": with the health check
+gone too, 20-30 % less CPU per webhook).
 
 What a process holds here and has not sent is not lost when the process dies: the rows are committed, queued,
 with enqueued_at set, and the sweep enqueues them after ENHANCEMENT_DEAD_AFTER (nothing waiting in the broker)
@@ -33,13 +33,22 @@ _STOP = object()
 
 class BatchPusher:
     """Send what submit() was given, in order, from one daemon thread: at most batch_max ids per call of send,
-    gathered for up to linger seconds after the first."""
+    gathered for up to linger seconds after the first. send returns whether the batch was handed over; after a
+    failed one, everything queued meanwhile goes to give_up in one call (during a broker outage the queue would
+    otherwise grow by what arrives while each send waits out its timeout)."""
 
     def __init__(
-        self, *, name: str, send: Callable[[list[str]], Any], batch_max: int = 256, linger: float = 0.02
+        self,
+        *,
+        name: str,
+        send: Callable[[list[str]], bool],
+        give_up: Callable[[list[str]], Any],
+        batch_max: int = 256,
+        linger: float = 0.02,
     ) -> None:
         self.name = name
         self.send = send
+        self.give_up = give_up
         self.batch_max = batch_max
         self.linger = linger
         self._reset()
@@ -53,11 +62,12 @@ class BatchPusher:
         self._lock = threading.Lock()
 
     def submit(self, item: str) -> None:
-        """Queue item for the next batch; start the thread on first use in this process."""
+        """Queue item for the next batch; start the thread on first use in this process (or if it died)."""
         self._pending.put(item)
-        if self._thread is None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():
             with self._lock:
-                if self._thread is None:
+                if self._thread is None or not self._thread.is_alive():  # a thread that died is replaced
                     thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                     thread.start()
                     self._thread = thread
@@ -93,14 +103,37 @@ class BatchPusher:
             if batch:
                 self._send(batch)
             if item is _STOP:
+                self._close_connections(every=True)
                 return
 
     def _send(self, batch: list[str]) -> None:
         try:
-            self.send(batch)
+            if not self.send(batch):
+                left = []
+                while True:
+                    try:
+                        item = self._pending.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        self._pending.put(_STOP)  # seen again by the loop, after the give-up
+                        break
+                    left.append(item)
+                if left:
+                    self.give_up(left)
         except Exception:
-            # The sender leaves failures to the sweep itself; this only keeps the thread alive if it cannot.
+            # The sender and give_up leave failures to the sweep themselves; this only keeps the thread alive.
             logger.exception("%s: could not send %d ids; the sweep enqueues them", self.name, len(batch))
-        finally:
-            # A connection this thread opened (the sender's failure path marks rows) is not closed by any request.
-            connections.close_all()
+        self._close_connections(every=False)
+
+    def _close_connections(self, *, every: bool) -> None:
+        """Close this thread's database connections that are broken or past CONN_MAX_AGE (every=True: all); no
+        request cycle does it for this thread."""
+        try:
+            for conn in connections.all(initialized_only=True):
+                if every:
+                    conn.close()
+                else:
+                    conn.close_if_unusable_or_obsolete()
+        except Exception:
+            logger.warning("%s: could not close a database connection", self.name, exc_info=True)
