@@ -192,13 +192,15 @@ def _try_reserve(keys: tuple[str, str], lim: Limits, tokens: int) -> float:
     return 0.0 if allowed else float(wait)
 
 
-def reserve(*, base_url: str | None, api_key: str, tokens: int) -> None:
-    """Wait until the shared budget has room for one request of `tokens`; raise BudgetExhausted past the wait."""
+def reserve(*, base_url: str | None, api_key: str, tokens: int, max_wait: float | None = None) -> None:
+    """Wait until the shared budget has room for one request of `tokens`; raise BudgetExhausted past the wait
+    (LLM_BUDGET_MAX_WAIT, or max_wait when that is shorter)."""
     lim = limits()
     if not lim.active:
         return
     keys = _keys(base_url, api_key)
-    deadline = time.monotonic() + settings.LLM_BUDGET_MAX_WAIT
+    longest = settings.LLM_BUDGET_MAX_WAIT if max_wait is None else min(settings.LLM_BUDGET_MAX_WAIT, max_wait)
+    deadline = time.monotonic() + longest
     waited = 0.0
     while True:
         wait_ms = _try_reserve(keys, lim, tokens)
@@ -211,7 +213,7 @@ def reserve(*, base_url: str | None, api_key: str, tokens: int) -> None:
             raise BudgetExhausted(
                 f"The LLM budget (LLM_REQUESTS_PER_MINUTE={settings.LLM_REQUESTS_PER_MINUTE}, "
                 f"LLM_TOKENS_PER_MINUTE={settings.LLM_TOKENS_PER_MINUTE}) had no room for "
-                f"{settings.LLM_BUDGET_MAX_WAIT:.0f}s; the enhancement is retried later.",
+                f"{longest:.0f}s; the enhancement is retried later.",
                 retry_after=wait_ms / 1000,
             )
         # Sleep until the budget should have room; at most 5 s, then look again.

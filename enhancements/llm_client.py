@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import openai
+from django.conf import settings
 
 from enhancements import llm_budget
 from project.retry import backoff_delay
@@ -98,10 +99,15 @@ def chat_complete(client: openai.OpenAI, *, base_url: str | None, api_key: str, 
     """Return the completion; retry transient failures, each request sent first reserving its place in the budget.
 
     Raises the last openai error, or BudgetExhausted when the budget has no room within LLM_BUDGET_MAX_WAIT.
+    Retries and their budget waits stop at half of Q_TIMEOUT from the start of the call, leaving time for one
+    more request (LLM_TIMEOUT): the task's other stages, and the task itself, must not be killed mid-call by
+    django-q's timeout (three budget waits, three requests and two Retry-After sleeps could reach 510 s).
     """
     retry = 0
+    deadline = time.monotonic() + settings.Q_TIMEOUT / 2
+    max_wait: float | None = None  # the first request waits for the budget as long as any
     while True:
-        llm_budget.reserve(base_url=base_url, api_key=api_key, tokens=tokens)
+        llm_budget.reserve(base_url=base_url, api_key=api_key, tokens=tokens, max_wait=max_wait)
         try:
             return client.chat.completions.create(**request)
         except openai.OpenAIError as exc:
@@ -113,6 +119,11 @@ def chat_complete(client: openai.OpenAI, *, base_url: str | None, api_key: str, 
             wait = _retry_wait(exc, retry)
             if wait is None:
                 raise
+            left = deadline - time.monotonic() - wait - settings.LLM_TIMEOUT
+            if left < 0:
+                logger.warning("LLM request failed (%s); no time left in this attempt for a retry", exc)
+                raise
+            max_wait = left
             retry += 1
             logger.info("LLM request failed (%s); retry %d of %d in %.1fs", exc, retry, LLM_RETRIES, wait)
             time.sleep(wait)

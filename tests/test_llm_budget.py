@@ -177,3 +177,20 @@ def test_every_request_a_retried_call_sends_takes_its_place_in_the_budget(openai
     with pytest.raises(llm_budget.BudgetExhausted) as caught:
         llm_budget.reserve(**key, tokens=100)  # a fourth request has no room: the retries were counted
     assert caught.value.retry_after > 30
+
+
+def test_retries_stop_where_the_task_would_be_killed_by_its_timeout(openai_fake, settings):
+    # Half of Q_TIMEOUT is the call's share: a retry after a 3 s Retry-After, plus one more request of LLM_TIMEOUT
+    # (2 s), does not fit in 4 s, so the first failure is the answer (before: a second request after 3 s).
+    from enhancements.llm_structured import LLMError, structured_complete
+
+    settings.Q_TIMEOUT = 8
+    openai_fake.fail_next(1, 429, retry_after=3)
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    with pytest.raises(LLMError, match="RateLimitError"):
+        structured_complete(system="Answer.", user="x", schema=schema, name="t", model="fake-model")
+    assert len([r for r in openai_fake.requests_log if r.path.endswith("/chat/completions")]) == 1
+    # With room for it, the same failure is retried.
+    settings.Q_TIMEOUT = 60
+    openai_fake.fail_next(1, 429, retry_after=0.1)
+    assert structured_complete(system="Answer.", user="x", schema=schema, name="t", model="fake-model").output
