@@ -64,19 +64,15 @@ IDENTIFIER_MAX_TICKETS = 10  # the best matches of the query's identifiers that 
 # (bench/search_overlap.py compares).
 OVERLAP_THREADS = 4
 # How long the caller waits for its helper's semantic part before it answers with the lexical results alone (as when
-# the query's embedding fails), logging a warning: HELPER_DB_WAIT for the helper's reads (the window's incremental
-# read, about 1 ms at 1M tickets; a full read 30-60 ms; the semantic statement 4-5 ms: docs/benchmarks.md), plus,
-# with a remote embeddings provider, its request timeout (EMBEDDINGS_TIMEOUT, else LLM_TIMEOUT) for the query's
-# embedding; the local model embeds in milliseconds and is loaded on the caller's thread first. No statement
-# timeout is configured to derive the reads' share from, so it is a constant two orders of magnitude above the
-# slowest read measured: a helper past it is stuck (a hung connection, a lock), not slow. It goes on on its own
-# thread, its answer unused.
+# the query's embedding fails), logging a warning: HELPER_DB_WAIT for the helper's reads (1 ms to 60 ms measured:
+# docs/benchmarks.md), plus, with a remote embeddings provider, its request timeout (EMBEDDINGS_TIMEOUT, else
+# LLM_TIMEOUT); the local model is loaded on the caller's thread first. Two orders of magnitude above the slowest
+# read: a helper past it is stuck (a lock), not slow; the server ends its statement at twice the wait (_bounded).
 HELPER_DB_WAIT = 5.0
 
 
 class _Helpers:
-    """Daemon threads running jobs from one queue, each on its own database connection, which it closes once it
-    is past CONN_MAX_AGE even when no job comes (an executor's idle thread would hold it open for ever)."""
+    """Daemon threads running jobs from one queue, each on its own connection, closed past CONN_MAX_AGE when idle."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -97,6 +93,7 @@ class _Helpers:
         return future
 
     def _run(self) -> None:
+        configured: Any = None  # the driver connection this thread set its statement timeout on
         while True:
             wrapper = connections[DEFAULT_DB_ALIAS]
             open_until = wrapper.close_at if wrapper.connection is not None else None
@@ -111,6 +108,7 @@ class _Helpers:
             if future.set_running_or_notify_cancel():
                 close_old_connections()  # dropped when unusable or past CONN_MAX_AGE, like a request's
                 try:
+                    configured = _bounded(wrapper, configured)
                     future.set_result(fn(*args))
                 except BaseException as exc:  # handed to the caller, which re-raises it
                     future.set_exception(exc)
@@ -127,13 +125,23 @@ class _Helpers:
             thread.join()
 
 
+def _bounded(wrapper: Any, configured: Any) -> Any:
+    """Set a statement timeout of twice HELPER_DB_WAIT on a new helper connection; return the one it is set on."""
+    if wrapper.vendor == "postgresql":
+        wrapper.ensure_connection()
+        if wrapper.connection is not configured:
+            with wrapper.cursor() as cursor:
+                cursor.execute("SELECT set_config('statement_timeout', %s, false)", [f"{int(2000 * HELPER_DB_WAIT)}ms"])
+    return wrapper.connection
+
+
 _helpers: _Helpers | None = None
 _helpers_lock = threading.Lock()
 
 
 def _forget_helpers_after_fork() -> None:
-    """In a forked child (qcluster's workers): no helper thread exists there, and the parent's helper connections
-    are the parent's (closing one from the child would end the parent's session): start afresh."""
+    """In a forked child (qcluster's workers) no helper thread exists, and the parent's connections are the
+    parent's (closing one from the child would end its session): start afresh."""
     global _helpers, _helpers_lock
     _helpers, _helpers_lock = None, threading.Lock()
 
