@@ -274,8 +274,9 @@ def _fetch_one(statement: str, params: list[Any]) -> Any:
     (the server restarted, or a firewall or pooler dropped it while idle), the store runs once more on a new
     connection, as Django's check would have done before it; a database that is down still fails the second
     attempt, and the webhook answers 503. (Should the connection die after the server committed but before the
-    answer arrived, the second attempt finds the ticket stored and the webhook answers "duplicate", pushing the
-    row of that same delivery if it still waits: enhancement_create_from_webhook.)"""
+    answer arrived, the second attempt finds the ticket stored and the webhook answers "duplicate"; the first
+    attempt's row is queued and was never pushed, and the sweep enqueues it: after ENHANCEMENT_DEAD_AFTER with
+    the broker empty, else after ENHANCEMENT_STUCK_AFTER. A replayed delivery makes no second job.)"""
     conn: Any = connections[DEFAULT_DB_ALIAS]  # health_check_* are not in django-stubs
     check_skipped = conn.connection is not None and conn.health_check_enabled and not conn.health_check_done
     if check_skipped:

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import redis
 from django.conf import settings
-from django.db import OperationalError, connection
+from django.db import connection
 from django_q.brokers import get_broker
 from django_q.signals import pre_enqueue
 from django_q.signing import SignedPackage
@@ -263,34 +263,3 @@ def test_an_inlined_literal_keeps_quotes_and_percent_signs_and_the_other_values_
     with _store_cursor() as cursor:  # the store's own (preparing) cursor
         cursor.execute(text, params)
         assert cursor.fetchone() == ("it's 50%", "kept", None)
-
-
-@needs_postgres_and_redis
-@pytest.mark.django_db(transaction=True)
-def test_a_store_whose_answer_was_lost_after_the_commit_is_answered_duplicate_and_its_row_still_pushed(make_tenant):
-    secret = make_tenant("acme").secret
-    assert _created("961", secret)[0] == 202  # the tenant is cached; the connection is kept
-    broker = get_broker()
-    broker.delete_queue()
-    dropped: list[str] = []
-
-    def commit_then_drop(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        result = execute(sql, params, many, context)
-        if sql.startswith("WITH g AS") and not dropped:
-            # The server committed the store; the connection then dies before its answer is read.
-            dropped.append(sql)
-            context["connection"].connection.close()
-            raise OperationalError("server closed the connection unexpectedly")
-        return result
-
-    with connection.execute_wrapper(commit_then_drop):
-        status, body = _created("962", secret)
-    assert dropped and (status, body["status"]) == (200, "duplicate"), body
-    row = Enhancement.objects.get(pk=body["enhancement_id"])
-    assert (row.ticket.sdp_id, row.status) == ("962", "queued")
-    queued = redis.Redis.from_url(settings.REDIS_URL)
-
-    def pushed() -> list[tuple[str, ...]]:
-        return [SignedPackage.loads(raw)["args"] for raw in queued.lrange(broker.list_key, 0, -1)]
-
-    _wait(lambda: (str(row.pk),) in pushed(), 10, "the stored row's task in the broker")

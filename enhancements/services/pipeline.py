@@ -198,15 +198,9 @@ def enhancement_create_from_webhook(
                 )
             else:
                 existing = Enhancement.objects.filter(ticket=ticket, trigger=Enhancement.Trigger.WEBHOOK)
-                earlier = existing.values_list("pk", "status", "delivery_id").first()
+                earlier = existing.values_list("pk", flat=True).first()
                 if earlier:
-                    earlier_pk, status, stored_delivery = earlier
-                    if delivery_id and stored_delivery == delivery_id and status == Enhancement.Status.QUEUED:
-                        # The same delivery again, its row still waiting: the first store may have committed
-                        # without a push (its answer lost with the connection, or the web process killed before
-                        # its pusher sent it). Pushing again is harmless: the claim runs the row once.
-                        transaction.on_commit(lambda: enhancement_enqueue_soon(enhancement_id=str(earlier_pk)))
-                    return WebhookOutcome(enhancement_id=str(earlier_pk), duplicate=True)
+                    return WebhookOutcome(enhancement_id=str(earlier), duplicate=True)
                 ticket_merge_webhook(ticket=ticket, request=request)
             enhancement = Enhancement.objects.create(
                 tenant=tenant,
