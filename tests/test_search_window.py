@@ -104,15 +104,20 @@ def test_the_cached_window_gives_the_statements_results_to_the_last_bit(make_ten
         assert kept == {pk: bytes(blob) for pk, blob in stored.items()}
 
 
+def _same_as_statement(settings, kwargs: dict) -> list[str]:
+    """Search with the window, check the statement path finds the same, return the sdp ids found."""
+    cached = _found(ticket_search_similar(**kwargs))
+    assert cached == _without_cache(settings, **kwargs)
+    return [sdp_id for sdp_id, _ in cached]
+
+
 def test_the_cached_window_follows_the_history(make_tenant, settings):
     acme = make_tenant("acme").tenant
     _history(acme, HISTORY, days_ago=10)
     kwargs = {"tenant": acme, "text": BATTERY, "mode": "semantic"}
 
     def same_as_statement() -> list[str]:
-        cached = _found(ticket_search_similar(**kwargs))
-        assert cached == _without_cache(settings, **kwargs)
-        return [sdp_id for sdp_id, _ in cached]
+        return _same_as_statement(settings, kwargs)
 
     assert same_as_statement()[:2] == ["battery", "battery-again"]  # the same score: the later resolved first
     assert window.cache_bytes() > 0
@@ -148,9 +153,7 @@ def test_a_ticket_embedded_after_a_later_resolved_one_was_read_is_found_by_the_n
     kwargs = {"tenant": acme, "text": BATTERY, "mode": "semantic"}
 
     def same_as_statement() -> list[str]:
-        cached = _found(ticket_search_similar(**kwargs))
-        assert cached == _without_cache(settings, **kwargs)
-        return [sdp_id for sdp_id, _ in cached]
+        return _same_as_statement(settings, kwargs)
 
     assert "excel" not in same_as_statement() and window.cache_bytes() > 0
     # Two tickets resolved ten days ago are edited into the battery problem (their embeddings cleared for the
