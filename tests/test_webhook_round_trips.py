@@ -21,7 +21,6 @@ from django_q.signing import SignedPackage
 
 from enhancements.models import Enhancement
 from enhancements.services.pipeline import TASK_PROCESS
-from enhancements.services.pushing import BatchPusher
 from tests.fakes.fixtures import servicedesk_fixture
 from tests.signing import sign_webhook_meta
 from tickets.models import Ticket
@@ -39,89 +38,6 @@ def _wait(condition: Callable[[], bool], seconds: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
-
-
-# --- the pusher itself ------------------------------------------------------------------------------------
-def test_ids_that_come_in_while_a_batch_is_sent_go_together_in_the_next_one() -> None:
-    sent: list[list[str]] = []
-    first_sent, release = threading.Event(), threading.Event()
-
-    def send(batch: list[str]) -> bool:
-        sent.append(batch)
-        first_sent.set()
-        release.wait(10)
-        return True
-
-    pusher = BatchPusher(name="test-pusher", send=send, give_up=print, batch_max=3)
-    pusher.submit("a")
-    assert first_sent.wait(10)
-    for item in "bcde":
-        pusher.submit(item)
-    release.set()
-    _wait(lambda: sum(map(len, sent)) == 5, 10, "every id sent")
-    assert sent == [["a"], ["b", "c", "d"], ["e"]]  # in order, at most batch_max per call
-    pusher.stop()
-
-
-def test_stop_sends_what_is_queued_and_a_failing_send_does_not_stop_the_thread() -> None:
-    sent: list[str] = []
-
-    def send(batch: list[str]) -> bool:
-        if "boom" in batch:
-            raise RuntimeError("the sender failed")
-        time.sleep(0.05)
-        sent.extend(batch)
-        return True
-
-    pusher = BatchPusher(name="test-pusher", send=send, give_up=print, batch_max=1)
-    for item in ("boom", "x", "y", "z"):
-        pusher.submit(item)
-    pusher.stop()  # what an exiting process's atexit does
-    assert sent == ["x", "y", "z"]
-    pusher.submit("after")  # a submit after stop starts a thread again
-    pusher.stop()
-    assert sent[-1] == "after"
-
-
-def test_ids_a_moment_apart_share_a_batch_and_stop_does_not_wait_for_the_moment() -> None:
-    sent: list[list[str]] = []
-    pusher = BatchPusher(name="test-pusher", send=lambda batch: sent.append(batch) or True, give_up=print, linger=30.0)
-    for item in ("a", "b", "c"):
-        pusher.submit(item)
-        time.sleep(0.01)
-    pusher.stop(timeout=5)  # sends at once: a stop that waited out the 30 s linger would leave nothing sent
-    assert sent == [["a", "b", "c"]]
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread is made to die
-def test_after_a_failed_send_what_queued_meanwhile_is_given_up_at_once_and_a_dead_thread_is_replaced() -> None:
-    sent: list[str] = []
-    given_up: list[list[str]] = []
-    failing, queued = threading.Event(), threading.Event()
-
-    def send(batch: list[str]) -> bool:
-        if batch == ["die"]:
-            raise SystemExit  # ends the thread (not an Exception)
-        if batch == ["down"]:
-            failing.set()
-            queued.wait(10)  # the broker's timeout, while webhooks keep coming
-            return False
-        sent.extend(batch)
-        return True
-
-    pusher = BatchPusher(name="test-pusher", send=send, give_up=given_up.append, batch_max=2)
-    pusher.submit("down")
-    assert failing.wait(10)
-    for item in ("a", "b", "c", "d", "e"):
-        pusher.submit(item)
-    queued.set()
-    _wait(lambda: bool(given_up), 10, "the give-up")
-    assert given_up == [["a", "b", "c", "d", "e"]] and sent == []  # one call, not a timeout per batch
-    pusher.submit("die")
-    _wait(lambda: not pusher._thread or not pusher._thread.is_alive(), 10, "the thread to end")
-    pusher.submit("after")  # starts a new thread
-    _wait(lambda: sent == ["after"], 10, "the new thread to send")
-    pusher.stop()
 
 
 # --- through the webhook ----------------------------------------------------------------------------------
