@@ -21,6 +21,7 @@ from django_q.signing import SignedPackage
 
 from enhancements.models import Enhancement
 from enhancements.services.pipeline import TASK_PROCESS
+from project.errors import DB_RETRY_AFTER_SECONDS
 from tests.fakes.fixtures import servicedesk_fixture
 from tests.signing import sign_webhook_meta
 from tickets.models import Ticket
@@ -54,9 +55,11 @@ def pushed_from() -> Iterator[list[str]]:
     pre_enqueue.disconnect(record)
 
 
-def _wsgi_post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+def _wsgi_post(
+    path: str, body: bytes, headers: dict[str, str], answer_headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
     """POST through project.wsgi as gunicorn calls it: the request cycle's connection handling included (the test
-    client leaves close_old_connections out)."""
+    client leaves close_old_connections out). The answer's headers go into answer_headers if given."""
     from project.wsgi import application
 
     environ = {
@@ -67,15 +70,22 @@ def _wsgi_post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, di
         "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False, **headers,
     }  # fmt: skip
     status: list[str] = []
-    result = application(environ, lambda line, _headers, _exc=None: status.append(line))
+
+    def start_response(line: str, sent: list[tuple[str, str]], _exc: Any = None) -> None:
+        status.append(line)
+        if answer_headers is not None:
+            answer_headers.update(sent)
+
+    result = application(environ, start_response)
     content = b"".join(result)
     result.close()
     return int(status[0].split()[0]), json.loads(content)
 
 
-def _created(sdp_id: str, secret: str) -> tuple[int, dict[str, Any]]:
+def _created(sdp_id: str, secret: str, answer_headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     body = json.dumps({**CREATED, "request": {**CREATED["request"], "id": sdp_id}}).encode()
-    return _wsgi_post("/webhook/servicedesk/acme/", body, sign_webhook_meta(secret, body, msg_id=f"m-{sdp_id}"))
+    signed = sign_webhook_meta(secret, body, msg_id=f"m-{sdp_id}")
+    return _wsgi_post("/webhook/servicedesk/acme/", body, signed, answer_headers)
 
 
 @needs_postgres_and_redis
@@ -117,6 +127,48 @@ def test_a_kept_connection_the_server_dropped_is_replaced_and_the_webhook_stored
     assert "kept database connection was dead" in caplog.text
     assert Ticket.objects.filter(sdp_id="942").count() == 1
     assert Enhancement.objects.filter(ticket__sdp_id="942").count() == 1
+
+
+@needs_postgres_and_redis
+@pytest.mark.django_db(transaction=True)
+def test_a_store_the_server_cancels_on_a_live_connection_runs_once_and_the_webhook_answers_503(make_tenant, caplog):
+    """Only a lost connection is worth a second attempt: a lock wait the server gave up (a migration holding the
+    table, say) leaves the connection alive, and running the store again would only wait again."""
+    secret = make_tenant("acme").secret
+    options = connection.settings_dict["OPTIONS"]
+    saved = dict(options)
+    connection.close()
+    options["options"] = "-c lock_timeout=200"  # every connection opened from here gives up a lock wait at 0.2 s
+    stores: list[str] = []
+
+    def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith("WITH g AS"):
+            stores.append(sql)
+        return execute(sql, params, many, context)
+
+    answer: dict[str, str] = {}
+    try:
+        assert _created("961", secret)[0] == 202  # the tenant is cached; the connection is kept (CONN_MAX_AGE)
+        connection.ensure_connection()
+        backend = connection.connection.info.backend_pid
+        with psycopg.connect(connection.connection.info.dsn) as other:  # a transaction, holding the lock
+            other.execute(f"LOCK TABLE {Ticket._meta.db_table} IN EXCLUSIVE MODE")
+            with connection.execute_wrapper(count):
+                status, body = _created("962", secret, answer)
+            other.rollback()
+        after = connection.connection.info.backend_pid
+    finally:
+        options.clear()
+        options.update(saved)
+        connection.close()
+    assert status == 503, body
+    assert body["error"] == "unavailable" and answer["Retry-After"] == str(DB_RETRY_AFTER_SECONDS)
+    assert len(stores) == 1  # sent once, not once more on a new connection
+    assert after == backend  # the same live connection throughout
+    assert "kept database connection was dead" not in caplog.text
+    (failure,) = [r for r in caplog.records if r.getMessage() == "database unavailable while handling a webhook"]
+    assert failure.exc_info and getattr(failure.exc_info[1].__cause__, "sqlstate", None) == "55P03"  # lock timeout
+    assert not Ticket.objects.filter(sdp_id="962").exists()
 
 
 # --- constant defaults as literals ------------------------------------------------------------------------
