@@ -13,183 +13,24 @@ import functools
 import logging
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, OperationalError, ProgrammingError, connection, connections, models
-from django.db.models import sql
-from django.utils import timezone
-from psycopg import sql as pgsql
-from psycopg.types.json import Jsonb
+from django.db import DEFAULT_DB_ALIAS, OperationalError, ProgrammingError, connection, connections
 
+from enhancements.webhook_rows import defaulted as _defaulted
+from enhancements.webhook_rows import literal as _literal
+from enhancements.webhook_rows import plain_insert as _plain_insert
+from enhancements.webhook_rows import remember
 from tickets.models import Tenant
 
 logger = logging.getLogger(__name__)
 
 
+_STATEMENTS: dict[tuple[Any, ...], str] = {}  # per process: the store's statement per shape of its two rows
+# Per shape of a store (the names given for both rows, the guard's length, the alias): the parameters it inlines.
+_SHAPE_DEFAULTED: dict[tuple[Any, ...], tuple[bool, ...]] = {}
+
+
 class StaleTenant(Exception):
     """The cached tenant no longer matches its row (or the store took another path): look it up again."""
-
-
-_FIELDS: dict[type, list[Any]] = {}
-_STATEMENTS: dict[tuple[Any, ...], str] = {}  # per process; a few entries (one shape per model)
-
-
-def _insert(obj: Any) -> tuple[str, list[Any], list[str]]:
-    """Return Django's INSERT for one instance: the SQL, its parameters and the column names, in order.
-
-    The SQL of a row of plain values is the same every time, so it is compiled once per model and process; the
-    parameters are still prepared by Django's compiler (pre_save, get_db_prep_save) for every row."""
-    model = type(obj)
-    fields = _FIELDS.get(model)
-    if fields is None:
-        fields = _FIELDS[model] = [f for f in model._meta.local_concrete_fields if not f.db_returning]
-    # The connection itself, not django.db.connection (a proxy that looks the connection up on every attribute).
-    conn = connections[DEFAULT_DB_ALIAS]
-    query = sql.InsertQuery(model)
-    query.insert_values(fields, [obj])
-    compiler = query.get_compiler(connection=conn)
-    values = [compiler.prepare_value(f, compiler.pre_save_val(f, obj)) for f in fields]
-    columns = [f.column for f in fields]
-    if any(hasattr(v, "as_sql") for v in values):
-        ((text, params),) = compiler.as_sql()  # an expression (a database default): compiled every time
-        return text, list(params), columns
-    # A field's own placeholder may depend on the value's type (PostgreSQL's binary one does not).
-    key = (model, conn.vendor, *(type(v) for f, v in zip(fields, values, strict=True) if hasattr(f, "get_placeholder")))
-    text = _STATEMENTS.get(key)
-    if text is None:
-        ((text, params),) = compiler.as_sql()
-        if text.partition(" VALUES (")[2] != ", ".join(["%s"] * len(fields)) + ")" or len(params) != len(fields):
-            return text, list(params), columns
-        _STATEMENTS[key] = text
-    return text, values, columns
-
-
-# Per (model, alias): how each field of the INSERT gets its parameter (None: not a plain model).
-# Per field: the field, how its parameter is made, a prepared constant default, the types passed as they are.
-_Plan = list[tuple[Any, int, Any, tuple[type, ...]]]
-_PLAIN: dict[tuple[type, str], _Plan | None] = {}
-_GIVEN, _CONSTANT, _CALLABLE_DEFAULT, _NOW = range(4)
-# pre_save(add=True) that only reads the attribute (the date fields' without auto_now / auto_now_add).
-_PLAIN_PRE_SAVE = (models.Field.pre_save, models.DateTimeField.pre_save, models.DateField.pre_save)
-
-
-# Fields whose get_db_prep_save returns a value of these exact types unchanged (none of the four methods
-# overridden): the webhook's row is mostly text, and calling Django's chain for each value was most of the cost of
-# its parameters. (Not integers: Django adapts them to psycopg's Int4/Int8.) The test comparing them with
-# Django's, type included, covers every field of both rows.
-_SAME_AS_GIVEN: tuple[tuple[type, tuple[type, ...]], ...] = (
-    (models.CharField, (str, type(None))),
-    (models.TextField, (str, type(None))),
-    (models.BooleanField, (bool, type(None))),
-)
-_PREP_METHODS = ("get_db_prep_save", "get_db_prep_value", "get_prep_value", "to_python")
-# Callable defaults that only make an empty container (a fresh one per instance, so instances share nothing): the
-# prepared parameter is only ever sent, never changed, so it is prepared once like a constant default.
-_FRESH_EMPTY = (dict, list)
-
-
-def _same_as_given(field: Any) -> tuple[type, ...]:
-    """Return the value types field prepares as themselves (nothing when its class overrides the preparation)."""
-    for base, types in _SAME_AS_GIVEN:
-        if isinstance(field, base) and all(getattr(type(field), m) is getattr(base, m) for m in _PREP_METHODS):
-            return types
-    return ()
-
-
-def _plan(model: Any, conn: Any) -> _Plan | None:
-    """Return, per field of the INSERT, how its parameter is made without a model instance, or None when a field
-    is not plain (its own pre_save, an auto_now other than a DateTimeField's); computed once per model and
-    connection. A constant default is prepared once (Django's get_db_prep_save of the same value)."""
-    key = (model, conn.alias)
-    if key in _PLAIN:
-        return _PLAIN[key]
-    plan: _Plan = []
-    for field in _FIELDS.setdefault(model, [f for f in model._meta.local_concrete_fields if not f.db_returning]):
-        pre_save = type(field).pre_save
-        if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
-            if pre_save is not models.DateTimeField.pre_save:
-                return _remember(key, None)
-            plan.append((field, _NOW, None, ()))
-        elif pre_save not in _PLAIN_PRE_SAVE:
-            return _remember(key, None)
-        elif field.has_default() and callable(field.default) and field.default not in _FRESH_EMPTY:
-            plan.append((field, _CALLABLE_DEFAULT, None, _same_as_given(field)))
-        else:
-            constant = field.get_db_prep_save(field.get_default(), connection=conn)
-            plan.append((field, _CONSTANT, constant, _same_as_given(field)))
-    return _remember(key, plan)
-
-
-def _remember(key: tuple[type, str], plan: _Plan | None) -> _Plan | None:
-    _PLAIN[key] = plan
-    return plan
-
-
-def _plain_params(model: type, values: dict[str, Any], conn: Any) -> list[Any] | None:
-    """Return the INSERT's parameters for a row of plain values given by attname, exactly as Django's compiler
-    prepares them from an instance (`Model(**values)`: defaults, pre_save, get_db_prep_save), or None when the
-    row is not plain (an unknown name, an expression, a field with its own pre_save): the instance path decides.
-    Building the instance and running the compiler's per-field preparation cost about 15 % of the webhook's CPU;
-    tests/test_webhook_fastpath.py compares both for several rows."""
-    plan = _plan(model, conn)
-    if plan is None:
-        return None
-    params: list[Any] = []
-    used = 0
-    now = None
-    for field, how, constant, same in plan:
-        if field.attname in values:
-            value = values[field.attname]
-            if type(value) in same:
-                used += 1
-                params.append(value)
-                continue
-            if how == _NOW or hasattr(value, "resolve_expression"):
-                return None
-            used += 1
-            params.append(field.get_db_prep_save(value, connection=conn))
-        elif how == _CONSTANT:
-            params.append(constant)
-        elif how == _CALLABLE_DEFAULT:
-            params.append(field.get_db_prep_save(field.get_default(), connection=conn))
-        else:
-            if now is None:
-                now = timezone.now()
-            # DateTimeField.pre_save(add=True) with auto_now / auto_now_add: timezone.now() (one per field there).
-            params.append(field.get_db_prep_save(now, connection=conn))
-    return params if used == len(values) else None
-
-
-def _defaulted(model: type, names: tuple[str, ...], conn: Any) -> tuple[bool, ...]:
-    """Return, per parameter of the model's INSERT, whether it is a constant default when the names are given
-    (the same value on every row of this shape) that the statement can carry as a literal."""
-    key = (model, conn.alias, names)
-    mask = _DEFAULTED.get(key)
-    if mask is None:
-        plan = _plan(model, conn)
-        mask = (
-            tuple(how == _CONSTANT and f.attname not in names and _inlinable(c) for f, how, c, _ in plan)
-            if plan
-            else ()
-        )
-        _DEFAULTED[key] = mask
-    return mask
-
-
-_DEFAULTED: dict[tuple[type, str, tuple[str, ...]], tuple[bool, ...]] = {}
-
-
-def _plain_insert(model: type, values: dict[str, Any]) -> tuple[str, list[Any], list[str]]:
-    """Return (SQL, parameters, columns) of the INSERT of one row given by attname, like _insert(model(**values))
-    but without the instance when the row is plain; the SQL is still Django's (compiled once per shape)."""
-    conn = connections[DEFAULT_DB_ALIAS]
-    params = _plain_params(model, values, conn)
-    if params is None:
-        return _insert(model(**values))
-    fields = _FIELDS[model]
-    key = (model, conn.vendor, *(type(v) for f, v in zip(fields, params, strict=True) if hasattr(f, "get_placeholder")))
-    text = _STATEMENTS.get(key)
-    if text is None:
-        return _insert(model(**values))  # compiles and caches the SQL for this shape
-    return text, params, [f.column for f in fields]
 
 
 def _statement(ticket_sql: str, enhancement_sql: str, columns: list[str], guard: list[str] | None) -> str | None:
@@ -216,8 +57,7 @@ def _statement(ticket_sql: str, enhancement_sql: str, columns: list[str], guard:
     ticket_cte = f"t AS ({ticket_insert} ON CONFLICT DO NOTHING RETURNING {qn('id')} AS id), "
     enhancement_cte = f"e AS ({head} SELECT {', '.join(placeholders)} FROM t RETURNING {qn('id')}) "  # noqa: S608
     statement = f"WITH {head_cte}{ticket_cte}{enhancement_cte}SELECT {qn('id')} FROM e"  # noqa: S608
-    _STATEMENTS[key] = statement
-    return statement
+    return remember(_STATEMENTS, key, statement)
 
 
 def store_new_ticket(
@@ -230,22 +70,29 @@ def store_new_ticket(
     from enhancements.models import Enhancement
     from tickets.models import Ticket
 
-    ticket_sql, ticket_params, _ = _plain_insert(Ticket, ticket)
-    enhancement_sql, enhancement_params, columns = _plain_insert(Enhancement, enhancement)
+    conn = connections[DEFAULT_DB_ALIAS]
+    ticket_sql, ticket_params, _ = _plain_insert(Ticket, ticket, conn)
+    enhancement_sql, enhancement_params, columns = _plain_insert(Enhancement, enhancement, conn)
     statement = _statement(ticket_sql, enhancement_sql, columns, list(tenant_guard) if tenant_guard else None)
     if statement is None:
         return None  # not the single-row shape expected: the ORM path stores it
     position = columns.index("ticket_id")
     del enhancement_params[position]
     guard_params = list(tenant_guard.values()) if tenant_guard else []
-    conn = connections[DEFAULT_DB_ALIAS]
-    enhancement_defaulted = list(_defaulted(Enhancement, tuple(enhancement), conn) or [False] * len(columns))
-    del enhancement_defaulted[position]
-    defaulted = (
-        *([False] * len(guard_params)),
-        *(_defaulted(Ticket, tuple(ticket), conn) or [False] * len(ticket_params)),
-        *enhancement_defaulted,
-    )
+    shape = (tuple(ticket), tuple(enhancement), len(guard_params), conn.alias)
+    defaulted = _SHAPE_DEFAULTED.get(shape)
+    if defaulted is None:
+        enhancement_defaulted = list(_defaulted(Enhancement, shape[1], conn) or [False] * len(columns))
+        del enhancement_defaulted[position]
+        defaulted = remember(
+            _SHAPE_DEFAULTED,
+            shape,
+            (
+                *([False] * len(guard_params)),
+                *(_defaulted(Ticket, shape[0], conn) or [False] * len(ticket_params)),
+                *enhancement_defaulted,
+            ),
+        )
     statement, params = _values_inlined(statement, [*guard_params, *ticket_params, *enhancement_params], defaulted)
     try:
         row = _fetch_one(statement, params)
@@ -376,16 +223,8 @@ def _values_inlined(statement: str, params: list[Any], defaulted: tuple[bool, ..
         text = pieces[0] + "".join(
             _placeholder(kind, value) + piece for kind, value, piece in zip(mask, params, pieces[1:], strict=True)
         )
-        _STATEMENTS[key] = text
+        remember(_STATEMENTS, key, text)
     return text, [value for value, kind in zip(params, mask, strict=True) if kind == "P"]
-
-
-def _inlinable(value: Any) -> bool:
-    if isinstance(value, bool | int):
-        return True
-    if isinstance(value, str):
-        return "\\" not in value
-    return isinstance(value, Jsonb) and "\\" not in _literal(value)
 
 
 def _placeholder(kind: str, value: Any) -> str:
@@ -394,7 +233,3 @@ def _placeholder(kind: str, value: Any) -> str:
     if kind == "C":
         return _literal(value).replace("%", "%%")  # the statement still goes through psycopg's %s conversion
     return "%s"
-
-
-def _literal(value: Any) -> str:
-    return pgsql.Literal(value).as_string(None)

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from enhancements import webhook_fastpath
+from enhancements import webhook_fastpath, webhook_rows
 from enhancements.models import Enhancement
 from enhancements.webhook_checks import plainly_valid
 from tests.fakes.fixtures import SERVICEDESK_FIXTURES, servicedesk_fixture
@@ -278,16 +278,16 @@ def test_the_store_parameters_are_the_ones_django_prepares(tenant, request_body,
                        "enqueued_at": timezone.now()}),
     ]  # fmt: skip
     for model, values in rows:
-        webhook_fastpath._insert(model(**values))  # the SQL of this shape is compiled
-        assert webhook_fastpath._plain_params(model, values, connection) is not None  # no instance on this path
-        sql, params, columns = webhook_fastpath._plain_insert(model, values)
-        django_sql, django_params, django_columns = webhook_fastpath._insert(model(**values))
+        webhook_rows.insert(model(**values))  # the SQL of this shape is compiled
+        assert webhook_rows.plain_params(model, values, connection) is not None  # no instance on this path
+        sql, params, columns = webhook_rows.plain_insert(model, values, connection)
+        django_sql, django_params, django_columns = webhook_rows.insert(model(**values))
         assert (sql, columns) == (django_sql, django_columns)
-        fields = webhook_fastpath._FIELDS[model]
+        fields = webhook_rows.FIELDS[model]
         assert len(params) == len(django_params) == len(fields)
         different = [f.name for f, a, b in zip(fields, params, django_params, strict=True) if not _same_param(f, a, b)]
         assert different == []
     # A row that is not plain (a field given by name with an instance) goes the instance way, with the same result.
     values = {"tenant": tenant.tenant, "sdp_id": "10", "raw": {}}
-    assert webhook_fastpath._plain_params(Ticket, values, connection) is None
-    assert webhook_fastpath._plain_insert(Ticket, values)[2] == webhook_fastpath._insert(Ticket(**values))[2]
+    assert webhook_rows.plain_params(Ticket, values, connection) is None
+    assert webhook_rows.plain_insert(Ticket, values, connection)[2] == webhook_rows.insert(Ticket(**values))[2]

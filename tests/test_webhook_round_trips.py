@@ -222,7 +222,8 @@ def test_the_store_sends_only_what_varies_as_parameters(make_tenant):
 @needs_postgres_and_redis
 @pytest.mark.django_db
 def test_an_inlined_literal_keeps_quotes_and_percent_signs_and_the_other_values_stay_parameters():
-    from enhancements.webhook_fastpath import _inlinable, _store_cursor, _values_inlined
+    from enhancements.webhook_fastpath import _store_cursor, _values_inlined
+    from enhancements.webhook_rows import inlinable as _inlinable
 
     assert not _inlinable("a \\ b")  # a backslash is never inlined (its meaning depends on the server's settings)
     assert _inlinable("it's 50%") and _inlinable(0) and _inlinable(False)
