@@ -41,6 +41,9 @@ WEBHOOK_ANSWERS = Counter(
 
 # An unknown slug is an attacker's free choice; it must not become a label value (unbounded series).
 UNKNOWN_TENANT = "unknown"
+# The counter of each (tenant, outcome) seen, looked up once: labels() validates and locks on every call. As many as
+# the counter's own series (authentic tenants times outcomes); nothing here removes a series.
+_ANSWER_COUNTERS: dict[tuple[str, str], Any] = {}
 
 
 def _outcome(response: HttpResponse) -> str:
@@ -63,8 +66,11 @@ def count_webhook_answers(view: Callable[..., HttpResponse]) -> Callable[..., Ht
         try:
             # The view names the tenant only once the call authenticated: the label must not tell an
             # unauthenticated caller which slugs exist.
-            tenant = getattr(request, "metrics_tenant", "") or UNKNOWN_TENANT
-            WEBHOOK_ANSWERS.labels(tenant=tenant, outcome=_outcome(response)).inc()
+            key = (getattr(request, "metrics_tenant", "") or UNKNOWN_TENANT, _outcome(response))
+            child = _ANSWER_COUNTERS.get(key)
+            if child is None:
+                child = _ANSWER_COUNTERS.setdefault(key, WEBHOOK_ANSWERS.labels(tenant=key[0], outcome=key[1]))
+            child.inc()
         except Exception:
             # Metrics are never a reason to lose a webhook answer.
             logger.warning("could not count a webhook answer", exc_info=True)

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -138,7 +138,8 @@ def enhancement_enqueue_soon(*, enhancement_id: str) -> None:
 # --- creation ---------------------------------------------------------------------------------
 def webhook_fast_path_available() -> bool:
     """Return whether a new ticket is stored with one statement here (PostgreSQL, outside a transaction)."""
-    return connection.vendor == "postgresql" and not connection.in_atomic_block
+    conn = connections[DEFAULT_DB_ALIAS]  # not django.db.connection: a proxy that looks it up on every attribute
+    return conn.vendor == "postgresql" and not conn.in_atomic_block
 
 
 def enhancement_create_from_webhook(
