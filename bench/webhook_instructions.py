@@ -1,12 +1,15 @@
-"""Instructions per webhook, app against floor, counted by callgrind: a figure the machine's load does not move.
+"""Instructions per webhook, app against floor, counted by callgrind: a figure the machine's load moves far less.
 
     .venv/bin/python -m bench.webhook_instructions                       # this checkout, app and floor
     .venv/bin/python -m bench.webhook_instructions --checkout /path/a --checkout /path/b   # A/B in one run
 
 bench/webhook.py's answers/s ratio moves by +-20 % from run to run on a shared two-core VM, so a 10 % change
-of the code cannot be seen there. This counts instead the instructions the Python process executes per webhook,
-which is deterministic. For each target, a child Python process (`--child app|floor`) sends N webhooks one after
-another through `project.wsgi.application` in-process, as gunicorn would call it (the floor: the same with
+of the code cannot be seen there. This counts instead the instructions the Python process executes per webhook.
+CAVEAT, measured: not yet deterministic. The same code gave 2.62, 2.76 and 2.92 M per webhook in three runs
+(spread about +-5 %; a time- or scheduling-dependent cost is left, e.g. the pusher thread under valgrind's serial
+scheduler); repeat runs and compare medians until that source is found. For each target, a child Python process
+(`--child app|floor`) sends N webhooks one after another through `project.wsgi.application` in-process, as
+gunicorn would call it (the floor: the same with
 DJANGO_SETTINGS_MODULE=bench.floor.settings, as bench/webhook.py serves it). Each webhook is a new signed
 delivery (a new ticket id and webhook-id) and must answer 202. Each child runs twice under
 `valgrind --tool=callgrind`, with --short and --long webhooks; (I_long - I_short) / (long - short) is the
