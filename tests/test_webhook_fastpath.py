@@ -267,9 +267,15 @@ _ROWS = [
 @pytest.mark.django_db
 @pytest.mark.parametrize("request_body", _ROWS)
 @pytest.mark.parametrize("delivery_id", [None, "msg_2ZkP", "ü-id"])
-def test_the_store_parameters_are_the_ones_django_prepares(tenant, request_body, delivery_id):
-    """The store builds its parameters without model instances; they must be exactly Django's for the same row."""
+@pytest.mark.parametrize("capped", [False, True], ids=["kept", "past-the-cap"])
+def test_the_store_parameters_are_the_ones_django_prepares(tenant, request_body, delivery_id, capped, monkeypatch):
+    """The store builds its parameters without model instances; they must be exactly Django's for the same row.
+    Past the shape caches' cap (here: nothing kept) every shape is worked out again, with the same parameters."""
     from tickets.sdp.mapping import ticket_fields_from_sdp
+
+    if capped:
+        monkeypatch.setattr(webhook_rows, "CACHE_MAX", 0)
+        monkeypatch.setattr(webhook_rows, "_RECIPES", {})
 
     rows = [
         (Ticket, {"tenant_id": tenant.tenant.pk, "sdp_id": str(request_body["id"]), "source": Ticket.Source.WEBHOOK,
@@ -291,3 +297,5 @@ def test_the_store_parameters_are_the_ones_django_prepares(tenant, request_body,
     values = {"tenant": tenant.tenant, "sdp_id": "10", "raw": {}}
     assert webhook_rows.plain_params(Ticket, values, connection) is None
     assert webhook_rows.plain_insert(Ticket, values, connection)[2] == webhook_rows.insert(Ticket(**values))[2]
+    if capped:
+        assert webhook_rows._RECIPES == {}  # nothing kept past the cap
