@@ -133,6 +133,37 @@ def test_stop_on_a_send_that_hangs_waits_only_its_timeout_and_warns(caplog) -> N
     assert returned.wait(10)
 
 
+def test_after_a_stop_that_timed_out_the_next_thread_sends_what_comes_next_and_the_hung_one_takes_none_of_it() -> None:
+    """Each thread has its own queue: the thread left hanging by stop() must not take a later thread's ids (with
+    one shared queue the new thread took the old one's stop mark and ended, and the hung one sent the new ids)."""
+    release = threading.Event()
+    sent: list[tuple[str, list[str]]] = []
+
+    def send(batch: list[str]) -> bool:
+        if batch == ["a"]:
+            release.wait(30)  # a broker that does not answer
+        sent.append((threading.current_thread().name + str(threading.get_ident()), batch))
+        return True
+
+    pusher = BatchPusher(name="test-pusher", send=send, give_up=print, linger=0.01)
+    pusher.submit("a")
+    _wait(lambda: pusher._thread is not None, 10, "the first thread")
+    hung = pusher._thread
+    time.sleep(0.1)  # the first thread is inside send(["a"])
+    pusher.stop(timeout=0.2)
+    assert hung is not None and hung.is_alive()
+    pusher.submit("b")
+    pusher.submit("c")
+    _wait(lambda: any("b" in batch for _, batch in sent), 10, "b sent by the next thread")
+    release.set()
+    hung.join(10)
+    assert not hung.is_alive()  # it ended at its own stop mark
+    pusher.stop(timeout=10)
+    senders = {batch[0]: who for who, batch in sent}
+    assert sorted(id_ for _, batch in sent for id_ in batch) == ["a", "b", "c"]
+    assert senders["a"] != senders["b"]  # b and c went with the next thread, not the hung one
+
+
 def test_a_forked_child_leaves_the_parents_ids_to_the_parent_and_sends_its_own_from_a_thread_of_its_own() -> None:
     parent = os.getpid()
     sent: list[tuple[int, str, list[str]]] = []  # (process, thread, batch)

@@ -56,9 +56,11 @@ class BatchPusher:
 
     def _reset(self) -> None:
         # In a forked child: the parent's thread does not exist here, and what it holds is the parent's to send.
+        # The running thread's queue and stop signal: each thread has its own, so a thread that outlives stop()
+        # (a send hung past its timeout) never takes what a later thread was given.
         self._pending: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stopping = threading.Event()  # set by stop() to cut the thread's gathering short
         self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()  # the running thread's: set by stop() to cut its gathering short
         self._lock = threading.Lock()
 
     def submit(self, item: str) -> None:
@@ -68,8 +70,8 @@ class BatchPusher:
         if thread is None or not thread.is_alive():
             with self._lock:
                 if self._thread is None or not self._thread.is_alive():  # a thread that died is replaced
-                    self._stopping = threading.Event()
-                    thread = threading.Thread(target=self._run, args=(self._stopping,), name=self.name, daemon=True)
+                    args = (self._pending, self._stopping)
+                    thread = threading.Thread(target=self._run, args=args, name=self.name, daemon=True)
                     thread.start()
                     self._thread = thread
 
@@ -77,20 +79,21 @@ class BatchPusher:
         """Send what is queued and stop the thread (called at exit); what is submitted later starts a new one."""
         with self._lock:
             thread, self._thread = self._thread, None
-            stopping = self._stopping
-        if thread is None:
-            return
-        self._pending.put(_STOP)
+            if thread is None:
+                return
+            pending, stopping = self._pending, self._stopping
+            self._pending, self._stopping = queue.SimpleQueue(), threading.Event()  # for the next thread
+        pending.put(_STOP)
         stopping.set()
         thread.join(timeout)
         if thread.is_alive():
             logger.warning("%s: still sending after %.0f s; the sweep enqueues what is left", self.name, timeout)
 
-    def _run(self, stopping: threading.Event) -> None:
+    def _run(self, pending: queue.SimpleQueue[Any], stopping: threading.Event) -> None:
         full = False
         while True:
             batch: list[str] = []
-            item = self._pending.get()
+            item = pending.get()
             if item is not _STOP and not full:
                 # Gather for linger seconds after the first id, asleep: at a few hundred webhooks a second per
                 # process ids come milliseconds apart, and sending each at once would cost a round trip per webhook
@@ -103,29 +106,26 @@ class BatchPusher:
                 if len(batch) >= self.batch_max:
                     break
                 try:
-                    item = self._pending.get_nowait()
+                    item = pending.get_nowait()
                 except queue.Empty:
                     break
             full = len(batch) >= self.batch_max
             if batch:
-                self._send(batch)
+                self._send(batch, pending)
             if item is _STOP:
+                # A submit that read the queue just before stop() swapped it put its id after the stop mark.
+                late, _ = _drain(pending)
+                if late:
+                    self._send(late, pending)
                 self._close_connections(every=True)
                 return
 
-    def _send(self, batch: list[str]) -> None:
+    def _send(self, batch: list[str], pending: queue.SimpleQueue[Any]) -> None:
         try:
             if not self.send(batch):
-                left = []
-                while True:
-                    try:
-                        item = self._pending.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        self._pending.put(_STOP)  # seen again by the loop, after the give-up
-                        break
-                    left.append(item)
+                left, stopped = _drain(pending)
+                if stopped:
+                    pending.put(_STOP)  # seen again by the loop, after the give-up
                 if left:
                     self.give_up(left)
         except Exception:
@@ -144,3 +144,16 @@ class BatchPusher:
                     conn.close_if_unusable_or_obsolete()
         except Exception:
             logger.warning("%s: could not close a database connection", self.name, exc_info=True)
+
+
+def _drain(pending: queue.SimpleQueue[Any]) -> tuple[list[str], bool]:
+    """Take what is queued now, up to a stop mark; return it and whether the mark was reached."""
+    items: list[str] = []
+    while True:
+        try:
+            item = pending.get_nowait()
+        except queue.Empty:
+            return items, False
+        if item is _STOP:
+            return items, True
+        items.append(item)
