@@ -152,18 +152,26 @@ def cluster_cpu_seconds(leaders: list[int]) -> float:
     return cpu_seconds([pid for leader in leaders for pid in group_pids(leader)])
 
 
-def ensure_wrk() -> None:
-    """Make sure wrk is on PATH: install the Debian package when running as root with apt-get, else say how."""
-    if shutil.which("wrk"):
+def ensure_tool(tool: str, *, needed_by: str, how: str) -> None:
+    """Make sure tool (a Debian package of the same name) is on PATH: install it when running as root with apt-get,
+    else exit saying how (how: the install hints)."""
+    if shutil.which(tool):
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("wrk is missing: apt-get install -y wrk", flush=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False)
-        if shutil.which("wrk"):
+        print(f"{tool} is missing: apt-get install -y {tool}", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", tool], check=False)
+        if shutil.which(tool):
             return
-    raise SystemExit(
-        "bench.webhook needs wrk (https://github.com/wg/wrk): `sudo apt-get install -y wrk` on Debian/Ubuntu "
-        "(after `apt-get update` if the package is not found), `brew install wrk` on macOS."
+    raise SystemExit(f"{needed_by} needs {tool}: {how}")
+
+
+def ensure_wrk() -> None:
+    """Make sure wrk is on PATH (installed with apt-get when root), else say how."""
+    ensure_tool(
+        "wrk",
+        needed_by="bench.webhook",
+        how="(https://github.com/wg/wrk) `sudo apt-get install -y wrk` on Debian/Ubuntu (after `apt-get update` if "
+        "the package is not found), `brew install wrk` on macOS.",
     )
 
 

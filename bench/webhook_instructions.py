@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,18 +57,13 @@ COLLECTED = re.compile(r"^==\d+== Collected : (\d+)$", re.MULTILINE)
 
 
 def ensure_valgrind() -> None:
-    """Make sure valgrind is on PATH: install the Debian package when running as root with apt-get, else say how."""
-    if shutil.which("valgrind"):
-        return
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("valgrind is missing: apt-get install -y valgrind", flush=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "valgrind"], check=False)
-        if shutil.which("valgrind"):
-            return
-    raise SystemExit(
-        "bench.webhook_instructions needs valgrind (https://valgrind.org): `sudo apt-get install -y valgrind` on "
-        "Debian/Ubuntu (after `apt-get update` if the package is not found), `sudo dnf install valgrind` on Fedora. "
-        "macOS has no working valgrind: run it in a Linux container or VM."
+    """Make sure valgrind is on PATH (installed with apt-get when root), else say how."""
+    bench_webhook.ensure_tool(
+        "valgrind",
+        needed_by="bench.webhook_instructions",
+        how="(https://valgrind.org) `sudo apt-get install -y valgrind` on Debian/Ubuntu (after `apt-get update` if "
+        "the package is not found), `sudo dnf install valgrind` on Fedora. macOS has no working valgrind: run it in "
+        "a Linux container or VM.",
     )
 
 
